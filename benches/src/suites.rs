@@ -1,0 +1,52 @@
+//! The named comparisons the `report` binary runs.
+
+use std::error::Error;
+use std::time::Instant;
+
+use switchyard::core::DeviceId;
+use switchyard::text::{BertEmbedder, Embedder};
+use switchyard_testkit::fetch;
+
+use crate::{Report, median, millis, time_runs};
+
+/// What a suite returns.
+pub type SuiteResult = Result<Report, Box<dyn Error + Send + Sync>>;
+
+/// One named suite.
+#[derive(Debug, Clone, Copy)]
+pub struct Suite {
+    /// The name given on the command line.
+    pub name: &'static str,
+    /// One line on what it measures.
+    pub about: &'static str,
+    /// Runs it.
+    pub run: fn() -> SuiteResult,
+}
+
+/// Every suite, in the order `report -- list` shows them.
+pub const ALL: &[Suite] = &[Suite {
+    name: "smoke",
+    about: "all-MiniLM-L6-v2: load time and one-sentence embedding latency (median of 20)",
+    run: smoke,
+}];
+
+/// Find a suite by name.
+pub fn find(name: &str) -> Option<&'static Suite> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+fn smoke() -> SuiteResult {
+    let dir = fetch::minilm_dir()?;
+    let started = Instant::now();
+    let embedder = BertEmbedder::load(&dir, DeviceId::Cpu)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let sentence = ["Switchyard sorts incoming requests by model into batches."];
+    let mut one = millis(&time_runs(3, 20, || embedder.embed(&sentence).map(drop))?);
+    let batch: Vec<&str> = std::iter::repeat_n(sentence[0], 8).collect();
+    let mut eight = millis(&time_runs(2, 10, || embedder.embed(&batch).map(drop))?);
+    let mut report = Report::new("smoke");
+    report.figure("minilm_load_ms", load_ms, "ms");
+    report.figure("minilm_embed_1_median_ms", median(&mut one), "ms");
+    report.figure("minilm_embed_8_median_ms", median(&mut eight), "ms");
+    Ok(report)
+}

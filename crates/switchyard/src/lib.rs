@@ -1,0 +1,45 @@
+//! Switchyard: an inference engine that sorts requests by model into batches,
+//! keeps the right models loaded in the memory it has, and runs them.
+//!
+//! This facade re-exports each Switchyard crate as a module, so an
+//! application depends on `switchyard` alone and picks pipelines by feature
+//! (`text`, on by default; `diffusion`; `full`). It owns no algorithm of its
+//! own: later issues add the `Engine` that wires the batcher, the model cache
+//! and the memory monitors to the pipelines.
+//!
+//! | module | crate | owns |
+//! |---|---|---|
+//! | [`core`] | `switchyard-core` | priorities, request ids, deadlines, devices, clocks, cancellation |
+//! | [`vram`] | `switchyard-vram` | device memory monitors and pressure levels |
+//! | [`pool`] | `switchyard-pool` | buffer and KV-block pools |
+//! | [`cache`] | `switchyard-cache` | which models stay loaded |
+//! | [`batch`] | `switchyard-batch` | priority queue, dynamic batcher, controllers |
+//! | `text` | `switchyard-text` | tokenizers, embeddings, generation (feature `text`) |
+//! | `diffusion` | `switchyard-diffusion` | image pipelines (feature `diffusion`) |
+//!
+//! # Example
+//!
+//! ```
+//! use switchyard::core::{DeviceId, Priority, RequestId};
+//!
+//! let id = RequestId::next();
+//! let device: DeviceId = "cpu".parse()?;
+//! assert!(device.is_cpu());
+//! assert!(Priority::High > Priority::Low);
+//! println!("{id} runs on {device}");
+//! # Ok::<(), switchyard::core::CoreError>(())
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+
+pub use switchyard_batch as batch;
+pub use switchyard_cache as cache;
+pub use switchyard_core as core;
+pub use switchyard_pool as pool;
+pub use switchyard_vram as vram;
+
+#[cfg(feature = "diffusion")]
+pub use switchyard_diffusion as diffusion;
+#[cfg(feature = "text")]
+pub use switchyard_text as text;

@@ -1,0 +1,24 @@
+//! Helpers shared by Switchyard's example programs.
+//!
+//! The programs themselves live beside this crate and run with
+//! `cargo run --release --example NAME`:
+//!
+//! - `quickstart`: fetches all-MiniLM-L6-v2 if missing, embeds a few
+//!   sentences and prints their vectors and cosine similarities.
+//!
+//! # Example
+//!
+//! ```
+//! use switchyard_examples::preview;
+//! assert_eq!(preview(&[0.5, -0.25, 1.0], 2), "[0.5000, -0.2500, ...] (3 values)");
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+
+/// The first `n` values of a vector, four decimals each, and its length.
+pub fn preview(values: &[f32], n: usize) -> String {
+    let shown: Vec<String> = values.iter().take(n).map(|v| format!("{v:.4}")).collect();
+    let more = if values.len() > n { ", ..." } else { "" };
+    format!("[{}{more}] ({} values)", shown.join(", "), values.len())
+}
