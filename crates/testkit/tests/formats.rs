@@ -1,5 +1,8 @@
 //! The tiny models load back through candle's and tokenizers' own readers.
 
+// Test helpers unwrap: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, gguf_file};

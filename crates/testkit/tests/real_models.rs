@@ -1,5 +1,8 @@
 //! The real models: fetched once, verified, and readable by candle.
 
+// Test helpers unwrap: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Barrier;
 
 use candle_core::quantized::{GgmlDType, gguf_file};

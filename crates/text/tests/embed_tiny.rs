@@ -1,5 +1,8 @@
 //! BertEmbedder on tiny random BERTs written in the sentence-transformers layout.
 
+// Test helpers unwrap: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use switchyard_core::DeviceId;
 use switchyard_testkit::tiny::{self, TinyBert};
 use switchyard_text::{BertEmbedder, Embedder, Pooling, TextError};

@@ -1,5 +1,8 @@
 //! all-MiniLM-L6-v2, the real model: fetched on first use (never skipped).
 
+// Test helpers unwrap: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use switchyard_core::DeviceId;
 use switchyard_testkit::fetch;
 use switchyard_text::{BertEmbedder, Embedder, Pooling, cosine_similarity};
