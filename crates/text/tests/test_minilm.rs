@@ -54,3 +54,36 @@ fn minilm_matches_the_sentence_transformers_reference_similarity() {
     let sim = cosine_similarity(&v[0], &v[1]);
     assert!((sim - 0.7553).abs() < 5e-4, "cosine {sim}");
 }
+
+/// Golden vectors from `fixtures/minilm_reference.py`, an independent float64
+/// numpy implementation fed by the Python tokenizers package. Checked batched
+/// (with padding, and an empty sentence) and one sentence at a time.
+#[test]
+fn minilm_matches_the_reference_embeddings() {
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        sentences: Vec<String>,
+        embeddings: Vec<Vec<f32>>,
+    }
+    let reference: Reference =
+        serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
+    let e = minilm();
+    let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
+    let batched = e.embed(&texts).unwrap();
+    for (i, expected) in reference.embeddings.iter().enumerate() {
+        let alone = e.embed(&texts[i..=i]).unwrap().remove(0);
+        for (label, got) in [("batched", &batched[i]), ("alone", &alone)] {
+            let max_diff = got
+                .iter()
+                .zip(expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                max_diff < 1e-5,
+                "{label} {:?}: max |diff| {max_diff}",
+                texts[i]
+            );
+            assert!(cosine_similarity(got, expected) > 0.99999);
+        }
+    }
+}
