@@ -360,7 +360,8 @@ fn pip_download(
         .arg("--dest")
         .arg(into)
         .arg(format!("{}=={}", package.package, package.version))
-        .stdout(std::process::Stdio::null())
+        // pip's progress goes to our stderr, keeping stdout for callers' output.
+        .stdout(std::io::stderr())
         .status()
         .map_err(|e| FetchFailure::Pip(format!("could not run `{python} -m pip`: {e}")))?;
     if !status.success() {
