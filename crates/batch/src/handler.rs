@@ -1,0 +1,193 @@
+//! The seam between the batcher and whatever it runs.
+
+use std::fmt;
+use std::sync::Arc;
+
+use switchyard_core::{CancellationToken, RequestId};
+
+use crate::BatchKey;
+use crate::handle::Cell;
+
+/// Runs batches of inputs: the one verb a pipeline implements to be batched.
+///
+/// `run` gets the inputs of one batch (all with the same [`BatchKey`]) and
+/// returns one result per input, in order. [`key`](Self::key) and
+/// [`cost`](Self::cost) tell the batcher which inputs may share a batch and how
+/// much of the batch's cost budget each one uses.
+///
+/// A panic inside `run` fails that batch's requests with
+/// [`BatchError::HandlerPanicked`](crate::BatchError::HandlerPanicked); the
+/// worker carries on. Returning the wrong number of results fails them with
+/// [`BatchError::ResultCount`](crate::BatchError::ResultCount).
+///
+/// ```
+/// use switchyard_batch::{BatchContext, BatchHandler, BatchKey};
+///
+/// /// Upper-cases strings; strings of different lengths never share a batch.
+/// struct Shout;
+///
+/// impl BatchHandler for Shout {
+///     type Input = String;
+///     type Output = String;
+///     type Error = std::convert::Infallible;
+///
+///     fn run(&self, batch: &mut [String], _: &BatchContext<'_>) -> Vec<Result<String, Self::Error>> {
+///         batch.iter().map(|s| Ok(s.to_uppercase())).collect()
+///     }
+///
+///     fn key(&self, input: &String) -> BatchKey {
+///         BatchKey::new("shout", input.len() as u64)
+///     }
+/// }
+/// ```
+pub trait BatchHandler: Send + Sync + 'static {
+    /// One request's input.
+    type Input: Send + 'static;
+    /// One request's output.
+    type Output: Send + 'static;
+    /// One request's failure.
+    type Error: Send + 'static;
+
+    /// Run one batch; return exactly one result per input, in order.
+    fn run(
+        &self,
+        batch: &mut [Self::Input],
+        context: &BatchContext<'_>,
+    ) -> Vec<Result<Self::Output, Self::Error>>;
+
+    /// Which inputs may share a batch. Default: all of them.
+    fn key(&self, input: &Self::Input) -> BatchKey {
+        let _ = input;
+        BatchKey::default()
+    }
+
+    /// How much of a batch's cost budget the input uses (tokens, pixels...).
+    /// Default: 1.
+    fn cost(&self, input: &Self::Input) -> u64 {
+        let _ = input;
+        1
+    }
+}
+
+impl<H: BatchHandler> BatchHandler for Arc<H> {
+    type Input = H::Input;
+    type Output = H::Output;
+    type Error = H::Error;
+
+    fn run(
+        &self,
+        batch: &mut [Self::Input],
+        context: &BatchContext<'_>,
+    ) -> Vec<Result<Self::Output, Self::Error>> {
+        (**self).run(batch, context)
+    }
+
+    fn key(&self, input: &Self::Input) -> BatchKey {
+        (**self).key(input)
+    }
+
+    fn cost(&self, input: &Self::Input) -> u64 {
+        (**self).cost(input)
+    }
+}
+
+/// What a handler may ask about the batch it is running: the key, each
+/// request's id, and each request's cancellation token.
+pub struct BatchContext<'a> {
+    pub(crate) key: &'a BatchKey,
+    pub(crate) members: &'a [Member<'a>],
+}
+
+/// One request of a running batch, as the context sees it.
+pub(crate) struct Member<'a> {
+    pub(crate) id: RequestId,
+    pub(crate) cancel: &'a dyn CancelSource,
+}
+
+/// A request's cancellation state, whatever its output type.
+pub(crate) trait CancelSource: Sync {
+    fn token(&self) -> CancellationToken;
+    fn is_cancelled(&self) -> bool;
+}
+
+impl<O: Send, E: Send> CancelSource for Cell<O, E> {
+    fn token(&self) -> CancellationToken {
+        Cell::token(self)
+    }
+    fn is_cancelled(&self) -> bool {
+        self.is_cancel_requested()
+    }
+}
+
+impl BatchContext<'_> {
+    /// The batch's key.
+    pub fn key(&self) -> &BatchKey {
+        self.key
+    }
+
+    /// The number of inputs.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the batch is empty (it never is when `run` is called).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The id of input `index`.
+    pub fn id(&self, index: usize) -> Option<RequestId> {
+        self.members.get(index).map(|m| m.id)
+    }
+
+    /// Whether input `index`'s caller has cancelled it (cheap: one atomic load).
+    pub fn is_cancelled(&self, index: usize) -> bool {
+        self.members
+            .get(index)
+            .is_some_and(|m| m.cancel.is_cancelled())
+    }
+
+    /// Input `index`'s cancellation token, for long jobs that check it
+    /// between steps. Out of range gives a fresh, never-cancelled token.
+    pub fn token(&self, index: usize) -> CancellationToken {
+        self.members
+            .get(index)
+            .map_or_else(CancellationToken::new, |m| m.cancel.token())
+    }
+
+    /// A context for calling a handler directly, outside a batcher (tests,
+    /// benchmarks): no request can be cancelled.
+    pub fn detached<R>(key: &BatchKey, len: usize, f: impl FnOnce(&BatchContext<'_>) -> R) -> R {
+        let never = NeverCancelled;
+        let members: Vec<Member<'_>> = (0..len)
+            .map(|_| Member {
+                id: RequestId::next(),
+                cancel: &never,
+            })
+            .collect();
+        f(&BatchContext {
+            key,
+            members: &members,
+        })
+    }
+}
+
+struct NeverCancelled;
+
+impl CancelSource for NeverCancelled {
+    fn token(&self) -> CancellationToken {
+        CancellationToken::new()
+    }
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Debug for BatchContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchContext")
+            .field("key", self.key)
+            .field("len", &self.members.len())
+            .finish()
+    }
+}

@@ -1,0 +1,316 @@
+//! A worker thread: pick the most urgent ready key, take a batch, run it,
+//! deliver the results, tell the key's controller how it went.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::MutexGuard;
+use switchyard_core::Clock;
+
+use crate::batcher::{OutcomeOf, Payload, Shared, State, Waiter, WorkerSlot, controller_target};
+use crate::handler::Member;
+use crate::metrics::nanos;
+use crate::queue::Queued;
+use crate::{BatchContext, BatchError, BatchHandler, BatchKey, BatchObservation, ShutdownMode};
+
+/// A batch taken from the queue, ready to run.
+struct Formed<H: BatchHandler> {
+    key: BatchKey,
+    target: usize,
+    queued_after: usize,
+    entries: Vec<Queued<Payload<H>>>,
+}
+
+pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
+    let slot = Arc::new(WorkerSlot {
+        running: parking_lot::Mutex::new(Vec::new()),
+    });
+    let mut state = shared.state.lock();
+    state.workers.push(Arc::clone(&slot));
+    let mut last_sweep = shared.clock.now();
+    loop {
+        if state.live_workers > state.desired_workers {
+            break;
+        }
+        let now = shared.clock.now();
+        if state.queue.has_deadlines()
+            && now.saturating_duration_since(last_sweep)
+                >= shared.config.sweep_interval.min(shared.config.max_wait)
+        {
+            last_sweep = now;
+            let expired = take_expired(&mut state, now);
+            if !expired.is_empty() {
+                MutexGuard::unlocked(&mut state, || {
+                    shared.fail_entries(expired, || Err(BatchError::TimedOut));
+                });
+                continue;
+            }
+        }
+        if state.queue.is_empty() {
+            if state.stopping.is_some() {
+                break;
+            }
+            state.sleeping += 1;
+            shared.work.wait(&mut state);
+            state.sleeping -= 1;
+            continue;
+        }
+        match choose(shared, &mut state, now) {
+            Choice::Run(formed) => {
+                let expired = formed.1;
+                let formed = formed.0;
+                drop(state);
+                shared.fail_entries(expired, || Err(BatchError::TimedOut));
+                let (key, observation) = execute(shared, &slot, formed);
+                state = shared.state.lock();
+                let State {
+                    controllers,
+                    factory,
+                    ..
+                } = &mut *state;
+                controller_target(controllers, factory, &key);
+                if let Some(c) = controllers.get_mut(&key) {
+                    c.observe(&observation);
+                }
+            }
+            Choice::WaitUntil(until) => wait_until(shared, &mut state, until),
+        }
+    }
+    state.live_workers -= 1;
+    state.workers.retain(|w| !Arc::ptr_eq(w, &slot));
+    shared.work.notify_all();
+}
+
+enum Choice<H: BatchHandler> {
+    Run((Formed<H>, Vec<Queued<Payload<H>>>)),
+    WaitUntil(Instant),
+}
+
+fn take_expired<H: BatchHandler>(state: &mut State<H>, now: Instant) -> Vec<Queued<Payload<H>>> {
+    let expired = state.queue.take_expired(now);
+    for entry in &expired {
+        // The key is not kept on entries; sweep the index by position.
+        let pos = entry.position();
+        state.coalesce_index.retain(|_, p| *p != pos);
+    }
+    expired
+}
+
+/// The most urgent key whose batch is ready (full, over its cost budget, or
+/// its oldest request has waited `max_wait`), or when to look again.
+fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instant) -> Choice<H> {
+    let config = &shared.config;
+    let draining = state.stopping == Some(ShutdownMode::Drain);
+    let State {
+        queue,
+        controllers,
+        factory,
+        ..
+    } = state;
+    let mut earliest: Option<Instant> = None;
+    let best = queue
+        .best_key(now, |key, summary| {
+            let fill_by = summary.oldest + config.max_wait;
+            let ready = draining
+                || now >= fill_by
+                || summary.cost >= config.max_batch_cost
+                || summary.len >= controller_target(controllers, factory, key);
+            if !ready {
+                earliest = Some(earliest.map_or(fill_by, |e| e.min(fill_by)));
+            }
+            ready
+        })
+        .map(|(key, _)| key.clone());
+    let Some(key) = best else {
+        return Choice::WaitUntil(earliest.unwrap_or(now + config.max_wait));
+    };
+    let target = state.target(&key);
+    let taken = state
+        .queue
+        .take_batch(&key, target, config.max_batch_cost, now);
+    for entry in taken.batch.iter().chain(&taken.expired) {
+        state.unindex(&key, entry);
+    }
+    let queued_after = state.queue.key_load(&key).0;
+    Choice::Run((
+        Formed {
+            key,
+            target,
+            queued_after,
+            entries: taken.batch,
+        },
+        taken.expired,
+    ))
+}
+
+/// Sleep until `until` on the batcher's clock, or until woken. The last
+/// `spin` of the wait yields instead of sleeping, to dodge timer slack.
+fn wait_until<H: BatchHandler>(
+    shared: &Shared<H>,
+    state: &mut MutexGuard<'_, State<H>>,
+    until: Instant,
+) {
+    let now = shared.clock.now();
+    let mut left = until.saturating_duration_since(now);
+    if state.queue.has_deadlines() {
+        left = left.min(shared.config.sweep_interval);
+    }
+    let spin = shared.config.spin;
+    if left > spin {
+        state.sleeping += 1;
+        let _ = shared.work.wait_for(state, left - spin);
+        state.sleeping -= 1;
+    } else {
+        MutexGuard::unlocked(state, std::thread::yield_now);
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+fn execute<H: BatchHandler>(
+    shared: &Shared<H>,
+    slot: &WorkerSlot<H>,
+    formed: Formed<H>,
+) -> (BatchKey, BatchObservation) {
+    let Formed {
+        key,
+        target,
+        queued_after,
+        entries,
+    } = formed;
+    let started = shared.clock.now();
+    let mut inputs = Vec::with_capacity(entries.len());
+    let mut groups: Vec<(Waiter<H>, Vec<Waiter<H>>)> = Vec::with_capacity(entries.len());
+    let mut late = Vec::new();
+    let mut cost = 0u64;
+    for entry in entries {
+        cost = cost.saturating_add(entry.cost);
+        let Payload {
+            input,
+            first,
+            followers,
+        } = entry.payload;
+        inputs.push(input);
+        groups.push((first, followers));
+    }
+    // Coalesced followers keep their own deadlines: those already past fail now.
+    for (_, followers) in &mut groups {
+        if !followers.is_empty() {
+            let (live, expired): (Vec<_>, Vec<_>) = std::mem::take(followers)
+                .into_iter()
+                .partition(|w| w.deadline.is_none_or(|d| started < d.instant()));
+            *followers = live;
+            late.extend(expired);
+        }
+    }
+    for w in &late {
+        w.cell.complete(Err(BatchError::TimedOut));
+    }
+    {
+        let mut running = slot.running.lock();
+        for (first, followers) in &groups {
+            running.push((first.id, Arc::clone(&first.cell)));
+            running.extend(followers.iter().map(|w| (w.id, Arc::clone(&w.cell))));
+        }
+    }
+    let members: Vec<Member<'_>> = groups
+        .iter()
+        .map(|(first, _)| Member {
+            id: first.id,
+            cancel: &*first.cell,
+        })
+        .collect();
+    let context = BatchContext {
+        key: &key,
+        members: &members,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        shared.handler.run(&mut inputs, &context)
+    }));
+    drop(members);
+    let finished = shared.clock.now();
+    slot.running.lock().clear();
+    drop(inputs);
+
+    let size = groups.len();
+    let all = || {
+        groups
+            .iter()
+            .flat_map(|(f, rest)| std::iter::once(f).chain(rest))
+    };
+    let mut outcomes: Vec<(&Waiter<H>, OutcomeOf<H>)> = Vec::with_capacity(size);
+    let (mut panicked, mut miscounted) = (false, false);
+    match outcome {
+        Ok(results) if results.len() == size => {
+            for ((first, followers), result) in groups.iter().zip(results) {
+                let result = result.map_err(BatchError::Handler);
+                if let Some(clone) = shared.cloner {
+                    outcomes.extend(followers.iter().map(|w| (w, clone(&result))));
+                }
+                outcomes.push((first, result));
+            }
+        }
+        Ok(results) => {
+            miscounted = true;
+            let got = results.len();
+            outcomes.extend(all().map(|w| {
+                (
+                    w,
+                    Err(BatchError::ResultCount {
+                        expected: size,
+                        got,
+                    }),
+                )
+            }));
+        }
+        Err(payload) => {
+            panicked = true;
+            let message = panic_message(&*payload);
+            outcomes.extend(all().map(|w| {
+                let error = BatchError::HandlerPanicked {
+                    message: message.clone(),
+                };
+                (w, Err(error))
+            }));
+        }
+    }
+    let succeeded = outcomes.iter().filter(|(_, o)| o.is_ok()).count() as u64;
+    let latency = finished.saturating_duration_since(started);
+    // Count before delivering, so a caller that sees its result also sees it counted.
+    {
+        let mut m = shared.metrics.lock();
+        m.batches += 1;
+        m.succeeded += succeeded;
+        m.failed += outcomes.len() as u64 - succeeded;
+        m.timed_out += late.len() as u64;
+        m.panics += u64::from(panicked);
+        m.miscounted += u64::from(miscounted);
+        m.batch_size.record(size as u64);
+        m.batch_latency.record(nanos(latency));
+        for w in all() {
+            m.queue_wait
+                .record(nanos(started.saturating_duration_since(w.enqueued_at)));
+            m.end_to_end
+                .record(nanos(finished.saturating_duration_since(w.enqueued_at)));
+        }
+    }
+    for (waiter, outcome) in outcomes {
+        waiter.cell.complete(outcome);
+    }
+    let observation = BatchObservation {
+        size,
+        cost,
+        latency,
+        target,
+        queued_after,
+    };
+    (key, observation)
+}
