@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
+pub mod batch_suites;
 pub mod suites;
 
 use std::time::{Duration, Instant};

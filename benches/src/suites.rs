@@ -24,11 +24,23 @@ pub struct Suite {
 }
 
 /// Every suite, in the order `report -- list` shows them.
-pub const ALL: &[Suite] = &[Suite {
-    name: "smoke",
-    about: "all-MiniLM-L6-v2: load time and one-sentence embedding latency (median of 20)",
-    run: smoke,
-}];
+pub const ALL: &[Suite] = &[
+    Suite {
+        name: "smoke",
+        about: "all-MiniLM-L6-v2: load time and one-sentence embedding latency (median of 20)",
+        run: smoke,
+    },
+    Suite {
+        name: "batch-overhead",
+        about: "batcher round trips/s vs a bare crossbeam channel; p99 latency at 10% load",
+        run: crate::batch_suites::overhead,
+    },
+    Suite {
+        name: "pid-sim",
+        about: "simulated load step: PID vs every Fixed size 1..64 vs Triton-style batching",
+        run: crate::batch_suites::pid_sim,
+    },
+];
 
 /// Find a suite by name.
 pub fn find(name: &str) -> Option<&'static Suite> {

@@ -1,6 +1,5 @@
 //! The dynamic batcher: a queue, worker threads and a controller per key.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +12,7 @@ use switchyard_core::{Clock, Deadline, RequestId, SharedClock, SystemClock};
 use crate::handle::{Cell, Handle, Outcome, Owner, Withdrawal};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::queue::{Position, PriorityQueue, QueueConfig, QueueStats, Queued};
+use crate::request::KeyMap;
 use crate::{
     BatchError, BatchHandler, BatchKey, BatchSizeController, Fixed, Pid, PidConfig, Request,
     SubmitError,
@@ -104,9 +104,9 @@ pub(crate) struct WorkerSlot<H: BatchHandler> {
 
 pub(crate) struct State<H: BatchHandler> {
     pub(crate) queue: PriorityQueue<Payload<H>>,
-    pub(crate) controllers: HashMap<BatchKey, Box<dyn BatchSizeController>>,
+    pub(crate) controllers: KeyMap<BatchKey, Box<dyn BatchSizeController>>,
     pub(crate) factory: ControllerFactory,
-    pub(crate) coalesce_index: HashMap<(BatchKey, u64), Position>,
+    pub(crate) coalesce_index: KeyMap<(BatchKey, u64), Position>,
     pub(crate) desired_workers: usize,
     pub(crate) live_workers: usize,
     pub(crate) sleeping: usize,
@@ -131,7 +131,7 @@ impl<H: BatchHandler> State<H> {
 }
 
 pub(crate) fn controller_target(
-    controllers: &mut HashMap<BatchKey, Box<dyn BatchSizeController>>,
+    controllers: &mut KeyMap<BatchKey, Box<dyn BatchSizeController>>,
     factory: &ControllerFactory,
     key: &BatchKey,
 ) -> usize {
@@ -151,7 +151,8 @@ pub(crate) struct Shared<H: BatchHandler> {
     pub(crate) state: Mutex<State<H>>,
     pub(crate) work: Condvar,
     pub(crate) metrics: Mutex<Metrics>,
-    pub(crate) submitted: AtomicU64,
+    /// Its own cache line: workers spin reading it while the submitter bumps it.
+    pub(crate) submitted: Padded<AtomicU64>,
     pub(crate) rejected: AtomicU64,
     pub(crate) cloner: Option<Cloner<H>>,
 }
@@ -232,12 +233,40 @@ impl<H: BatchHandler> Owner for Shared<H> {
     }
 }
 
+/// A value alone on its cache line(s).
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// The batcher as its handles see it.
+pub(crate) struct HandleOwner<H: BatchHandler>(Arc<Shared<H>>);
+
+impl<H: BatchHandler> Owner for HandleOwner<H> {
+    fn withdraw(&self, pos: Position, id: RequestId, reason: Withdrawal) -> bool {
+        self.0.withdraw(pos, id, reason)
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        &*self.0.clock
+    }
+}
+
 /// Batches requests by key and runs them on worker threads.
 ///
 /// See the [crate documentation](crate) for an example. Cloning is not
 /// offered: share a batcher behind an `Arc`; every method takes `&self`.
 pub struct Batcher<H: BatchHandler> {
     shared: Arc<Shared<H>>,
+    /// What handles hold: a separate allocation, so that counting handles
+    /// does not bounce the cache line workers read the configuration from.
+    owner: Arc<HandleOwner<H>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -324,9 +353,9 @@ impl<H: BatchHandler> BatcherBuilder<H> {
         let workers = config.workers;
         let state = State {
             queue: PriorityQueue::new(config.queue),
-            controllers: HashMap::new(),
+            controllers: KeyMap::default(),
             factory: self.factory,
-            coalesce_index: HashMap::new(),
+            coalesce_index: KeyMap::default(),
             desired_workers: 0,
             live_workers: 0,
             sleeping: 0,
@@ -340,11 +369,12 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             config,
             state: Mutex::new(state),
             work: Condvar::new(),
-            submitted: AtomicU64::new(0),
+            submitted: Padded(AtomicU64::new(0)),
             rejected: AtomicU64::new(0),
             cloner: self.cloner,
         });
         let batcher = Batcher {
+            owner: Arc::new(HandleOwner(Arc::clone(&shared))),
             shared,
             threads: Mutex::new(Vec::new()),
         };
@@ -516,7 +546,7 @@ impl<H: BatchHandler> Batcher<H> {
         cell: Arc<CellOf<H>>,
         deadline: Option<Deadline>,
     ) -> Handle<H::Output, H::Error> {
-        let owner: Arc<dyn Owner> = self.shared.clone();
+        let owner: Arc<dyn Owner> = self.owner.clone();
         Handle::new(id, pos, cell, owner, deadline)
     }
 

@@ -21,9 +21,16 @@ pub type Outcome<O, E> = Result<O, BatchError<E>>;
 pub(crate) struct Cell<O, E> {
     state: Mutex<CellState<O, E>>,
     ready: Condvar,
+    /// Set (after the result is stored) so waiters can spin without the lock.
+    done: AtomicBool,
     cancel_requested: AtomicBool,
     token: OnceLock<CancellationToken>,
 }
+
+/// Polls of `done` before a waiter blocks: results usually arrive within
+/// microseconds, and a futex sleep and wake costs more than that.
+const SPIN_POLLS: u32 = 64;
+const YIELD_POLLS: u32 = 16;
 
 struct CellState<O, E> {
     result: Option<Outcome<O, E>>,
@@ -42,6 +49,7 @@ impl<O, E> Cell<O, E> {
                 waker: None,
             }),
             ready: Condvar::new(),
+            done: AtomicBool::new(false),
             cancel_requested: AtomicBool::new(false),
             token: OnceLock::new(),
         }
@@ -57,6 +65,7 @@ impl<O, E> Cell<O, E> {
             }
             state.completed = true;
             state.result = Some(outcome);
+            self.done.store(true, Ordering::Release);
             if state.blocked {
                 self.ready.notify_all();
             }
@@ -93,8 +102,27 @@ impl<O, E> Cell<O, E> {
         self.state.lock().result.take()
     }
 
+    /// Spin, then yield, for a short while in case the result is close.
+    fn spin_until_done(&self) {
+        for _ in 0..SPIN_POLLS {
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        for _ in 0..YIELD_POLLS {
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Block until completed or until `limit` (real time) passes.
     fn wait_for(&self, limit: Option<Duration>) -> Option<Outcome<O, E>> {
+        if limit.is_none_or(|l| !l.is_zero()) {
+            self.spin_until_done();
+        }
         let mut state = self.state.lock();
         if !state.completed {
             state.blocked = true;
@@ -216,7 +244,7 @@ impl<O, E> Handle<O, E> {
 
     /// Whether a result is ready (or was already taken).
     pub fn is_finished(&self) -> bool {
-        self.finished || self.cell.state.lock().completed
+        self.finished || self.cell.done.load(Ordering::Acquire)
     }
 
     fn expire_if_due(&self) {
@@ -230,6 +258,11 @@ impl<O, E> Handle<O, E> {
     fn wait_inner(&mut self, limit: Option<Duration>) -> Option<Outcome<O, E>> {
         if self.finished {
             return Some(Err(BatchError::AlreadyTaken));
+        }
+        if self.deadline.is_none() && limit.is_none() {
+            let result = self.cell.wait_for(None);
+            self.finished |= result.is_some();
+            return result;
         }
         let start = std::time::Instant::now();
         let result = loop {

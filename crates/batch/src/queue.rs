@@ -5,11 +5,12 @@
 //! the [`Batcher`](crate::Batcher) wraps it in a mutex, and the
 //! [`simulator`](crate::sim) drives it on virtual time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use switchyard_core::{Deadline, Priority, RequestId};
 
+use crate::request::KeyMap;
 use crate::{BatchError, BatchKey, QueueScope};
 
 /// Bounds and aging of a [`PriorityQueue`].
@@ -228,7 +229,7 @@ pub struct KeyStats {
 #[derive(Debug)]
 pub struct PriorityQueue<T> {
     config: QueueConfig,
-    keys: HashMap<BatchKey, KeyQueue<T>>,
+    keys: KeyMap<BatchKey, KeyQueue<T>>,
     len: usize,
     next_seq: u64,
     with_deadline: usize,
@@ -239,7 +240,7 @@ impl<T> PriorityQueue<T> {
     pub fn new(config: QueueConfig) -> Self {
         Self {
             config,
-            keys: HashMap::new(),
+            keys: KeyMap::default(),
             len: 0,
             next_seq: 0,
             with_deadline: 0,

@@ -1,8 +1,8 @@
 //! What a caller submits: an input plus how urgent, how big and how late it may be.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use switchyard_core::{Deadline, Priority, RequestId};
@@ -22,19 +22,28 @@ use switchyard_core::{Deadline, Priority, RequestId};
 /// assert_ne!(a, BatchKey::new("minilm", 256));
 /// assert_eq!(a.to_string(), "minilm/128");
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct BatchKey {
     model: Arc<str>,
     class: u64,
+    /// FNV-1a of the model name and class, computed once: keys are hashed on
+    /// every submit, so hashing must cost one word.
+    digest: u64,
 }
 
 impl BatchKey {
     /// A key for `model` and a handler-chosen shape class (a padded length,
     /// an image size, a step count folded into a number...).
     pub fn new(model: impl Into<Arc<str>>, class: u64) -> Self {
+        let model = model.into();
+        let mut digest = 0xcbf2_9ce4_8422_2325u64;
+        for byte in model.bytes().chain(class.to_le_bytes()) {
+            digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
         Self {
-            model: model.into(),
+            model,
             class,
+            digest,
         }
     }
 
@@ -51,17 +60,64 @@ impl BatchKey {
 
 impl Default for BatchKey {
     /// One key for everything: every request may batch with every other.
+    /// (Shared: making it does not allocate.)
     fn default() -> Self {
-        Self::new("", 0)
+        static DEFAULT: OnceLock<BatchKey> = OnceLock::new();
+        DEFAULT.get_or_init(|| BatchKey::new("", 0)).clone()
+    }
+}
+
+impl PartialEq for BatchKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+            && self.class == other.class
+            && (Arc::ptr_eq(&self.model, &other.model) || self.model == other.model)
+    }
+}
+
+impl Eq for BatchKey {}
+
+impl PartialOrd for BatchKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BatchKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&*self.model, self.class).cmp(&(&*other.model, other.class))
     }
 }
 
 impl Hash for BatchKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.class);
-        self.model.hash(state);
+        state.write_u64(self.digest);
     }
 }
+
+/// A hasher for maps keyed by [`BatchKey`] (and small tuples of it): keys
+/// arrive pre-hashed, so it only mixes words.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+/// A map keyed by [`BatchKey`] with the cheap hasher.
+pub(crate) type KeyMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 
 impl fmt::Debug for BatchKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -75,7 +75,7 @@ pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
                     c.observe(&observation);
                 }
             }
-            Choice::WaitUntil(until) => wait_until(shared, &mut state, until),
+            Choice::WaitUntil { until, missing } => wait_until(shared, &mut state, until, missing),
         }
     }
     state.live_workers -= 1;
@@ -85,7 +85,7 @@ pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
 
 enum Choice<H: BatchHandler> {
     Run((Formed<H>, Vec<Queued<Payload<H>>>)),
-    WaitUntil(Instant),
+    WaitUntil { until: Instant, missing: usize },
 }
 
 fn take_expired<H: BatchHandler>(state: &mut State<H>, now: Instant) -> Vec<Queued<Payload<H>>> {
@@ -110,6 +110,7 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
         ..
     } = state;
     let mut earliest: Option<Instant> = None;
+    let mut missing = usize::MAX;
     let best = queue
         .best_key(now, |key, summary| {
             let fill_by = summary.oldest + config.max_wait;
@@ -119,12 +120,17 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
                 || summary.len >= controller_target(controllers, factory, key);
             if !ready {
                 earliest = Some(earliest.map_or(fill_by, |e| e.min(fill_by)));
+                let target = controller_target(controllers, factory, key);
+                missing = missing.min(target.saturating_sub(summary.len));
             }
             ready
         })
         .map(|(key, _)| key.clone());
     let Some(key) = best else {
-        return Choice::WaitUntil(earliest.unwrap_or(now + config.max_wait));
+        return Choice::WaitUntil {
+            until: earliest.unwrap_or(now + config.max_wait),
+            missing,
+        };
     };
     let target = state.target(&key);
     let taken = state
@@ -151,6 +157,7 @@ fn wait_until<H: BatchHandler>(
     shared: &Shared<H>,
     state: &mut MutexGuard<'_, State<H>>,
     until: Instant,
+    missing: usize,
 ) {
     let now = shared.clock.now();
     let mut left = until.saturating_duration_since(now);
@@ -159,12 +166,46 @@ fn wait_until<H: BatchHandler>(
     }
     let spin = shared.config.spin;
     if left > spin {
+        // Under load the batch fills within microseconds: watch the arrival
+        // counter for a moment before paying for a futex sleep and wake.
+        if !spin.is_zero() && spin_for_arrivals(shared, state, spin, missing) {
+            return;
+        }
         state.sleeping += 1;
         let _ = shared.work.wait_for(state, left - spin);
         state.sleeping -= 1;
     } else {
         MutexGuard::unlocked(state, std::thread::yield_now);
     }
+}
+
+/// Spin (unlocked) up to `spin` until `missing` more requests were submitted;
+/// whether they were.
+fn spin_for_arrivals<H: BatchHandler>(
+    shared: &Shared<H>,
+    state: &mut MutexGuard<'_, State<H>>,
+    spin: std::time::Duration,
+    missing: usize,
+) -> bool {
+    let seen = shared.submitted.load(std::sync::atomic::Ordering::Relaxed);
+    let want = seen.saturating_add(missing.max(1) as u64);
+    MutexGuard::unlocked(state, || {
+        let start = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            if shared.submitted.load(std::sync::atomic::Ordering::Relaxed) >= want {
+                return true;
+            }
+            polls += 1;
+            if polls.is_multiple_of(16) && start.elapsed() >= spin {
+                return false;
+            }
+            // Read the counter sparingly: each read pulls its line from the submitter.
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+        }
+    })
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
