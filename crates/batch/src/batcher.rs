@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use parking_lot::{Condvar, Mutex};
 use switchyard_core::{Clock, Deadline, RequestId, SharedClock, SystemClock};
 
 use crate::handle::{Cell, Handle, Outcome, Owner, Withdrawal};
+use crate::handler::RunningSet;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::queue::{Position, PriorityQueue, QueueConfig, QueueStats, Queued};
 use crate::request::KeyMap;
@@ -97,11 +98,6 @@ impl<H: BatchHandler> Payload<H> {
     }
 }
 
-/// The batch a worker is running, visible to `cancel(id)`.
-pub(crate) struct WorkerSlot<H: BatchHandler> {
-    pub(crate) running: Mutex<Vec<(RequestId, Arc<CellOf<H>>)>>,
-}
-
 pub(crate) struct State<H: BatchHandler> {
     pub(crate) queue: PriorityQueue<Payload<H>>,
     pub(crate) controllers: KeyMap<BatchKey, Box<dyn BatchSizeController>>,
@@ -110,8 +106,10 @@ pub(crate) struct State<H: BatchHandler> {
     pub(crate) desired_workers: usize,
     pub(crate) live_workers: usize,
     pub(crate) sleeping: usize,
+    pub(crate) spinning: usize,
+    pub(crate) submitted: u64,
     pub(crate) stopping: Option<ShutdownMode>,
-    pub(crate) workers: Vec<Arc<WorkerSlot<H>>>,
+    pub(crate) workers: Vec<Arc<RunningSet>>,
 }
 
 impl<H: BatchHandler> State<H> {
@@ -151,8 +149,9 @@ pub(crate) struct Shared<H: BatchHandler> {
     pub(crate) state: Mutex<State<H>>,
     pub(crate) work: Condvar,
     pub(crate) metrics: Mutex<Metrics>,
-    /// Its own cache line: workers spin reading it while the submitter bumps it.
-    pub(crate) submitted: Padded<AtomicU64>,
+    /// Set by a submit that makes a batch ready while a worker spins for one;
+    /// alone on its cache line, written once per batch, not per request.
+    pub(crate) batch_ready: Padded<AtomicBool>,
     pub(crate) rejected: AtomicU64,
     pub(crate) cloner: Option<Cloner<H>>,
 }
@@ -359,6 +358,8 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             desired_workers: 0,
             live_workers: 0,
             sleeping: 0,
+            spinning: 0,
+            submitted: 0,
             stopping: None,
             workers: Vec::new(),
         };
@@ -369,7 +370,7 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             config,
             state: Mutex::new(state),
             work: Condvar::new(),
-            submitted: Padded(AtomicU64::new(0)),
+            batch_ready: Padded(AtomicBool::new(false)),
             rejected: AtomicU64::new(0),
             cloner: self.cloner,
         });
@@ -466,8 +467,8 @@ impl<H: BatchHandler> Batcher<H> {
                 }
             });
             if joined {
+                state.submitted += 1;
                 drop(state);
-                shared.submitted.fetch_add(1, Ordering::Relaxed);
                 shared.metrics.lock().coalesced += 1;
                 return Ok(self.handle(id, pos, cell, deadline));
             }
@@ -500,22 +501,24 @@ impl<H: BatchHandler> Batcher<H> {
         );
         entry.deadline = deadline;
         entry.coalesce = coalesce;
-        match state.queue.push(key.clone(), entry) {
+        match state.queue.push(&key, entry) {
             Ok(pos) => {
                 if let Some(hash) = coalesce {
                     state.coalesce_index.insert((key.clone(), hash), pos);
                 }
-                if state.sleeping > 0 {
+                state.submitted += 1;
+                if state.sleeping > 0 || state.spinning > 0 {
                     let (len, queued_cost) = state.queue.key_load(&key);
-                    let ready = len == 1
-                        || len >= state.target(&key)
-                        || queued_cost >= shared.config.max_batch_cost;
-                    if ready {
+                    let full =
+                        len >= state.target(&key) || queued_cost >= shared.config.max_batch_cost;
+                    if full && state.spinning > 0 {
+                        shared.batch_ready.store(true, Ordering::Release);
+                    }
+                    if state.sleeping > 0 && (full || len == 1) {
                         shared.work.notify_one();
                     }
                 }
                 drop(state);
-                shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(self.handle(id, pos, cell, deadline))
             }
             Err((error, entry)) => {
@@ -572,13 +575,7 @@ impl<H: BatchHandler> Batcher<H> {
             drop(state);
             return shared.withdraw(pos, id, Withdrawal::Cancelled);
         }
-        for slot in &state.workers {
-            if let Some((_, cell)) = slot.running.lock().iter().find(|(rid, _)| *rid == id) {
-                cell.request_cancel();
-                return true;
-            }
-        }
-        false
+        state.workers.iter().any(|running| running.cancel(id))
     }
 
     /// Run `n` worker threads (0 pauses the batcher; queued work waits).
@@ -657,7 +654,7 @@ impl<H: BatchHandler> Batcher<H> {
             .metrics
             .lock()
             .snapshot(now, workers, queue, controllers);
-        snapshot.submitted = shared.submitted.load(Ordering::Relaxed);
+        snapshot.submitted = shared.state.lock().submitted;
         snapshot.rejected = shared.rejected.load(Ordering::Relaxed);
         snapshot
     }

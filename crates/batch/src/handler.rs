@@ -2,6 +2,9 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
 
 use switchyard_core::{CancellationToken, RequestId};
 
@@ -96,6 +99,70 @@ impl<H: BatchHandler> BatchHandler for Arc<H> {
 pub struct BatchContext<'a> {
     pub(crate) key: &'a BatchKey,
     pub(crate) members: &'a [Member<'a>],
+    pub(crate) running: Option<&'a RunningSet>,
+}
+
+/// The ids of the batch a worker is running, so that `Batcher::cancel(id)`
+/// reaches running requests without the worker cloning every request's cell.
+#[derive(Debug, Default)]
+pub(crate) struct RunningSet {
+    any_cancelled: AtomicBool,
+    inner: Mutex<Running>,
+}
+
+#[derive(Debug, Default)]
+struct Running {
+    ids: Vec<RequestId>,
+    cancelled: Vec<RequestId>,
+    tokens: Vec<(RequestId, CancellationToken)>,
+}
+
+impl RunningSet {
+    /// Mark these requests as running.
+    pub(crate) fn start(&self, ids: impl Iterator<Item = RequestId>) {
+        let mut r = self.inner.lock();
+        r.ids.extend(ids);
+    }
+
+    /// The batch is over.
+    pub(crate) fn finish(&self) {
+        let mut r = self.inner.lock();
+        r.ids.clear();
+        r.cancelled.clear();
+        r.tokens.clear();
+        self.any_cancelled.store(false, Ordering::Release);
+    }
+
+    /// Cancel `id` if it is running here; whether it was.
+    pub(crate) fn cancel(&self, id: RequestId) -> bool {
+        let mut r = self.inner.lock();
+        if !r.ids.contains(&id) {
+            return false;
+        }
+        if !r.cancelled.contains(&id) {
+            r.cancelled.push(id);
+        }
+        for (tid, token) in &r.tokens {
+            if *tid == id {
+                token.cancel();
+            }
+        }
+        self.any_cancelled.store(true, Ordering::Release);
+        true
+    }
+
+    fn is_cancelled(&self, id: RequestId) -> bool {
+        self.any_cancelled.load(Ordering::Acquire) && self.inner.lock().cancelled.contains(&id)
+    }
+
+    /// Remember a token handed out, cancelling it if its request already was.
+    fn register(&self, id: RequestId, token: &CancellationToken) {
+        let mut r = self.inner.lock();
+        if r.cancelled.contains(&id) {
+            token.cancel();
+        }
+        r.tokens.push((id, token.clone()));
+    }
 }
 
 /// One request of a running batch, as the context sees it.
@@ -142,17 +209,22 @@ impl BatchContext<'_> {
 
     /// Whether input `index`'s caller has cancelled it (cheap: one atomic load).
     pub fn is_cancelled(&self, index: usize) -> bool {
-        self.members
-            .get(index)
-            .is_some_and(|m| m.cancel.is_cancelled())
+        self.members.get(index).is_some_and(|m| {
+            m.cancel.is_cancelled() || self.running.is_some_and(|r| r.is_cancelled(m.id))
+        })
     }
 
     /// Input `index`'s cancellation token, for long jobs that check it
     /// between steps. Out of range gives a fresh, never-cancelled token.
     pub fn token(&self, index: usize) -> CancellationToken {
-        self.members
-            .get(index)
-            .map_or_else(CancellationToken::new, |m| m.cancel.token())
+        let Some(member) = self.members.get(index) else {
+            return CancellationToken::new();
+        };
+        let token = member.cancel.token();
+        if let Some(running) = self.running {
+            running.register(member.id, &token);
+        }
+        token
     }
 
     /// A context for calling a handler directly, outside a batcher (tests,
@@ -168,6 +240,7 @@ impl BatchContext<'_> {
         f(&BatchContext {
             key,
             members: &members,
+            running: None,
         })
     }
 }

@@ -102,10 +102,14 @@ impl<T> Queued<T> {
     fn effective_rank(&self, now: Instant, aging: Option<Duration>) -> usize {
         let rank = self.priority.rank();
         match aging {
-            Some(step) if !step.is_zero() => {
+            Some(step) if rank > 0 && !step.is_zero() => {
                 let waited = now.saturating_duration_since(self.enqueued_at);
-                let promotions = (waited.as_nanos() / step.as_nanos()).min(3) as usize;
-                rank.saturating_sub(promotions)
+                if waited < step {
+                    return rank;
+                }
+                let step = u64::try_from(step.as_nanos()).unwrap_or(u64::MAX);
+                let waited = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+                rank.saturating_sub(usize::try_from(waited / step).unwrap_or(usize::MAX))
             }
             _ => rank,
         }
@@ -130,14 +134,19 @@ impl<T> KeyQueue<T> {
 
     /// The level whose head is served next: lowest effective rank, then oldest.
     fn best_level(&self, now: Instant, aging: Option<Duration>) -> Option<(usize, usize, u64)> {
-        self.levels
-            .iter()
-            .enumerate()
-            .filter_map(|(level, q)| {
-                q.front()
-                    .map(|e| (level, e.effective_rank(now, aging), e.seq))
-            })
-            .min_by_key(|&(_, rank, seq)| (rank, seq))
+        let mut best: Option<(usize, usize, u64)> = None;
+        for (level, q) in self.levels.iter().enumerate() {
+            let Some(head) = q.front() else { continue };
+            if aging.is_none() {
+                // Without aging the first non-empty level wins outright.
+                return Some((level, level, head.seq));
+            }
+            let candidate = (level, head.effective_rank(now, aging), head.seq);
+            if best.is_none_or(|b| (candidate.1, candidate.2) < (b.1, b.2)) {
+                best = Some(candidate);
+            }
+        }
+        best
     }
 
     fn oldest(&self) -> Option<Instant> {
@@ -220,7 +229,7 @@ pub struct KeyStats {
 /// let now = Instant::now();
 /// for (n, p) in [(1, Priority::Low), (2, Priority::Urgent), (3, Priority::Low)] {
 ///     let entry = Queued::new(RequestId::from_u64(n), p, 1, now, ());
-///     queue.push(key.clone(), entry).unwrap();
+///     queue.push(&key, entry).unwrap();
 /// }
 /// let taken = queue.take_batch(&key, 8, u64::MAX, now);
 /// let order: Vec<u64> = taken.batch.iter().map(|e| e.id.as_u64()).collect();
@@ -265,7 +274,7 @@ impl<T> PriorityQueue<T> {
     /// Queue `entry` under `key`; on a full queue it comes back with the error.
     pub fn push(
         &mut self,
-        key: BatchKey,
+        key: &BatchKey,
         mut entry: Queued<T>,
     ) -> Result<Position, (BatchError, Queued<T>)> {
         if self.len >= self.config.capacity {
@@ -275,7 +284,12 @@ impl<T> PriorityQueue<T> {
             };
             return Err((error, entry));
         }
-        let sub = self.keys.entry(key).or_insert_with(KeyQueue::new);
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.clone(), KeyQueue::new());
+        }
+        let Some(sub) = self.keys.get_mut(key) else {
+            unreachable!("inserted above")
+        };
         if sub.len >= self.config.per_key_capacity {
             let error = BatchError::QueueFull {
                 scope: QueueScope::Key,

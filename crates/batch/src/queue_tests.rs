@@ -26,7 +26,7 @@ fn priority_first_then_fifo_within_a_level() {
         Priority::Urgent,
     ];
     for (n, p) in levels.into_iter().enumerate() {
-        q.push(key.clone(), entry(n as u64, p, t)).unwrap();
+        q.push(&key, entry(n as u64, p, t)).unwrap();
     }
     let taken = q.take_batch(&key, 4, u64::MAX, t);
     assert_eq!(ids(&taken.batch), [2, 5, 4, 1]);
@@ -42,14 +42,13 @@ fn aging_promotes_a_waiting_low_request() {
     });
     let key = BatchKey::default();
     let t0 = Instant::now();
-    q.push(key.clone(), entry(0, Priority::Low, t0)).unwrap();
+    q.push(&key, entry(0, Priority::Low, t0)).unwrap();
     let later = t0 + Duration::from_millis(2500);
-    q.push(key.clone(), entry(1, Priority::Normal, later))
-        .unwrap();
+    q.push(&key, entry(1, Priority::Normal, later)).unwrap();
     // Low waited 2.5 s: promoted twice, to High, ahead of the fresh Normal.
     assert_eq!(ids(&q.take_batch(&key, 1, u64::MAX, later).batch), [0]);
     // Without the wait it would have come last.
-    q.push(key.clone(), entry(2, Priority::Low, later)).unwrap();
+    q.push(&key, entry(2, Priority::Low, later)).unwrap();
     assert_eq!(ids(&q.take_batch(&key, 2, u64::MAX, later).batch), [1, 2]);
 }
 
@@ -62,11 +61,9 @@ fn capacity_global_and_per_key_refuse_and_hand_back() {
     });
     let (a, b) = (BatchKey::new("a", 0), BatchKey::new("b", 0));
     let t = Instant::now();
-    q.push(a.clone(), entry(0, Priority::Normal, t)).unwrap();
-    q.push(a.clone(), entry(1, Priority::Normal, t)).unwrap();
-    let (err, back) = q
-        .push(a.clone(), entry(2, Priority::Normal, t))
-        .unwrap_err();
+    q.push(&a, entry(0, Priority::Normal, t)).unwrap();
+    q.push(&a, entry(1, Priority::Normal, t)).unwrap();
+    let (err, back) = q.push(&a, entry(2, Priority::Normal, t)).unwrap_err();
     assert_eq!(
         err,
         BatchError::QueueFull {
@@ -75,8 +72,8 @@ fn capacity_global_and_per_key_refuse_and_hand_back() {
         }
     );
     assert_eq!(back.payload, 2);
-    q.push(b.clone(), entry(3, Priority::Normal, t)).unwrap();
-    let (err, _) = q.push(b, entry(4, Priority::Normal, t)).unwrap_err();
+    q.push(&b, entry(3, Priority::Normal, t)).unwrap();
+    let (err, _) = q.push(&b, entry(4, Priority::Normal, t)).unwrap_err();
     assert_eq!(
         err,
         BatchError::QueueFull {
@@ -92,9 +89,9 @@ fn keys_never_mix_and_best_key_is_the_most_urgent() {
     let mut q = PriorityQueue::new(QueueConfig::default());
     let (a, b) = (BatchKey::new("m", 1), BatchKey::new("m", 2));
     let t = Instant::now();
-    q.push(a.clone(), entry(0, Priority::Normal, t)).unwrap();
-    q.push(b.clone(), entry(1, Priority::High, t)).unwrap();
-    q.push(a.clone(), entry(2, Priority::Urgent, t)).unwrap();
+    q.push(&a, entry(0, Priority::Normal, t)).unwrap();
+    q.push(&b, entry(1, Priority::High, t)).unwrap();
+    q.push(&a, entry(2, Priority::Urgent, t)).unwrap();
     let (best, summary) = q.best_key(t, |_, _| true).unwrap();
     assert_eq!(best, &a);
     assert_eq!((summary.len, summary.best_rank), (2, 0));
@@ -111,7 +108,7 @@ fn cost_budget_stops_before_overflow_but_one_big_request_runs() {
     let t = Instant::now();
     for (n, cost) in [(0u64, 60u64), (1, 30), (2, 20), (3, 500)] {
         q.push(
-            key.clone(),
+            &key,
             Queued::new(RequestId::from_u64(n), Priority::Normal, cost, t, n),
         )
         .unwrap();
@@ -128,11 +125,11 @@ fn expired_entries_are_taken_out_not_batched() {
     let t = Instant::now();
     let mut late = entry(0, Priority::Normal, t);
     late.deadline = Some(Deadline::at(t + Duration::from_millis(5)));
-    q.push(key.clone(), late).unwrap();
+    q.push(&key, late).unwrap();
     let mut later = entry(1, Priority::Normal, t);
     later.deadline = Some(Deadline::at(t + Duration::from_secs(5)));
-    q.push(key.clone(), later).unwrap();
-    q.push(key.clone(), entry(2, Priority::Normal, t)).unwrap();
+    q.push(&key, later).unwrap();
+    q.push(&key, entry(2, Priority::Normal, t)).unwrap();
     assert!(q.has_deadlines());
     let now = t + Duration::from_millis(10);
     let taken = q.take_batch(&key, 2, u64::MAX, now);
@@ -142,8 +139,8 @@ fn expired_entries_are_taken_out_not_batched() {
 
     let mut e = entry(3, Priority::Low, t);
     e.deadline = Some(Deadline::at(t));
-    q.push(key.clone(), e).unwrap();
-    q.push(key.clone(), entry(4, Priority::Low, t)).unwrap();
+    q.push(&key, e).unwrap();
+    q.push(&key, entry(4, Priority::Low, t)).unwrap();
     assert_eq!(ids(&q.take_expired(now)), [3]);
     assert_eq!(q.len(), 1);
 }
@@ -153,9 +150,9 @@ fn removal_by_position_and_by_id() {
     let mut q = PriorityQueue::new(QueueConfig::default());
     let (a, b) = (BatchKey::new("a", 0), BatchKey::new("b", 0));
     let t = Instant::now();
-    let p0 = q.push(a.clone(), entry(0, Priority::Normal, t)).unwrap();
-    let p1 = q.push(b.clone(), entry(1, Priority::Low, t)).unwrap();
-    q.push(a.clone(), entry(2, Priority::Normal, t)).unwrap();
+    let p0 = q.push(&a, entry(0, Priority::Normal, t)).unwrap();
+    let p1 = q.push(&b, entry(1, Priority::Low, t)).unwrap();
+    q.push(&a, entry(2, Priority::Normal, t)).unwrap();
     assert_eq!(q.remove_at(p1).map(|e| e.payload), Some(1));
     assert!(q.remove_at(p1).is_none());
     assert_eq!(q.find_at_mut(p0).map(|(k, _)| k.clone()), Some(a.clone()));
@@ -223,7 +220,7 @@ proptest! {
                     let deadline = deadline_ms.map(|ms| now + Duration::from_millis(ms as u64));
                     e.deadline = deadline.map(Deadline::at);
                     let key_count = live.iter().filter(|x| x.1 == key).count();
-                    match q.push(BatchKey::new("k", key as u64), e) {
+                    match q.push(&BatchKey::new("k", key as u64), e) {
                         Ok(pos) => {
                             prop_assert!(live.len() < 40 && key_count < 20);
                             live.push((next, key, level, pos.seq, deadline));

@@ -21,10 +21,14 @@ use switchyard_core::{Deadline, Priority, RequestId};
 /// assert_eq!(a, BatchKey::new("minilm", 128));
 /// assert_ne!(a, BatchKey::new("minilm", 256));
 /// assert_eq!(a.to_string(), "minilm/128");
+/// assert_eq!(BatchKey::default(), BatchKey::new("", 0));
+/// assert_ne!(BatchKey::default(), BatchKey::new("x", 0));
 /// ```
 #[derive(Clone)]
 pub struct BatchKey {
-    model: Arc<str>,
+    /// `None` for the empty name, so the default key clones without touching
+    /// a shared reference count.
+    model: Option<Arc<str>>,
     class: u64,
     /// FNV-1a of the model name and class, computed once: keys are hashed on
     /// every submit, so hashing must cost one word.
@@ -35,13 +39,13 @@ impl BatchKey {
     /// A key for `model` and a handler-chosen shape class (a padded length,
     /// an image size, a step count folded into a number...).
     pub fn new(model: impl Into<Arc<str>>, class: u64) -> Self {
-        let model = model.into();
+        let model: Arc<str> = model.into();
         let mut digest = 0xcbf2_9ce4_8422_2325u64;
         for byte in model.bytes().chain(class.to_le_bytes()) {
             digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
         }
         Self {
-            model,
+            model: (!model.is_empty()).then_some(model),
             class,
             digest,
         }
@@ -49,7 +53,7 @@ impl BatchKey {
 
     /// The model part.
     pub fn model(&self) -> &str {
-        &self.model
+        self.model.as_deref().unwrap_or("")
     }
 
     /// The shape-class part.
@@ -60,10 +64,15 @@ impl BatchKey {
 
 impl Default for BatchKey {
     /// One key for everything: every request may batch with every other.
-    /// (Shared: making it does not allocate.)
+    /// (Making it neither allocates nor touches a shared count.)
     fn default() -> Self {
-        static DEFAULT: OnceLock<BatchKey> = OnceLock::new();
-        DEFAULT.get_or_init(|| BatchKey::new("", 0)).clone()
+        static DEFAULT: OnceLock<u64> = OnceLock::new();
+        let digest = *DEFAULT.get_or_init(|| BatchKey::new("", 0).digest);
+        Self {
+            model: None,
+            class: 0,
+            digest,
+        }
     }
 }
 
@@ -71,7 +80,11 @@ impl PartialEq for BatchKey {
     fn eq(&self, other: &Self) -> bool {
         self.digest == other.digest
             && self.class == other.class
-            && (Arc::ptr_eq(&self.model, &other.model) || self.model == other.model)
+            && match (&self.model, &other.model) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            }
     }
 }
 
@@ -85,7 +98,7 @@ impl PartialOrd for BatchKey {
 
 impl Ord for BatchKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (&*self.model, self.class).cmp(&(&*other.model, other.class))
+        (self.model(), self.class).cmp(&(other.model(), other.class))
     }
 }
 
@@ -127,7 +140,7 @@ impl fmt::Debug for BatchKey {
 
 impl fmt::Display for BatchKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.model, self.class)
+        write!(f, "{}/{}", self.model(), self.class)
     }
 }
 

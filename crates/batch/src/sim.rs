@@ -206,7 +206,7 @@ pub fn simulate(config: &SimConfig, controller: &mut dyn BatchSizeController) ->
                 arrivals[next],
             );
             // Unbounded queue: a push cannot fail.
-            let _ = queue.push(key.clone(), entry);
+            let _ = queue.push(&key, entry);
             next += 1;
         }
         let next_arrival = arrivals.get(next).copied().unwrap_or(config.duration);

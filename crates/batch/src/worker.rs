@@ -9,8 +9,8 @@ use std::time::Instant;
 use parking_lot::MutexGuard;
 use switchyard_core::Clock;
 
-use crate::batcher::{OutcomeOf, Payload, Shared, State, Waiter, WorkerSlot, controller_target};
-use crate::handler::Member;
+use crate::batcher::{OutcomeOf, Payload, Shared, State, Waiter, controller_target};
+use crate::handler::{Member, RunningSet};
 use crate::metrics::nanos;
 use crate::queue::Queued;
 use crate::{BatchContext, BatchError, BatchHandler, BatchKey, BatchObservation, ShutdownMode};
@@ -24,9 +24,7 @@ struct Formed<H: BatchHandler> {
 }
 
 pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
-    let slot = Arc::new(WorkerSlot {
-        running: parking_lot::Mutex::new(Vec::new()),
-    });
+    let slot = Arc::new(RunningSet::default());
     let mut state = shared.state.lock();
     state.workers.push(Arc::clone(&slot));
     let mut last_sweep = shared.clock.now();
@@ -75,7 +73,7 @@ pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
                     c.observe(&observation);
                 }
             }
-            Choice::WaitUntil { until, missing } => wait_until(shared, &mut state, until, missing),
+            Choice::WaitUntil(until) => wait_until(shared, &mut state, until),
         }
     }
     state.live_workers -= 1;
@@ -85,7 +83,7 @@ pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
 
 enum Choice<H: BatchHandler> {
     Run((Formed<H>, Vec<Queued<Payload<H>>>)),
-    WaitUntil { until: Instant, missing: usize },
+    WaitUntil(Instant),
 }
 
 fn take_expired<H: BatchHandler>(state: &mut State<H>, now: Instant) -> Vec<Queued<Payload<H>>> {
@@ -110,7 +108,6 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
         ..
     } = state;
     let mut earliest: Option<Instant> = None;
-    let mut missing = usize::MAX;
     let best = queue
         .best_key(now, |key, summary| {
             let fill_by = summary.oldest + config.max_wait;
@@ -120,17 +117,12 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
                 || summary.len >= controller_target(controllers, factory, key);
             if !ready {
                 earliest = Some(earliest.map_or(fill_by, |e| e.min(fill_by)));
-                let target = controller_target(controllers, factory, key);
-                missing = missing.min(target.saturating_sub(summary.len));
             }
             ready
         })
         .map(|(key, _)| key.clone());
     let Some(key) = best else {
-        return Choice::WaitUntil {
-            until: earliest.unwrap_or(now + config.max_wait),
-            missing,
-        };
+        return Choice::WaitUntil(earliest.unwrap_or(now + config.max_wait));
     };
     let target = state.target(&key);
     let taken = state
@@ -157,7 +149,6 @@ fn wait_until<H: BatchHandler>(
     shared: &Shared<H>,
     state: &mut MutexGuard<'_, State<H>>,
     until: Instant,
-    missing: usize,
 ) {
     let now = shared.clock.now();
     let mut left = until.saturating_duration_since(now);
@@ -168,7 +159,7 @@ fn wait_until<H: BatchHandler>(
     if left > spin {
         // Under load the batch fills within microseconds: watch the arrival
         // counter for a moment before paying for a futex sleep and wake.
-        if !spin.is_zero() && spin_for_arrivals(shared, state, spin, missing) {
+        if !spin.is_zero() && spin_for_ready(shared, state, spin) {
             return;
         }
         state.sleeping += 1;
@@ -179,33 +170,35 @@ fn wait_until<H: BatchHandler>(
     }
 }
 
-/// Spin (unlocked) up to `spin` until `missing` more requests were submitted;
-/// whether they were.
-fn spin_for_arrivals<H: BatchHandler>(
+/// Spin (unlocked) up to `spin` until a submit reports a ready batch;
+/// whether one did. The flag is written once per batch, so spinning on it
+/// costs the submitting threads nothing.
+fn spin_for_ready<H: BatchHandler>(
     shared: &Shared<H>,
     state: &mut MutexGuard<'_, State<H>>,
     spin: std::time::Duration,
-    missing: usize,
 ) -> bool {
-    let seen = shared.submitted.load(std::sync::atomic::Ordering::Relaxed);
-    let want = seen.saturating_add(missing.max(1) as u64);
-    MutexGuard::unlocked(state, || {
+    use std::sync::atomic::Ordering;
+    state.spinning += 1;
+    shared.batch_ready.store(false, Ordering::Relaxed);
+    let ready = MutexGuard::unlocked(state, || {
         let start = Instant::now();
         let mut polls = 0u32;
         loop {
-            if shared.submitted.load(std::sync::atomic::Ordering::Relaxed) >= want {
+            if shared.batch_ready.load(Ordering::Acquire) {
                 return true;
             }
             polls += 1;
-            if polls.is_multiple_of(16) && start.elapsed() >= spin {
+            if polls.is_multiple_of(64) && start.elapsed() >= spin {
                 return false;
             }
-            // Read the counter sparingly: each read pulls its line from the submitter.
-            for _ in 0..16 {
-                std::hint::spin_loop();
-            }
+            std::hint::spin_loop();
         }
-    })
+    });
+    state.spinning -= 1;
+    // A submit may have filled the batch after the last poll but before the
+    // lock was retaken; it set the flag (under the lock) rather than notifying.
+    ready || shared.batch_ready.load(Ordering::Acquire)
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -218,7 +211,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 
 fn execute<H: BatchHandler>(
     shared: &Shared<H>,
-    slot: &WorkerSlot<H>,
+    slot: &RunningSet,
     formed: Formed<H>,
 ) -> (BatchKey, BatchObservation) {
     let Formed {
@@ -255,13 +248,11 @@ fn execute<H: BatchHandler>(
     for w in &late {
         w.cell.complete(Err(BatchError::TimedOut));
     }
-    {
-        let mut running = slot.running.lock();
-        for (first, followers) in &groups {
-            running.push((first.id, Arc::clone(&first.cell)));
-            running.extend(followers.iter().map(|w| (w.id, Arc::clone(&w.cell))));
-        }
-    }
+    slot.start(
+        groups
+            .iter()
+            .flat_map(|(f, rest)| std::iter::once(f.id).chain(rest.iter().map(|w| w.id))),
+    );
     let members: Vec<Member<'_>> = groups
         .iter()
         .map(|(first, _)| Member {
@@ -272,13 +263,14 @@ fn execute<H: BatchHandler>(
     let context = BatchContext {
         key: &key,
         members: &members,
+        running: Some(slot),
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         shared.handler.run(&mut inputs, &context)
     }));
     drop(members);
     let finished = shared.clock.now();
-    slot.running.lock().clear();
+    slot.finish();
     drop(inputs);
 
     let size = groups.len();
