@@ -1,5 +1,7 @@
 //! Criterion benches of the batcher: round trips through a no-op handler in
-//! batches of 64 against a bare crossbeam channel, and one PID simulation.
+//! batches of 64 against a bare crossbeam channel and against the floor (a
+//! clock read and a result cell per request, one bare hop), and one PID
+//! simulation.
 
 use std::time::Duration;
 
@@ -7,7 +9,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use switchyard::batch::sim::simulate;
 use switchyard::batch::{Pid, PidConfig};
 use switchyard_benches::batch_suites::{
-    PID_TARGET, batcher_round_trips, channel_round_trips, echo_batcher, pid_scenario,
+    PID_TARGET, batcher_round_trips, channel_round_trips, echo_batcher, floor_round_trips,
+    pid_scenario,
 };
 
 fn round_trips(c: &mut Criterion) {
@@ -21,6 +24,7 @@ fn round_trips(c: &mut Criterion) {
         b.iter(|| batcher_round_trips(&batcher, N))
     });
     group.bench_function("crossbeam_channel", |b| b.iter(|| channel_round_trips(N)));
+    group.bench_function("floor_clock_cell_hop", |b| b.iter(|| floor_round_trips(N)));
     group.finish();
 }
 

@@ -103,6 +103,46 @@ pub fn channel_round_trips(n: u64) -> Duration {
     elapsed
 }
 
+/// The least any request round trip can cost that, like the batcher's,
+/// stamps each request with its arrival time and gives the caller a result
+/// slot of its own: a clock read, one shared cell per request, a bare
+/// crossbeam hop to an echo thread that fills the cell. No priorities, no
+/// batching, no cancellation: a floor, not a design.
+pub fn floor_round_trips(n: u64) -> Duration {
+    type Slot = std::sync::Arc<std::sync::OnceLock<u64>>;
+    let (to_echo, echo_in) = crossbeam::channel::unbounded::<(u64, Instant, Slot)>();
+    let echo = thread::spawn(move || {
+        for (x, at, slot) in echo_in {
+            let _ = slot.set(x + u64::from(std::hint::black_box(at) < at));
+        }
+    });
+    let take = |slot: Slot| loop {
+        if let Some(x) = slot.get() {
+            break *x;
+        }
+        std::hint::spin_loop();
+    };
+    let start = Instant::now();
+    let mut in_flight: VecDeque<Slot> = VecDeque::with_capacity(WINDOW);
+    for i in 0..n {
+        if in_flight.len() == WINDOW
+            && let Some(slot) = in_flight.pop_front()
+        {
+            let _ = std::hint::black_box(take(slot));
+        }
+        let slot = Slot::default();
+        let _ = to_echo.send((i, Instant::now(), slot.clone()));
+        in_flight.push_back(slot);
+    }
+    for slot in in_flight {
+        let _ = std::hint::black_box(take(slot));
+    }
+    let elapsed = start.elapsed();
+    drop(to_echo);
+    let _ = echo.join();
+    elapsed
+}
+
 /// Submit at `rate` per second for `span` (paced by spinning), polling the
 /// handles from the same thread; the caller-observed latency of every request.
 pub fn paced_latencies(batcher: &Batcher<Echo>, rate: f64, span: Duration) -> Histogram {
@@ -141,8 +181,10 @@ pub fn overhead() -> SuiteResult {
     let batcher = echo_batcher();
     batcher_round_trips(&batcher, N / 10);
     channel_round_trips(N / 10);
+    floor_round_trips(N / 10);
     let mut ours = Vec::new();
     let mut bare = Vec::new();
+    let mut least = Vec::new();
     // Not interleaved: each side runs with the machine in the same state.
     for _ in 0..RUNS {
         ours.push(N as f64 / batcher_round_trips(&batcher, N).as_secs_f64());
@@ -150,8 +192,12 @@ pub fn overhead() -> SuiteResult {
     for _ in 0..RUNS {
         bare.push(N as f64 / channel_round_trips(N).as_secs_f64());
     }
+    for _ in 0..RUNS {
+        least.push(N as f64 / floor_round_trips(N).as_secs_f64());
+    }
     let ours = median(&mut ours);
     let bare = median(&mut bare);
+    let least = median(&mut least);
     let ratio = ours / bare;
     let m = batcher.metrics();
 
@@ -174,6 +220,17 @@ pub fn overhead() -> SuiteResult {
         bare,
         "msg/s (median of 5 x 1M, 2 threads)",
     );
+    report.figure(
+        "floor_round_trips_per_sec",
+        least,
+        "req/s (clock read + own result cell + bare hop; median of 5 x 1M)",
+    );
+    report.figure(
+        "floor_vs_crossbeam",
+        least / bare,
+        "what the goal's 0.5 asks is above this",
+    );
+    report.figure("batcher_vs_floor", ours / least, "ratio");
     report.figure("mean_batch_size", m.batch_size.mean as f64, "requests");
     report.figure("light_load_rate", light, "req/s (10% of measured)");
     report.figure("light_load_p50_us", p50_us, "us caller-observed");
