@@ -40,6 +40,11 @@ pub const ALL: &[Suite] = &[
         about: "simulated load step: PID vs every Fixed size 1..64 vs Triton-style batching",
         run: crate::batch_suites::pid_sim,
     },
+    Suite {
+        name: "vram",
+        about: "cost of one memory snapshot: host (/proc + cgroup), budget, MemoryWatch::sample",
+        run: crate::memory_suites::vram,
+    },
 ];
 
 /// Find a suite by name.
