@@ -55,3 +55,69 @@ pub fn vram() -> SuiteResult {
     );
     Ok(report)
 }
+
+/// Nanoseconds per iteration of `f`, median of 5 runs of `iters`.
+fn nanos_per_op(iters: u32, mut f: impl FnMut(u32)) -> f64 {
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            for i in 0..iters {
+                f(i);
+            }
+            start.elapsed().as_secs_f64() * 1e9 / f64::from(iters)
+        })
+        .collect();
+    median(&mut runs)
+}
+
+/// `pool`: the KV block pool's operations (the buffer pool joins it with
+/// the rest of issue 4).
+pub fn pool() -> SuiteResult {
+    use switchyard::pool::{KvBlockPool, KvPoolConfig, SeqId};
+
+    let mut config = KvPoolConfig::new(4096, 16);
+    config.prefix_caching = false;
+    let mut kv = KvBlockPool::new(config)?;
+    let one_block: Vec<u32> = (0..16).collect();
+    let seq = SeqId(1);
+    // One block in, one block out: the allocator's round trip.
+    let alloc_free = nanos_per_op(1_000_000, |_| {
+        let _ = kv.add_sequence(seq, &one_block);
+        let _ = kv.free(seq);
+    });
+    // Decode: one token appended per call; a new block every 16.
+    let _ = kv.add_sequence(seq, &one_block);
+    let append = nanos_per_op(60_000, |i| {
+        let _ = kv.append(seq, i);
+    });
+    let _ = kv.free(seq);
+    // Prefix hit: a 64-token prompt whose first 48 tokens are cached.
+    let mut cached = KvBlockPool::new(KvPoolConfig::new(4096, 16))?;
+    let prompt: Vec<u32> = (0..64).collect();
+    cached.add_sequence(SeqId(0), &prompt)?;
+    cached.commit(SeqId(0), 64)?;
+    let hit = nanos_per_op(200_000, |_| {
+        let _ = cached.add_sequence(seq, &prompt);
+        let _ = cached.free(seq);
+    });
+
+    let mut report = Report::new("pool");
+    report.figure(
+        "kv_allocate_free_ns",
+        alloc_free,
+        "ns per add_sequence(16 tokens = 1 block) + free, median of 5 x 1M",
+    );
+    report.figure("kv_append_ns", append, "ns per decoded token (block of 16)");
+    report.figure(
+        "kv_prefix_hit_add_free_ns",
+        hit,
+        "ns per add_sequence(64 tokens, 3 cached blocks) + free",
+    );
+    report.goal(
+        "kv_allocate_free",
+        "KvBlockPool allocate/free < 100 ns",
+        alloc_free,
+        alloc_free < 100.0,
+    );
+    Ok(report)
+}

@@ -45,6 +45,11 @@ pub const ALL: &[Suite] = &[
         about: "cost of one memory snapshot: host (/proc + cgroup), budget, MemoryWatch::sample",
         run: crate::memory_suites::vram,
     },
+    Suite {
+        name: "pool",
+        about: "KvBlockPool allocate+free, append, prefix-hit admission (ns per op)",
+        run: crate::memory_suites::pool,
+    },
 ];
 
 /// Find a suite by name.

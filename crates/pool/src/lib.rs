@@ -1,24 +1,45 @@
 //! Reuse of memory instead of allocating it.
 //!
-//! `switchyard-pool` will own `BufferPool` (host buffers in size classes,
-//! handed out behind RAII guards) and `KvBlockPool` (fixed-size KV-cache blocks
-//! with reference counts, block tables and a prefix index), plus the
-//! `KvStorage` trait through which a model says where blocks physically live.
-//! It knows nothing of models or devices beyond that trait.
+//! `switchyard-pool` owns [`KvBlockPool`], the block allocator for
+//! key/value caches as vLLM's PagedAttention manages them: a fixed number of
+//! blocks of `block_size` token slots, a block table per sequence, O(1)
+//! allocate and free, reference counts so sequences share prefix blocks,
+//! copy-on-write when a shared block is appended to, and a prefix index
+//! (chained hashes of each full block's token ids, checked against the
+//! tokens themselves) so a new sequence that starts with a cached prefix
+//! reuses those blocks. The storage behind the blocks (one tensor per layer)
+//! belongs to the model, through the [`KvStorage`] trait.
 //!
-//! For now the crate holds its error type; the pools arrive with the memory
-//! work.
+//! `BufferPool` (size-class host buffers behind RAII guards) is still to
+//! come with issue 4.
 //!
 //! # Example
 //!
 //! ```
-//! use switchyard_pool::PoolError;
+//! use switchyard_pool::{KvBlockPool, KvPoolConfig, SeqId};
 //!
-//! let err = PoolError::OutOfBlocks { requested: 4, free: 1 };
-//! assert_eq!(err.to_string(), "out of KV blocks: requested 4, free 1");
+//! let mut pool = KvBlockPool::new(KvPoolConfig::new(64, 16))?;
+//! let prompt: Vec<u32> = (0..40).collect();
+//! let seq = SeqId(7);
+//! assert!(pool.can_allocate(prompt.len()));
+//! let cached = pool.add_sequence(seq, &prompt)?; // 0: nothing cached yet
+//! // ... the model writes keys and values of tokens `cached..40` at
+//! // `pool.slot(seq, position)` ...
+//! pool.commit(seq, prompt.len())?;
+//! pool.append(seq, 1234)?; // one decoded token
+//! assert_eq!(pool.block_table(seq)?.len(), 3); // 41 tokens in blocks of 16
+//! pool.free(seq)?;
+//! assert_eq!(pool.stats().used, 0);
+//! # let _ = cached;
+//! # Ok::<(), switchyard_pool::PoolError>(())
 //! ```
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+
+mod kv;
+mod lru;
+
+pub use kv::{BlockCopy, BlockId, KvBlockPool, KvPoolConfig, KvStats, KvStorage, SeqId};
 
 /// Errors from the pools.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +52,28 @@ pub enum PoolError {
         requested: usize,
         /// Blocks free at the time.
         free: usize,
+    },
+    /// No sequence has this id.
+    #[error("unknown sequence {0}")]
+    UnknownSequence(u64),
+    /// A sequence with this id is already in the pool.
+    #[error("sequence {0} already exists")]
+    SequenceExists(u64),
+    /// A token position past the sequence's end.
+    #[error("position {position} is past the sequence's {len} tokens")]
+    OutOfRange {
+        /// The position asked for.
+        position: usize,
+        /// Tokens the sequence holds.
+        len: usize,
+    },
+    /// A setting is out of range.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// The setting.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
     },
 }
 

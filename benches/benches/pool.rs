@@ -1,0 +1,49 @@
+//! Criterion benches of the pools: KV block allocate + free, append, and a
+//! prefix-hit admission.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use switchyard::pool::{KvBlockPool, KvPoolConfig, SeqId};
+
+fn kv_blocks(c: &mut Criterion) {
+    let mut config = KvPoolConfig::new(4096, 16);
+    config.prefix_caching = false;
+    let Ok(mut kv) = KvBlockPool::new(config) else {
+        return;
+    };
+    let one_block: Vec<u32> = (0..16).collect();
+    c.bench_function("kv_add_free_1_block", |b| {
+        b.iter(|| {
+            let _ = black_box(kv.add_sequence(SeqId(1), &one_block));
+            let _ = kv.free(SeqId(1));
+        })
+    });
+    let _ = kv.add_sequence(SeqId(1), &one_block);
+    let mut token = 0u32;
+    c.bench_function("kv_append", |b| {
+        b.iter(|| {
+            token = token.wrapping_add(1);
+            if kv.len(SeqId(1)).unwrap_or(0) > 60_000 {
+                let _ = kv.free(SeqId(1));
+                let _ = kv.add_sequence(SeqId(1), &one_block);
+            }
+            black_box(kv.append(SeqId(1), token))
+        })
+    });
+    let Ok(mut cached) = KvBlockPool::new(KvPoolConfig::new(4096, 16)) else {
+        return;
+    };
+    let prompt: Vec<u32> = (0..64).collect();
+    if cached.add_sequence(SeqId(0), &prompt).is_ok() && cached.commit(SeqId(0), 64).is_ok() {
+        c.bench_function("kv_prefix_hit_64_tokens", |b| {
+            b.iter(|| {
+                let _ = black_box(cached.add_sequence(SeqId(1), &prompt));
+                let _ = cached.free(SeqId(1));
+            })
+        });
+    }
+}
+
+criterion_group!(benches, kv_blocks);
+criterion_main!(benches);
