@@ -1,10 +1,20 @@
-//! Criterion benches of the pools: KV block allocate + free, append, and a
-//! prefix-hit admission.
+//! Criterion benches of the pools: a reused 16 MiB buffer against
+//! `vec![0u8; 16 MiB]` (each with every page written), KV block allocate +
+//! free, append, and a prefix-hit admission.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use switchyard::pool::{KvBlockPool, KvPoolConfig, SeqId};
+use switchyard::pool::{BufferPool, KvBlockPool, KvPoolConfig, SeqId};
+use switchyard_benches::memory_suites::{fresh_round, pooled_round};
+
+fn buffers(c: &mut Criterion) {
+    let pool = BufferPool::new(1 << 30);
+    let mut group = c.benchmark_group("buffer_16mib_write_every_page");
+    group.bench_function("pooled", |b| b.iter(|| pooled_round(&pool)));
+    group.bench_function("vec_zeroed", |b| b.iter(fresh_round));
+    group.finish();
+}
 
 fn kv_blocks(c: &mut Criterion) {
     let mut config = KvPoolConfig::new(4096, 16);
@@ -45,5 +55,5 @@ fn kv_blocks(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, kv_blocks);
+criterion_group!(benches, buffers, kv_blocks);
 criterion_main!(benches);

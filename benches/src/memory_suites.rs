@@ -70,10 +70,49 @@ fn nanos_per_op(iters: u32, mut f: impl FnMut(u32)) -> f64 {
     median(&mut runs)
 }
 
-/// `pool`: the KV block pool's operations (the buffer pool joins it with
-/// the rest of issue 4).
+/// Bytes of the buffer the `pool` suite reuses.
+pub const BUFFER_BYTES: usize = 16 << 20;
+const PAGE: usize = 4096;
+
+/// Write one byte in every page, as a model filling an input would.
+pub fn touch_pages(bytes: &mut [u8]) {
+    for (i, page) in bytes.chunks_mut(PAGE).enumerate() {
+        page[0] = i as u8;
+    }
+}
+
+/// One pooled round: acquire 16 MiB, write every page, release.
+pub fn pooled_round(pool: &switchyard::pool::BufferPool) {
+    if let Ok(mut b) = pool.acquire(BUFFER_BYTES) {
+        touch_pages(b.as_bytes_mut());
+        std::hint::black_box(b.as_bytes().as_ptr());
+    }
+}
+
+/// The same without a pool: `vec![0u8; 16 MiB]`, write every page, drop.
+pub fn fresh_round() {
+    let mut v = vec![0u8; BUFFER_BYTES];
+    touch_pages(&mut v);
+    std::hint::black_box(v.as_ptr());
+}
+
+/// `pool`: a reused 16 MiB buffer against a fresh allocation, and the KV
+/// block pool's operations.
 pub fn pool() -> SuiteResult {
-    use switchyard::pool::{KvBlockPool, KvPoolConfig, SeqId};
+    use switchyard::pool::{BufferPool, KvBlockPool, KvPoolConfig, SeqId};
+
+    let buffers = BufferPool::new(1 << 30);
+    let mut pooled_us = micros(&time_runs(5, 200, || {
+        pooled_round(&buffers);
+        Ok::<(), std::convert::Infallible>(())
+    })?);
+    let mut fresh_us = micros(&time_runs(5, 200, || {
+        fresh_round();
+        Ok::<(), std::convert::Infallible>(())
+    })?);
+    let pooled_us = median(&mut pooled_us);
+    let fresh_us = median(&mut fresh_us);
+    let speedup = fresh_us / pooled_us;
 
     let mut config = KvPoolConfig::new(4096, 16);
     config.prefix_caching = false;
@@ -102,6 +141,22 @@ pub fn pool() -> SuiteResult {
     });
 
     let mut report = Report::new("pool");
+    report.figure(
+        "pooled_16mib_us",
+        pooled_us,
+        "us median of 200: acquire + write every page + release",
+    );
+    report.figure(
+        "vec_16mib_us",
+        fresh_us,
+        "us median of 200: vec![0u8; 16 MiB] + write every page + drop",
+    );
+    report.goal(
+        "pool_vs_vec",
+        "pool >= 10x faster than a fresh vec",
+        speedup,
+        speedup >= 10.0,
+    );
     report.figure(
         "kv_allocate_free_ns",
         alloc_free,

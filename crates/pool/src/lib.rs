@@ -10,8 +10,12 @@
 //! reuses those blocks. The storage behind the blocks (one tensor per layer)
 //! belongs to the model, through the [`KvStorage`] trait.
 //!
-//! `BufferPool` (size-class host buffers behind RAII guards) is still to
-//! come with issue 4.
+//! [`BufferPool`] hands out host buffers in size classes (the rounding rule
+//! is in [`classes`]) from lock-free per-class free lists, behind
+//! [`PooledBuffer`] guards that return them on drop, 64-byte aligned, with
+//! typed views (`&mut [f32]`, `&mut [half::f16]`, `&mut [u8]`), a cap on
+//! cached bytes, `trim` for memory-pressure listeners, and stats. With
+//! feature `candle`, a buffer becomes a model input tensor.
 //!
 //! # Example
 //!
@@ -36,9 +40,12 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
+mod buffer;
+pub mod classes;
 mod kv;
 mod lru;
 
+pub use buffer::{BufferPool, BufferStats, PooledBuffer};
 pub use kv::{BlockCopy, BlockId, KvBlockPool, KvPoolConfig, KvStats, KvStorage, SeqId};
 
 /// Errors from the pools.
@@ -66,6 +73,13 @@ pub enum PoolError {
         position: usize,
         /// Tokens the sequence holds.
         len: usize,
+    },
+    /// A buffer of this size cannot exist (its size class overflows, or
+    /// the allocator refused it).
+    #[error("a buffer of {bytes} bytes cannot be allocated")]
+    TooLarge {
+        /// Bytes asked for.
+        bytes: usize,
     },
     /// A setting is out of range.
     #[error("invalid {field}: {reason}")]

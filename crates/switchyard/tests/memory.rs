@@ -1,6 +1,7 @@
-//! The memory monitor meets the batcher: a `MemoryWatch`'s headroom, handed
-//! to the PID controller as its `MemoryHeadroom`, caps the batch size as the
-//! engine reserves memory, and lifts the cap when it is released.
+//! The memory monitor meets the batcher and the pool: a `MemoryWatch`'s
+//! headroom, handed to the PID controller as its `MemoryHeadroom`, caps the
+//! batch size as the engine reserves memory and lifts the cap when it is
+//! released; a level-change listener trims the buffer pool at High.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use switchyard::batch::{
     BatchObservation, BatchSizeController, MemoryClamp, MemoryHeadroom, Pid, PidConfig,
 };
 use switchyard::core::DeviceId;
-use switchyard::vram::{BudgetMonitor, MemoryWatch, PressureLevel, WatchConfig};
+use switchyard::pool::BufferPool;
+use switchyard::vram::{BudgetMonitor, MemoryWatch, PressureLevel, SimulatedMonitor, WatchConfig};
 
 const MIB: u64 = 1 << 20;
 
@@ -60,4 +62,34 @@ fn reservations_shrink_the_batch_and_releases_grow_it_back() {
         pid.observe(&fast_batch(t));
     }
     assert_eq!(pid.target(), 16);
+}
+
+#[test]
+fn high_pressure_trims_the_buffer_pool() {
+    let gpu = DeviceId::Cuda(0);
+    let sim = Arc::new(SimulatedMonitor::new().with_device(gpu, 1000, 100));
+    let watch = MemoryWatch::new(sim.clone(), gpu, WatchConfig::default()).unwrap();
+    let pool = BufferPool::new(64 * MIB);
+    drop((
+        pool.acquire(MIB as usize).unwrap(),
+        pool.acquire(4096).unwrap(),
+    ));
+    assert_eq!(pool.stats().bytes_cached, MIB + 4096);
+    let trimmed = pool.clone();
+    watch.on_level_change(move |change| {
+        if change.to >= PressureLevel::High {
+            trimmed.trim_all();
+        }
+    });
+    sim.set_used(gpu, 600);
+    watch.sample().unwrap();
+    assert_eq!(
+        pool.stats().bytes_cached,
+        MIB + 4096,
+        "moderate keeps the cache"
+    );
+    sim.set_used(gpu, 800);
+    watch.sample().unwrap();
+    assert_eq!(pool.stats().bytes_cached, 0);
+    assert_eq!(pool.stats().bytes_released, MIB + 4096);
 }
