@@ -1,6 +1,6 @@
 //! Criterion benches of the pools: a reused 16 MiB buffer against
 //! `vec![0u8; 16 MiB]` (each with every page written), KV block allocate +
-//! free, append, and a prefix-hit admission.
+//! free, append, a prefix-hit admission, and a warm model-cache hit.
 
 use std::hint::black_box;
 
@@ -55,5 +55,22 @@ fn kv_blocks(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, buffers, kv_blocks);
+fn cache_hits(c: &mut Criterion) {
+    use std::sync::Arc;
+    use switchyard::cache::{CacheConfig, ModelCache};
+    use switchyard_benches::memory_suites::NamedLoader;
+
+    let cache: ModelCache<String, String> = ModelCache::build(
+        Arc::new(NamedLoader::default()),
+        CacheConfig::default(),
+        switchyard::core::SystemClock::shared(),
+        None,
+    );
+    let key = "smollm2-135m-instruct".to_owned();
+    if cache.get(&key).is_ok() {
+        c.bench_function("cache_warm_hit", |b| b.iter(|| black_box(cache.get(&key))));
+    }
+}
+
+criterion_group!(benches, buffers, kv_blocks, cache_hits);
 criterion_main!(benches);

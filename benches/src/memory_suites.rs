@@ -176,3 +176,84 @@ pub fn pool() -> SuiteResult {
     );
     Ok(report)
 }
+
+/// A loader for the `cache` suite: the "model" is its name, weighed at one
+/// byte; loading takes `delay` so concurrent callers overlap.
+#[derive(Debug, Default)]
+pub struct NamedLoader {
+    /// Loads run.
+    pub loads: std::sync::atomic::AtomicUsize,
+    /// How long each load takes.
+    pub delay: std::time::Duration,
+}
+
+impl switchyard::cache::Loader<String, String> for NamedLoader {
+    fn load(
+        &self,
+        key: &String,
+        _: DeviceId,
+    ) -> Result<switchyard::cache::Loaded<String>, switchyard::cache::LoadError> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        Ok(switchyard::cache::Loaded {
+            value: key.clone(),
+            bytes: 1,
+        })
+    }
+}
+
+/// `cache`: a warm hit's cost, and how many loads 16 threads asking for one
+/// cold key cause.
+pub fn cache() -> SuiteResult {
+    use std::sync::atomic::Ordering;
+    use switchyard::cache::{CacheConfig, ModelCache};
+
+    let loader = Arc::new(NamedLoader {
+        delay: std::time::Duration::from_millis(20),
+        ..NamedLoader::default()
+    });
+    let cache: ModelCache<String, String> = ModelCache::build(
+        loader.clone(),
+        CacheConfig::default(),
+        switchyard::core::SystemClock::shared(),
+        None,
+    );
+    let warm = "smollm2-135m-instruct".to_owned();
+    cache.get(&warm)?;
+    let hit_ns = nanos_per_op(1_000_000, |_| {
+        let _ = std::hint::black_box(cache.get(&warm));
+    });
+
+    let cold = "all-minilm-l6-v2".to_owned();
+    let before = loader.loads.load(Ordering::SeqCst);
+    let start = std::sync::Barrier::new(16);
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                start.wait();
+                let _ = cache.get(&cold);
+            });
+        }
+    });
+    let cold_loads = loader.loads.load(Ordering::SeqCst) - before;
+
+    let mut report = Report::new("cache");
+    report.figure(
+        "warm_hit_ns",
+        hit_ns,
+        "ns per get of a loaded model, median of 5 x 1M",
+    );
+    report.figure(
+        "cold_key_loads_16_threads",
+        cold_loads as f64,
+        "loads when 16 threads ask at once",
+    );
+    report.goal("warm_hit", "warm hit < 1 us", hit_ns, hit_ns < 1000.0);
+    report.goal(
+        "single_flight",
+        "16 threads, one cold key -> exactly 1 load",
+        cold_loads as f64,
+        cold_loads == 1,
+    );
+    Ok(report)
+}

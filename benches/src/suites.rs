@@ -50,6 +50,11 @@ pub const ALL: &[Suite] = &[
         about: "KvBlockPool allocate+free, append, prefix-hit admission (ns per op)",
         run: crate::memory_suites::pool,
     },
+    Suite {
+        name: "cache",
+        about: "model cache: warm hit cost; loads caused by 16 threads asking for one cold key",
+        run: crate::memory_suites::cache,
+    },
 ];
 
 /// Find a suite by name.
