@@ -8,6 +8,8 @@
 //! - `CudaMonitor` (feature `cuda`): `cuMemGetInfo` per device through cudarc
 //!   with the driver loaded at run time; a typed [`VramError::NoDevice`], never
 //!   a panic, where there is no driver;
+//! - `NvmlMonitor` (feature `nvml`): the same through NVML, plus compute
+//!   utilisation and this process's own use per device;
 //! - [`BudgetMonitor`]: "use at most 6 GiB", counting what the engine
 //!   reserved; the same answer on every machine;
 //! - [`SimulatedMonitor`]: readings a test scripts.
@@ -50,6 +52,8 @@ mod budget;
 mod cuda;
 mod error;
 mod host;
+#[cfg(feature = "nvml")]
+mod nvml;
 mod pressure;
 pub mod procfs;
 mod simulated;
@@ -61,6 +65,8 @@ pub use budget::{BudgetMonitor, Reservation};
 pub use cuda::CudaMonitor;
 pub use error::{Result, VramError};
 pub use host::HostMonitor;
+#[cfg(feature = "nvml")]
+pub use nvml::NvmlMonitor;
 pub use pressure::{PressureLevel, Thresholds, batch_size_for, headroom};
 pub use simulated::SimulatedMonitor;
 pub use snapshot::{MemoryMonitor, MemorySnapshot};
