@@ -33,6 +33,15 @@ pub enum TextError {
     /// The tokenizer failed to load or to encode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A GGUF file's header or metadata is malformed.
+    #[error("invalid GGUF: {0}")]
+    Gguf(String),
+    /// A tokenizer kind or pre-tokenizer this crate does not build.
+    #[error("unsupported tokenizer: {0}")]
+    UnsupportedTokenizer(String),
+    /// A chat template failed to parse or render.
+    #[error("chat template: {0}")]
+    Template(String),
     /// A request parameter is not acceptable.
     #[error("invalid {field}: {reason}")]
     InvalidInput {

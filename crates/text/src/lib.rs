@@ -1,15 +1,27 @@
 //! Text pipelines on candle.
 //!
 //! `switchyard-text` owns everything that turns text into numbers and back:
-//! tokenizers (`tokenizer.json`, and later GGUF metadata), chat templates,
+//! tokenizers (`tokenizer.json`, and GGUF metadata), chat templates,
 //! sentence embeddings, and (in later issues) Llama-family generation with
 //! continuous batching over the paged KV cache. It does not queue or schedule
 //! requests (that is `switchyard-batch`) and does not decide which models stay
 //! loaded (`switchyard-cache`).
 //!
-//! Today it provides [`BertEmbedder`], which loads a sentence-transformers
-//! folder (such as all-MiniLM-L6-v2) and embeds batches of texts behind the
-//! [`Embedder`] trait.
+//! Today it provides:
+//!
+//! - [`TextTokenizer`]: a `tokenizer.json`, or the tokenizer a GGUF file
+//!   carries (`gpt2` byte-level BPE with the `smollm`, `llama-bpe`, `qwen2`
+//!   or `default` split; `llama` SentencePiece-style pieces with byte
+//!   fallback; control tokens special; `add_bos_token`/`add_eos_token`
+//!   honoured), read through [`GgufMetadata`], a metadata reader that checks
+//!   every length against the file so forged counts are errors, not
+//!   allocations; [`StreamDecoder`] for streaming text that never splits a
+//!   character;
+//! - [`ChatTemplate`]: the model's own Jinja chat template rendered with
+//!   minijinja as transformers renders it, on bounded fuel;
+//! - [`BertEmbedder`], which loads a sentence-transformers folder (such as
+//!   all-MiniLM-L6-v2) and embeds batches of texts behind the [`Embedder`]
+//!   trait.
 //!
 //! # Example
 //!
@@ -35,6 +47,14 @@
 
 mod embed;
 mod error;
+mod gguf_meta;
+mod gguf_tokenizer;
+mod template;
+mod tokenizer;
 
 pub use embed::{BertEmbedder, Embedder, Pooling, cosine_similarity};
 pub use error::{Result, TextError};
+pub use gguf_meta::{GgufMetadata, MetaValue};
+pub use gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};
+pub use template::{ChatMessage, ChatTemplate};
+pub use tokenizer::{StreamDecoder, TextTokenizer};
