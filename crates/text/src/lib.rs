@@ -49,6 +49,8 @@ mod embed;
 mod error;
 mod gguf_meta;
 mod gguf_tokenizer;
+mod sampling;
+mod stop;
 mod template;
 mod tokenizer;
 
@@ -56,5 +58,7 @@ pub use embed::{BertEmbedder, Embedder, Pooling, cosine_similarity};
 pub use error::{Result, TextError};
 pub use gguf_meta::{GgufMetadata, MetaValue};
 pub use gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};
+pub use sampling::{Sampler, SamplingParams, argmax};
+pub use stop::{FinishReason, StopMatcher, Usage};
 pub use template::{ChatMessage, ChatTemplate};
 pub use tokenizer::{StreamDecoder, TextTokenizer};
