@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::Deserialize;
 use switchyard_core::DeviceId;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::{Result, TextError};
 
@@ -69,6 +69,51 @@ pub struct BertEmbedder {
     max_tokens: usize,
     pooling: Pooling,
     normalize: bool,
+    pad_id: u32,
+    packing: Packing,
+}
+
+/// How [`BertEmbedder::embed`] groups texts into forward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packing {
+    /// Most padded tokens (rows x longest row) in one forward pass, like
+    /// TEI's `max_batch_tokens`.
+    pub max_batch_tokens: usize,
+    /// Most texts in one forward pass.
+    pub max_batch_size: usize,
+}
+
+impl Default for Packing {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 8192,
+            max_batch_size: 64,
+        }
+    }
+}
+
+/// Group `lens` (token counts, by input index) into batches: sorted by
+/// length so texts of similar length share a batch and little is padding,
+/// each batch within the token budget and size. Returns input indices.
+pub fn pack_by_length(lens: &[usize], packing: Packing) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (lens[i], i));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending: the newcomer is the longest row of the batch.
+        let rows = current.len() + 1;
+        let fits = rows <= packing.max_batch_size.max(1)
+            && rows.saturating_mul(lens[i]) <= packing.max_batch_tokens;
+        if !fits && !current.is_empty() {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 impl fmt::Debug for BertEmbedder {
@@ -122,7 +167,7 @@ impl BertEmbedder {
             .unwrap_or(config.max_position_embeddings)
             .min(config.max_position_embeddings);
 
-        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), &config, max_tokens)?;
+        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), max_tokens)?;
         let weights = dir.join("model.safetensors");
         if !weights.exists() {
             return Err(TextError::ModelLoad {
@@ -149,7 +194,45 @@ impl BertEmbedder {
             max_tokens,
             pooling,
             normalize,
+            pad_id: u32::try_from(config.pad_token_id).unwrap_or(0),
+            packing: Packing::default(),
         })
+    }
+
+    /// Group texts into forward passes by `packing` instead of the default.
+    pub fn with_packing(mut self, packing: Packing) -> Self {
+        self.packing = packing;
+        self
+    }
+
+    /// Token ids of `text` as the model sees them (special tokens added,
+    /// truncated to [`Embedder::max_tokens`]).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let e = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        Ok(e.get_ids().to_vec())
+    }
+
+    /// One forward pass over `rows` (token ids), padded to the longest.
+    fn forward_rows(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(rows.len() * longest);
+        let mut mask = Vec::with_capacity(rows.len() * longest);
+        for r in rows {
+            ids.extend_from_slice(r);
+            ids.extend(std::iter::repeat_n(self.pad_id, longest - r.len()));
+            mask.extend(std::iter::repeat_n(1u32, r.len()));
+            mask.extend(std::iter::repeat_n(0u32, longest - r.len()));
+        }
+        let shape = (rows.len(), longest);
+        let ids = Tensor::from_vec(ids, shape, &self.device)?;
+        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        let type_ids = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let pooled = self.pool(&hidden, &mask)?;
+        Ok(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 
     /// The pooling mode read from the folder.
@@ -190,19 +273,11 @@ impl BertEmbedder {
     }
 }
 
-fn load_tokenizer(path: &PathBuf, config: &BertConfig, max_tokens: usize) -> Result<Tokenizer> {
+fn load_tokenizer(path: &PathBuf, max_tokens: usize) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::from_file(path)
         .map_err(|e| TextError::Tokenizer(format!("{}: {e}", path.display())))?;
-    let pad_id = config.pad_token_id as u32;
-    let pad_token = tokenizer
-        .id_to_token(pad_id)
-        .unwrap_or_else(|| "[PAD]".to_owned());
-    tokenizer.with_padding(Some(PaddingParams {
-        strategy: PaddingStrategy::BatchLongest,
-        pad_id,
-        pad_token,
-        ..Default::default()
-    }));
+    // Padding is ours: each packed batch pads to its own longest row.
+    tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams {
             max_length: max_tokens,
@@ -222,26 +297,21 @@ impl Embedder for BertEmbedder {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
+        // Tokenise one text at a time: tokenizers' batch encoding starts its
+        // own thread pool, which would fight candle's for the same cores.
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<_>>()?;
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for batch in pack_by_length(&lens, self.packing) {
+            let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
+            for (i, vector) in batch.into_iter().zip(self.forward_rows(&rows)?) {
+                out[i] = vector;
+            }
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
-        let rows = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor> {
-            let data: Vec<Tensor> = encodings
-                .iter()
-                .map(|e| Tensor::new(f(e), &self.device))
-                .collect::<candle_core::Result<_>>()?;
-            Ok(Tensor::stack(&data, 0)?)
-        };
-        let ids = rows(&|e| e.get_ids())?;
-        let type_ids = rows(&|e| e.get_type_ids())?;
-        let mask = rows(&|e| e.get_attention_mask())?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
-        let pooled = self.pool(&hidden, &mask)?;
-        Ok(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        Ok(out)
     }
 }
 
@@ -271,5 +341,34 @@ mod tests {
         assert!((cosine_similarity(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-6);
         assert_eq!(cosine_similarity(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
         assert_eq!(cosine_similarity(&[1.0], &[1.0, 2.0]), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod packing_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn every_text_lands_in_exactly_one_batch_within_budget(
+            lens in proptest::collection::vec(0usize..300, 0..60),
+            tokens in 1usize..2000,
+            size in 1usize..16,
+        ) {
+            let packing = Packing { max_batch_tokens: tokens, max_batch_size: size };
+            let batches = pack_by_length(&lens, packing);
+            let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+            for b in &batches {
+                prop_assert!(!b.is_empty());
+                prop_assert!(b.len() <= size);
+                let longest = b.iter().map(|&i| lens[i]).max().unwrap_or(0);
+                // A single text over the budget still runs, alone.
+                prop_assert!(b.len() == 1 || b.len() * longest <= tokens);
+                prop_assert!(b.windows(2).all(|w| lens[w[0]] <= lens[w[1]]));
+            }
+        }
     }
 }

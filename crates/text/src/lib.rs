@@ -46,6 +46,7 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 mod embed;
+mod embed_handler;
 mod error;
 mod gguf_meta;
 mod gguf_tokenizer;
@@ -54,7 +55,8 @@ mod stop;
 mod template;
 mod tokenizer;
 
-pub use embed::{BertEmbedder, Embedder, Pooling, cosine_similarity};
+pub use embed::{BertEmbedder, Embedder, Packing, Pooling, cosine_similarity, pack_by_length};
+pub use embed_handler::EmbeddingHandler;
 pub use error::{Result, TextError};
 pub use gguf_meta::{GgufMetadata, MetaValue};
 pub use gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};

@@ -5,7 +5,7 @@
 
 use switchyard_core::DeviceId;
 use switchyard_testkit::tiny::{self, TinyBert};
-use switchyard_text::{BertEmbedder, Embedder, Pooling, TextError};
+use switchyard_text::{BertEmbedder, Embedder, EmbeddingHandler, Packing, Pooling, TextError};
 
 fn tiny_embedder(spec: &TinyBert) -> (tempfile::TempDir, BertEmbedder) {
     let dir = tempfile::tempdir().unwrap();
@@ -102,4 +102,57 @@ fn missing_or_broken_files_are_typed_errors() {
 
     let err = BertEmbedder::load(dir.path(), DeviceId::Cuda(0)).unwrap_err();
     assert!(matches!(err, TextError::Device(_)), "{err}");
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn packing_into_small_batches_keeps_values_and_input_order() {
+    let (dir, whole) = tiny_embedder(&TinyBert::default());
+    let packed = BertEmbedder::load(dir.path(), DeviceId::Cpu)
+        .unwrap()
+        .with_packing(Packing {
+            max_batch_tokens: 24,
+            max_batch_size: 3,
+        });
+    let texts: Vec<String> = (0..11)
+        .map(|i| "word ".repeat((i * 7) % 13) + &format!("item {i}"))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let a = whole.embed(&refs).unwrap();
+    let b = packed.embed(&refs).unwrap();
+    for (i, text) in refs.iter().enumerate() {
+        let alone = whole.embed(&[text]).unwrap().remove(0);
+        assert!(max_diff(&a[i], &alone) < 1e-5, "{text:?}");
+        assert!(max_diff(&b[i], &alone) < 1e-5, "{text:?} packed");
+    }
+}
+
+#[test]
+fn the_embedding_handler_runs_under_the_batcher() {
+    use std::sync::Arc;
+    use switchyard_batch::Batcher;
+
+    let (_dir, e) = tiny_embedder(&TinyBert::default());
+    let e = Arc::new(e);
+    let batcher = Batcher::builder(EmbeddingHandler::new(e.clone()))
+        .max_wait(std::time::Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let texts = ["one", "two words", "three words here", ""];
+    let handles: Vec<_> = texts
+        .iter()
+        .map(|t| batcher.submit((*t).to_owned()).unwrap())
+        .collect();
+    for (text, h) in texts.iter().zip(handles) {
+        let got = h.wait().unwrap();
+        let want = e.embed(&[text]).unwrap().remove(0);
+        assert!(max_diff(&got, &want) < 1e-5, "{text:?}");
+    }
+    assert!(batcher.metrics().batches >= 1);
 }

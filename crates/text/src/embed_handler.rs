@@ -1,0 +1,74 @@
+//! [`EmbeddingHandler`]: any [`Embedder`] as a `switchyard-batch` handler.
+
+use std::sync::Arc;
+
+use switchyard_batch::{BatchContext, BatchHandler};
+
+use crate::{Embedder, TextError};
+
+/// Runs a batch of texts through an [`Embedder`] in one call (which packs
+/// them by length itself). A failure fails every request of the batch with
+/// the same shared error. Cost is an estimate of tokens (bytes / 4 + 2,
+/// capped at the model's limit), so `max_batch_cost` works like TEI's
+/// `max_batch_tokens` without tokenising at submit time.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchyard_batch::Batcher;
+/// use switchyard_core::DeviceId;
+/// use switchyard_testkit::tiny::{self, TinyBert};
+/// use switchyard_text::{BertEmbedder, EmbeddingHandler};
+///
+/// let dir = tempfile::tempdir()?;
+/// tiny::write_bert(dir.path(), &TinyBert::default(), 7)?;
+/// let embedder = Arc::new(BertEmbedder::load(dir.path(), DeviceId::Cpu)?);
+/// let batcher = Batcher::builder(EmbeddingHandler::new(embedder)).build()?;
+/// let vector = batcher.process("hello world".to_owned())?;
+/// assert!(!vector.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct EmbeddingHandler {
+    embedder: Arc<dyn Embedder>,
+}
+
+impl std::fmt::Debug for EmbeddingHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingHandler")
+            .field("dimension", &self.embedder.dimension())
+            .finish()
+    }
+}
+
+impl EmbeddingHandler {
+    /// A handler over `embedder`.
+    pub fn new(embedder: Arc<dyn Embedder>) -> Self {
+        Self { embedder }
+    }
+}
+
+impl BatchHandler for EmbeddingHandler {
+    type Input = String;
+    type Output = Vec<f32>;
+    type Error = Arc<TextError>;
+
+    fn run(
+        &self,
+        batch: &mut [String],
+        _: &BatchContext<'_>,
+    ) -> Vec<Result<Vec<f32>, Arc<TextError>>> {
+        let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
+        match self.embedder.embed(&texts) {
+            Ok(vectors) => vectors.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let e = Arc::new(e);
+                batch.iter().map(|_| Err(Arc::clone(&e))).collect()
+            }
+        }
+    }
+
+    fn cost(&self, input: &String) -> u64 {
+        let tokens = (input.len() / 4 + 2).min(self.embedder.max_tokens());
+        tokens as u64
+    }
+}
