@@ -55,6 +55,11 @@ pub const ALL: &[Suite] = &[
         about: "model cache: warm hit cost; loads caused by 16 threads asking for one cold key",
         run: crate::memory_suites::cache,
     },
+    Suite {
+        name: "embed",
+        about: "all-MiniLM-L6-v2 sentences/s at batch 1, 8, 32 (short, long) vs candle's BERT directly",
+        run: crate::embed_suite::embed,
+    },
 ];
 
 /// Find a suite by name.
