@@ -56,19 +56,27 @@ fn minilm_matches_the_sentence_transformers_reference_similarity() {
 }
 
 /// Golden vectors from `fixtures/minilm_reference.py`, an independent float64
-/// numpy implementation fed by the Python tokenizers package. Checked batched
-/// (with padding, and an empty sentence) and one sentence at a time.
+/// numpy implementation fed by the Python tokenizers package, over 12
+/// sentences (an empty one, accents, CJK, emoji, whitespace, code, and one
+/// far past the 256-token limit). Token ids must be equal; vectors are
+/// checked batched (packed and padded) and one sentence at a time.
 #[test]
 fn minilm_matches_the_reference_embeddings() {
     #[derive(serde::Deserialize)]
     struct Reference {
         sentences: Vec<String>,
+        input_ids: Vec<Vec<u32>>,
         embeddings: Vec<Vec<f32>>,
     }
     let reference: Reference =
         serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
     let e = minilm();
     let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
+    assert!(texts.len() >= 10);
+    for (text, ids) in texts.iter().zip(&reference.input_ids) {
+        assert_eq!(&e.token_ids(text).unwrap(), ids, "ids of {text:?}");
+    }
+    assert_eq!(reference.input_ids.iter().map(Vec::len).max(), Some(256));
     let batched = e.embed(&texts).unwrap();
     for (i, expected) in reference.embeddings.iter().enumerate() {
         let alone = e.embed(&texts[i..=i]).unwrap().remove(0);
