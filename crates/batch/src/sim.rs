@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard_core::{Priority, RequestId};
+use switchyard_core::{Priority, RequestId, SplitMix64};
 
 use crate::metrics::nanos;
 use crate::{
@@ -103,7 +103,7 @@ impl Arrivals {
 
     /// The arrival times over `duration`, from `seed`.
     pub fn trace(&self, duration: Duration, seed: u64) -> Vec<Duration> {
-        let mut rng = Rng(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut t = 0.0f64;
         let end = duration.as_secs_f64();
         let mut out = Vec::new();
@@ -112,7 +112,7 @@ impl Arrivals {
             if rate <= 0.0 {
                 break;
             }
-            t += -(1.0 - rng.unit()).ln() / rate;
+            t += -(1.0 - rng.next_f64()).ln() / rate;
             if t >= end {
                 break;
             }
@@ -187,7 +187,7 @@ pub fn simulate(config: &SimConfig, controller: &mut dyn BatchSizeController) ->
         Arrivals::Poisson { .. } => None,
     };
     let mut phases = vec![Histogram::new(); if step_at.is_some() { 2 } else { 1 }];
-    let mut jitter = Rng(config.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut jitter = SplitMix64::new(config.seed ^ 0x9e37_79b9_7f4a_7c15);
     let (mut batch_latency, mut end_to_end, mut batch_size) =
         (Histogram::new(), Histogram::new(), Histogram::new());
     let mut targets = Vec::new();
@@ -242,7 +242,7 @@ pub fn simulate(config: &SimConfig, controller: &mut dyn BatchSizeController) ->
         let n = taken.batch.len();
         let mut service = config.service.time(n).as_secs_f64();
         if config.service.jitter > 0.0 {
-            service *= 1.0 + config.service.jitter * (2.0 * jitter.unit() - 1.0);
+            service *= 1.0 + config.service.jitter * (2.0 * jitter.next_f64() - 1.0);
         }
         let service = Duration::from_secs_f64(service);
         batch_latency.record(nanos(service));
@@ -270,24 +270,6 @@ pub fn simulate(config: &SimConfig, controller: &mut dyn BatchSizeController) ->
         end_to_end: end_to_end.duration_summary(),
         batch_size: batch_size.summary(),
         targets,
-    }
-}
-
-/// SplitMix64: small, seeded, good enough for arrival traces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -1,13 +1,12 @@
 //! A worker thread: pick the most urgent ready key, take a batch, run it,
 //! deliver the results, tell the key's controller how it went.
 
-use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::MutexGuard;
-use switchyard_core::Clock;
+use switchyard_core::{Clock, panic_message};
 
 use crate::batcher::{OutcomeOf, Payload, Shared, State, Waiter, controller_target};
 use crate::handler::{Member, RunningSet};
@@ -199,14 +198,6 @@ fn spin_for_ready<H: BatchHandler>(
     // A submit may have filled the batch after the last poll but before the
     // lock was retaken; it set the flag (under the lock) rather than notifying.
     ready || shared.batch_ready.load(Ordering::Acquire)
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
 fn execute<H: BatchHandler>(

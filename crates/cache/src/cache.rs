@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use switchyard_core::{DeviceId, SharedClock, SystemClock};
+use switchyard_core::{DeviceId, SharedClock, SystemClock, panic_message};
 use switchyard_vram::{MemoryWatch, PressureLevel};
 
 use crate::flight::Flight;
@@ -56,7 +56,7 @@ pub(crate) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
-    fn in_use(&self) -> bool {
+    pub(crate) fn in_use(&self) -> bool {
         Arc::strong_count(&self.value) > 1
     }
 }
@@ -150,14 +150,6 @@ fn name<K: fmt::Debug>(key: &K) -> String {
     format!("{key:?}")
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
-}
-
 impl<K, V> ModelCache<K, V>
 where
     K: Eq + Hash + Clone + fmt::Debug + Send + Sync + 'static,
@@ -236,7 +228,11 @@ where
                     e.priority = gdsf_priority(inflation, e.frequency, e.cost, e.bytes);
                     let value = Arc::clone(&e.value);
                     st.stats.hits += 1;
-                    st.models.entry(key.clone()).or_default().hits += 1;
+                    // A loaded model has its stats from the load: no key clone
+                    // on the hit path.
+                    if let Some(m) = st.models.get_mut(key) {
+                        m.hits += 1;
+                    }
                     return Ok(value);
                 }
                 Some(Slot::Loading(f)) => {

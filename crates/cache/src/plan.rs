@@ -107,8 +107,7 @@ where
                 .slots
                 .iter()
                 .filter(|(k, s)| {
-                    !seen.contains(k)
-                        && matches!(s, Slot::Ready(e) if !e.pinned && std::sync::Arc::strong_count(&e.value) == 1)
+                    !seen.contains(k) && matches!(s, Slot::Ready(e) if !e.pinned && !e.in_use())
                 })
                 .map(|(k, _)| k.clone())
                 .collect();

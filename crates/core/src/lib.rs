@@ -42,6 +42,7 @@ mod device;
 mod error;
 mod priority;
 mod request;
+mod rng;
 
 pub use cancel::{CancellationToken, Cancelled};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
@@ -50,6 +51,17 @@ pub use device::{DeviceId, DeviceKind};
 pub use error::{CoreError, Result};
 pub use priority::{Priority, QueueOrder};
 pub use request::RequestId;
+pub use rng::SplitMix64;
+
+/// The message of a caught panic's payload (`&str` or `String`), for
+/// errors that report a panic contained at a worker or loader boundary.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
 
 #[cfg(test)]
 mod send_sync {

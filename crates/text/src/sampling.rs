@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use switchyard_core::SplitMix64;
+
 use crate::{Result, TextError};
 
 /// How one request picks its tokens and when it ends.
@@ -109,26 +111,6 @@ impl SamplingParams {
     }
 }
 
-/// SplitMix64: small, fast, and the same everywhere (no dependency whose
-/// stream could change under us and break seeded reproducibility).
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// One request's sampler: its parameters, its random stream, and the
 /// counts the penalties need.
 #[derive(Debug, Clone)]
@@ -147,7 +129,7 @@ impl Sampler {
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Result<Self> {
         params.validate()?;
         Ok(Self {
-            rng: SplitMix64(params.seed),
+            rng: SplitMix64::new(params.seed),
             params,
             counts: HashMap::new(),
             seen: prompt.iter().map(|&t| (t, ())).collect(),

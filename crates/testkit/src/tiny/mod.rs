@@ -17,7 +17,6 @@
 
 mod bert;
 mod llama;
-mod rng;
 mod tokenizer;
 
 use std::io;
@@ -25,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use bert::{TinyBert, write_bert};
 pub use llama::{GgufQuant, LlamaFiles, TinyLlama, write_llama_gguf, write_llama_safetensors};
-pub use rng::SplitMix64;
+pub use switchyard_core::SplitMix64;
 pub use tokenizer::{CHAT_TEMPLATE, TinyBpe, TinyWordPiece};
 
 /// Errors from writing tiny models.

@@ -1,10 +1,11 @@
-//! A small, stable random number generator for reproducible fixtures.
+//! A small, stable random number generator: test fixtures, simulated
+//! arrivals and seeded sampling all draw from it.
 
-/// SplitMix64: tiny, fast, and fixed forever, so fixture files never change
-/// when a dependency's generator does.
+/// SplitMix64: tiny, fast, and fixed forever, so fixture files, simulations
+/// and seeded generations never change when a dependency's generator does.
 ///
 /// ```
-/// use switchyard_testkit::tiny::SplitMix64;
+/// use switchyard_core::SplitMix64;
 /// let mut a = SplitMix64::new(7);
 /// let mut b = SplitMix64::new(7);
 /// assert_eq!(a.next_u64(), b.next_u64());
@@ -31,7 +32,12 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// Uniform in `[0, 1)`.
+    /// Uniform in `[0, 1)`, with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `[0, 1)`, with 24 random bits.
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
