@@ -102,3 +102,15 @@ fn the_models_chat_template_renders_as_transformers_does() {
         );
     }
 }
+
+#[test]
+fn the_gguf_metadata_gives_smollm2s_shape() {
+    use switchyard_text::{GgufMetadata, LlamaConfig};
+    let gguf = fetch::smollm2_gguf().unwrap_or_else(|e| panic!("{e}"));
+    let c = LlamaConfig::from_gguf(&GgufMetadata::read(&gguf).unwrap()).unwrap();
+    assert_eq!(
+        (c.layers, c.hidden, c.heads, c.kv_heads, c.head_dim),
+        (30, 576, 9, 3, 64)
+    );
+    assert_eq!((c.intermediate, c.vocab), (1536, 49152));
+}
