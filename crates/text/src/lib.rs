@@ -61,7 +61,7 @@ pub use embed_handler::EmbeddingHandler;
 pub use error::{Result, TextError};
 pub use gguf_meta::{GgufMetadata, MetaValue};
 pub use gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};
-pub use llama::{LlamaConfig, LlamaFlavor};
+pub use llama::{LlamaConfig, LlamaFlavor, LlamaModel, PagedKvCache, SeqStep};
 pub use sampling::{Sampler, SamplingParams, argmax};
 pub use stop::{FinishReason, StopMatcher, Usage};
 pub use template::{ChatMessage, ChatTemplate};

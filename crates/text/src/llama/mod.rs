@@ -1,5 +1,11 @@
-//! Llama-family models (work in progress: the configuration first).
+//! Llama-family models: configuration, weights from GGUF or safetensors, the
+//! batched forward pass over a paged KV cache.
 
 mod config;
+mod kv_cache;
+mod model;
+mod weights;
 
 pub use config::{LlamaConfig, LlamaFlavor};
+pub use kv_cache::PagedKvCache;
+pub use model::{LlamaModel, SeqStep};

@@ -1,0 +1,374 @@
+//! [`LlamaModel`]: the forward pass over a batch of sequences, each at its
+//! own position, with keys and values in a [`PagedKvCache`].
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use switchyard_core::DeviceId;
+use switchyard_pool::BlockId;
+
+use super::config::LlamaConfig;
+use super::kv_cache::PagedKvCache;
+use super::weights::{self, LayerWeights, ModelWeights, RopeStyle};
+use crate::gguf_meta::GgufMetadata;
+use crate::{Result, TextError};
+
+/// One sequence's share of a forward step.
+///
+/// A prefill chunk is many tokens of one sequence; a decode step is one
+/// token. Both kinds mix freely in one [`LlamaModel::forward`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqStep<'a> {
+    /// The new tokens, at positions `start..start + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]` (the number of tokens already in the cache).
+    pub start: usize,
+    /// The sequence's block table: it must cover every position up to
+    /// `start + tokens.len()`.
+    pub blocks: &'a [BlockId],
+    /// Whether to return the logits after the last of `tokens` (a prefill
+    /// chunk that is not the prompt's last needs none).
+    pub logits: bool,
+}
+
+/// A Llama-family decoder (Llama 2/3, SmolLM, TinyLlama, Mistral, Qwen2),
+/// from GGUF or from safetensors + `config.json`.
+///
+/// The model holds only weights: keys and values live in a
+/// [`PagedKvCache`] the caller owns, addressed through block tables, so one
+/// model serves any number of sequences.
+#[derive(Debug)]
+pub struct LlamaModel {
+    config: LlamaConfig,
+    weights: ModelWeights,
+    /// `[context, head_dim / 2]` each.
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// Per-sequence tensors built once per step and reused by every layer.
+struct SeqPlan {
+    /// First row of the sequence in the step's batch.
+    row: usize,
+    /// Rows (new tokens).
+    len: usize,
+    /// Slots of positions `0..start + len`, `[start + len]`.
+    slots: Tensor,
+    /// Causal mask `[len, start + len]` when `len > 1`.
+    mask: Option<Tensor>,
+}
+
+fn invalid(field: &'static str, reason: String) -> TextError {
+    TextError::InvalidInput { field, reason }
+}
+
+impl LlamaModel {
+    /// Load a model: a `.gguf` file, or a folder with `config.json` and
+    /// safetensors.
+    pub fn load(path: &Path, device: DeviceId) -> Result<Self> {
+        if path.is_dir() {
+            Self::load_safetensors(path, device)
+        } else {
+            Self::load_gguf(path, device)
+        }
+    }
+
+    /// Load a GGUF file (architectures `llama`, `mistral`, `qwen2`); its
+    /// quantised matrices stay quantised.
+    pub fn load_gguf(path: &Path, device: DeviceId) -> Result<Self> {
+        let meta = GgufMetadata::read(path)?;
+        let mut config = LlamaConfig::from_gguf(&meta)?;
+        let device = device.to_candle()?;
+        let weights = weights::load_gguf(path, &config, &device)?;
+        config.tied_embeddings = weights.tied;
+        Self::new(config, weights, device)
+    }
+
+    /// Load a Hugging Face folder: `config.json` and `model.safetensors` (or
+    /// shards listed in `model.safetensors.index.json`), f32/f16/bf16. On
+    /// the CPU the model computes in f32; on a GPU in the file's dtype.
+    pub fn load_safetensors(dir: &Path, device: DeviceId) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| TextError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let config = LlamaConfig::from_hf_json(&text)?;
+        let file_dtype = match serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v.get("torch_dtype")
+                    .and_then(|d| d.as_str())
+                    .map(str::to_owned)
+            })
+            .as_deref()
+        {
+            Some("float16") => DType::F16,
+            Some("bfloat16") => DType::BF16,
+            _ => DType::F32,
+        };
+        let device = device.to_candle()?;
+        let weights = weights::load_safetensors(dir, &config, file_dtype, &device)?;
+        Self::new(config, weights, device)
+    }
+
+    fn new(config: LlamaConfig, weights: ModelWeights, device: Device) -> Result<Self> {
+        let half = config.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                1.0 / config
+                    .rope_theta
+                    .powf(2.0 * i as f64 / config.head_dim as f64) as f32
+            })
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), &device)?;
+        let positions = Tensor::arange(0u32, config.context as u32, &device)?
+            .to_dtype(DType::F32)?
+            .reshape((config.context, 1))?;
+        let angles = positions.broadcast_mul(&inv_freq)?;
+        let cos = angles.cos()?.to_dtype(weights.dtype)?;
+        let sin = angles.sin()?.to_dtype(weights.dtype)?;
+        Ok(Self {
+            config,
+            weights,
+            cos,
+            sin,
+            device,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The candle device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Element type of activations and of the KV cache.
+    pub fn dtype(&self) -> DType {
+        self.weights.dtype
+    }
+
+    /// A KV cache of `num_blocks` blocks of `block_size` tokens for this
+    /// model, on its device.
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache> {
+        PagedKvCache::new(
+            &self.config,
+            num_blocks,
+            block_size,
+            self.dtype(),
+            &self.device,
+        )
+    }
+
+    /// Run one step over `batch`: write every new token's keys and values
+    /// into `cache` and return the logits (`[k, vocab]`, f32) after the last
+    /// token of each of the `k` sequences that asked for them, in order.
+    ///
+    /// Linear layers run once over all the batch's rows; attention runs per
+    /// sequence over its own blocks.
+    pub fn forward(&self, cache: &mut PagedKvCache, batch: &[SeqStep<'_>]) -> Result<Tensor> {
+        let (ids, positions, write_slots, plans) = self.plan(cache, batch)?;
+        let n = ids.len();
+        let c = &self.config;
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let positions = Tensor::from_vec(positions, n, &self.device)?;
+        let cos = self
+            .cos
+            .index_select(&positions, 0)?
+            .reshape((n, 1, c.head_dim / 2))?;
+        let sin = self
+            .sin
+            .index_select(&positions, 0)?
+            .reshape((n, 1, c.head_dim / 2))?;
+        let row = cache.row();
+        let write_index: Vec<u32> = write_slots
+            .iter()
+            .flat_map(|&s| std::iter::repeat_n(s, row))
+            .collect();
+        let write_index = Tensor::from_vec(write_index, (n, row), &self.device)?;
+
+        let mut x = self.weights.embed.index_select(&ids, 0)?;
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            x = self.block(l, layer, &x, cache, &write_index, &plans, (&cos, &sin))?;
+        }
+        let wanted: Vec<u32> = batch
+            .iter()
+            .zip(&plans)
+            .filter(|(s, _)| s.logits)
+            .map(|(_, p)| (p.row + p.len - 1) as u32)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Tensor::zeros((0, c.vocab), DType::F32, &self.device)?);
+        }
+        let k = wanted.len();
+        let last = x.index_select(&Tensor::from_vec(wanted, k, &self.device)?, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, c.rms_eps as f32)?;
+        Ok(self.weights.head.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    /// Check the batch and lay out its rows, positions and slots.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        cache: &PagedKvCache,
+        batch: &[SeqStep<'_>],
+    ) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>, Vec<SeqPlan>)> {
+        let c = &self.config;
+        if batch.is_empty() {
+            return Err(invalid("batch", "no sequences".into()));
+        }
+        if cache.row() != c.kv_heads * c.head_dim || cache.layers() != c.layers {
+            return Err(invalid("kv cache", "shaped for another model".into()));
+        }
+        let (mut ids, mut positions, mut slots, mut plans) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::with_capacity(batch.len()),
+        );
+        for (i, s) in batch.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(invalid("batch", format!("sequence {i} has no tokens")));
+            }
+            let end = s.start + s.tokens.len();
+            if end > c.context {
+                return Err(invalid(
+                    "batch",
+                    format!(
+                        "sequence {i} reaches position {end}, past the context of {}",
+                        c.context
+                    ),
+                ));
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(invalid(
+                    "batch",
+                    format!("token {bad} is outside the vocabulary of {}", c.vocab),
+                ));
+            }
+            let all: Vec<u32> = (0..end)
+                .map(|p| cache.slot(s.blocks, p))
+                .collect::<Result<_>>()?;
+            let row = ids.len();
+            ids.extend_from_slice(s.tokens);
+            positions.extend((s.start..end).map(|p| p as u32));
+            slots.extend_from_slice(&all[s.start..]);
+            let len = s.tokens.len();
+            let mask = if len > 1 {
+                let m: Vec<f32> = (0..len)
+                    .flat_map(|q| {
+                        (0..end).map(move |k| {
+                            if k > s.start + q {
+                                f32::NEG_INFINITY
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                    .collect();
+                Some(Tensor::from_vec(m, (len, end), &self.device)?.to_dtype(self.dtype())?)
+            } else {
+                None
+            };
+            plans.push(SeqPlan {
+                row,
+                len,
+                slots: Tensor::from_vec(all, end, &self.device)?,
+                mask,
+            });
+        }
+        let mut seen = std::collections::HashSet::with_capacity(slots.len());
+        if let Some(dup) = slots.iter().find(|s| !seen.insert(**s)) {
+            return Err(invalid(
+                "batch",
+                format!("two new tokens would write the same cache slot {dup}"),
+            ));
+        }
+        Ok((ids, positions, slots, plans))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        l: usize,
+        w: &LayerWeights,
+        x: &Tensor,
+        cache: &PagedKvCache,
+        write_index: &Tensor,
+        plans: &[SeqPlan],
+        (cos, sin): (&Tensor, &Tensor),
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let n = x.dim(0)?;
+        let eps = c.rms_eps as f32;
+        let h = candle_nn::ops::rms_norm(x, &w.attn_norm, eps)?;
+        let q = w.q.forward(&h)?.reshape((n, c.heads, 1, c.head_dim))?;
+        let k = w.k.forward(&h)?.reshape((n, c.kv_heads, 1, c.head_dim))?;
+        let v = w.v.forward(&h)?;
+        let (q, k) = match self.weights.rope {
+            RopeStyle::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q.contiguous()?, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k.contiguous()?, cos, sin)?,
+            ),
+            RopeStyle::Halves => (
+                candle_nn::rotary_emb::rope(&q.contiguous()?, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k.contiguous()?, cos, sin)?,
+            ),
+        };
+        let row = c.kv_heads * c.head_dim;
+        cache.write(l, write_index, &k.reshape((n, row))?, &v)?;
+        let q = q.reshape((n, c.heads, c.head_dim))?;
+        let mut outs = Vec::with_capacity(plans.len());
+        for p in plans {
+            outs.push(self.attend(l, cache, &q.narrow(0, p.row, p.len)?, p)?);
+        }
+        let attn = if outs.len() == 1 {
+            outs.remove(0)
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        let x = (x + w.o.forward(&attn)?)?;
+        let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, eps)?;
+        let mlp = (candle_nn::ops::silu(&w.gate.forward(&h)?)? * w.up.forward(&h)?)?;
+        Ok((x + w.down.forward(&mlp)?)?)
+    }
+
+    /// Attention of one sequence's `q` (`[len, heads, head_dim]`) over its
+    /// cached keys and values; returns `[len, heads * head_dim]`.
+    fn attend(&self, l: usize, cache: &PagedKvCache, q: &Tensor, p: &SeqPlan) -> Result<Tensor> {
+        let c = &self.config;
+        let (kvh, hd, len) = (c.kv_heads, c.head_dim, p.len);
+        let group = c.heads / kvh;
+        let end = p.slots.dim(0)?;
+        let (k, v) = cache.gather(l, &p.slots)?;
+        // [end, kvh, hd] -> [kvh, end, hd]
+        let k = k.reshape((end, kvh, hd))?.transpose(0, 1)?.contiguous()?;
+        let v = v.reshape((end, kvh, hd))?.transpose(0, 1)?.contiguous()?;
+        // [len, kvh, group, hd] -> [kvh, group * len, hd]: every query head
+        // of a group meets its shared key/value head in one matmul.
+        let q = q
+            .reshape((len, kvh, group, hd))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            .reshape((kvh, group * len, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = &p.mask {
+            scores = scores
+                .reshape((kvh, group, len, end))?
+                .broadcast_add(mask)?
+                .reshape((kvh, group * len, end))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?; // [kvh, group * len, hd]
+        Ok(out
+            .reshape((kvh, group, len, hd))?
+            .permute((2, 0, 1, 3))?
+            .reshape((len, c.heads * hd))?)
+    }
+}

@@ -1,0 +1,333 @@
+//! The paged, batched Llama forward against candle-transformers' own Llama
+//! implementations on tiny random models written in the real formats, and
+//! against itself under different batchings and block layouts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{llama, quantized_llama};
+use switchyard_core::DeviceId;
+use switchyard_pool::BlockId;
+use switchyard_testkit::tiny::{self, GgufQuant, TinyLlama};
+use switchyard_text::{LlamaModel, SeqStep, TextError};
+
+const PROMPT: [u32; 9] = [5, 17, 42, 99, 3, 250, 7, 61, 128];
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Logits after the last prompt token, our model, one sequence, one block
+/// table of consecutive blocks.
+fn ours_last_logits(model: &LlamaModel, prompt: &[u32], block_size: usize) -> Tensor {
+    let blocks: Vec<BlockId> = (0..prompt.len().div_ceil(block_size) as u32).collect();
+    let mut cache = model.new_kv_cache(blocks.len().max(1), block_size).unwrap();
+    let step = SeqStep {
+        tokens: prompt,
+        start: 0,
+        blocks: &blocks,
+        logits: true,
+    };
+    model
+        .forward(&mut cache, &[step])
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+}
+
+fn reference_safetensors(dir: &Path, prompt: &[u32]) -> Tensor {
+    let cfg: llama::LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = cfg.into_config(false);
+    let weights = dir.join("model.safetensors");
+    #[allow(unsafe_code)]
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)
+    }
+    .unwrap();
+    let model = llama::Llama::load(vb, &cfg).unwrap();
+    let mut cache = llama::Cache::new(true, DType::F32, &cfg, &Device::Cpu).unwrap();
+    let x = Tensor::new(prompt, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&x, 0, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+}
+
+fn reference_gguf(path: &Path, prompt: &[u32]) -> Tensor {
+    let mut f = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let mut model =
+        quantized_llama::ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
+    let x = Tensor::new(prompt, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model.forward(&x, 0).unwrap().squeeze(0).unwrap()
+}
+
+#[test]
+fn safetensors_model_matches_candle_transformers_llama() {
+    let dir = tempfile::tempdir().unwrap();
+    for (tied, seed) in [(false, 1), (true, 2)] {
+        let spec = TinyLlama {
+            tie_word_embeddings: tied,
+            ..TinyLlama::default()
+        };
+        let d = dir.path().join(format!("m{seed}"));
+        tiny::write_llama_safetensors(&d, &spec, seed).unwrap();
+        let model = LlamaModel::load(&d, DeviceId::Cpu).unwrap();
+        assert_eq!(model.config().tied_embeddings, tied);
+        let ours = ours_last_logits(&model, &PROMPT, 4);
+        let reference = reference_safetensors(&d, &PROMPT);
+        let diff = max_abs_diff(&ours, &reference);
+        assert!(diff < 1e-4, "tied={tied}: max |diff| {diff}");
+    }
+}
+
+#[test]
+fn gguf_model_matches_candle_transformers_quantized_llama() {
+    let dir = tempfile::tempdir().unwrap();
+    for quant in [GgufQuant::F32, GgufQuant::Q8_0, GgufQuant::Q4_0] {
+        let spec = TinyLlama::default();
+        let path = dir.path().join(format!("{quant:?}.gguf"));
+        tiny::write_llama_gguf(&path, &spec, quant, 3).unwrap();
+        let model = LlamaModel::load(&path, DeviceId::Cpu).unwrap();
+        let ours = ours_last_logits(&model, &PROMPT, 16);
+        let reference = reference_gguf(&path, &PROMPT);
+        let diff = max_abs_diff(&ours, &reference);
+        assert!(diff < 1e-4, "{quant:?}: max |diff| {diff}");
+    }
+}
+
+#[test]
+fn gguf_and_safetensors_of_one_model_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinyLlama::default();
+    tiny::write_llama_safetensors(&dir.path().join("st"), &spec, 9).unwrap();
+    let gguf = dir.path().join("m.gguf");
+    tiny::write_llama_gguf(&gguf, &spec, GgufQuant::F32, 9).unwrap();
+    let a = LlamaModel::load(&dir.path().join("st"), DeviceId::Cpu).unwrap();
+    let b = LlamaModel::load(&gguf, DeviceId::Cpu).unwrap();
+    let diff = max_abs_diff(
+        &ours_last_logits(&a, &PROMPT, 4),
+        &ours_last_logits(&b, &PROMPT, 4),
+    );
+    assert!(diff < 1e-4, "max |diff| {diff}");
+}
+
+/// Decode `steps` more tokens after the prompt greedily, one sequence, with
+/// the prompt prefilled in chunks of `chunk` tokens and blocks taken from
+/// the end of the storage backwards (so block ids are neither consecutive
+/// nor ascending).
+fn greedy_chunked(model: &LlamaModel, chunk: usize, steps: usize) -> Vec<u32> {
+    let block_size = 4;
+    let num_blocks = 16;
+    let mut cache = model.new_kv_cache(num_blocks, block_size).unwrap();
+    let blocks: Vec<BlockId> = (0..num_blocks as u32).rev().collect();
+    let mut tokens = PROMPT.to_vec();
+    let mut logits = None;
+    for (i, part) in PROMPT.chunks(chunk).enumerate() {
+        let step = SeqStep {
+            tokens: part,
+            start: i * chunk,
+            blocks: &blocks,
+            logits: (i + 1) * chunk >= PROMPT.len(),
+        };
+        logits = Some(model.forward(&mut cache, &[step]).unwrap());
+    }
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let l: Vec<f32> = logits
+            .take()
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let next = switchyard_text::argmax(&l);
+        out.push(next);
+        tokens.push(next);
+        let step = SeqStep {
+            tokens: &[next],
+            start: tokens.len() - 1,
+            blocks: &blocks,
+            logits: true,
+        };
+        logits = Some(model.forward(&mut cache, &[step]).unwrap());
+    }
+    out
+}
+
+#[test]
+fn chunked_prefill_and_scattered_blocks_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write_llama_safetensors(dir.path(), &TinyLlama::default(), 4).unwrap();
+    let model = LlamaModel::load(dir.path(), DeviceId::Cpu).unwrap();
+    let whole = greedy_chunked(&model, PROMPT.len(), 6);
+    for chunk in [1, 3, 4] {
+        assert_eq!(greedy_chunked(&model, chunk, 6), whole, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn a_mixed_batch_equals_each_sequence_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write_llama_gguf(
+        &dir.path().join("m.gguf"),
+        &TinyLlama::default(),
+        GgufQuant::Q8_0,
+        5,
+    )
+    .unwrap();
+    let model = LlamaModel::load(&dir.path().join("m.gguf"), DeviceId::Cpu).unwrap();
+    let bs = 4;
+    // Sequence A: 6 tokens already cached, decoding its 7th; B: a fresh
+    // 5-token prefill; C: a prefill chunk that wants no logits.
+    let a: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7];
+    let b: Vec<u32> = vec![40, 41, 42, 43, 44];
+    let c: Vec<u32> = vec![9, 8, 7];
+    let (ta, tb, tc): (Vec<BlockId>, Vec<BlockId>, Vec<BlockId>) =
+        (vec![7, 2], vec![0, 5], vec![3]);
+
+    // Alone, each in its own cache.
+    let alone = |tokens: &[u32], table: &[BlockId], split: usize| {
+        let mut cache = model.new_kv_cache(8, bs).unwrap();
+        if split > 0 {
+            let s = SeqStep {
+                tokens: &tokens[..split],
+                start: 0,
+                blocks: table,
+                logits: false,
+            };
+            model.forward(&mut cache, &[s]).unwrap();
+        }
+        let s = SeqStep {
+            tokens: &tokens[split..],
+            start: split,
+            blocks: table,
+            logits: true,
+        };
+        model.forward(&mut cache, &[s]).unwrap().squeeze(0).unwrap()
+    };
+    let la = alone(&a, &ta, 6);
+    let lb = alone(&b, &tb, 0);
+
+    // Together, in one cache.
+    let mut cache = model.new_kv_cache(8, bs).unwrap();
+    let s = SeqStep {
+        tokens: &a[..6],
+        start: 0,
+        blocks: &ta,
+        logits: false,
+    };
+    model.forward(&mut cache, &[s]).unwrap();
+    let batch = [
+        SeqStep {
+            tokens: &a[6..],
+            start: 6,
+            blocks: &ta,
+            logits: true,
+        },
+        SeqStep {
+            tokens: &b,
+            start: 0,
+            blocks: &tb,
+            logits: true,
+        },
+        SeqStep {
+            tokens: &c,
+            start: 0,
+            blocks: &tc,
+            logits: false,
+        },
+    ];
+    let out = model.forward(&mut cache, &batch).unwrap();
+    assert_eq!(out.dims(), &[2, model.config().vocab]);
+    assert!(max_abs_diff(&out.get(0).unwrap(), &la) < 1e-5);
+    assert!(max_abs_diff(&out.get(1).unwrap(), &lb) < 1e-5);
+}
+
+#[test]
+fn bad_steps_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write_llama_safetensors(dir.path(), &TinyLlama::default(), 6).unwrap();
+    let model = LlamaModel::load(dir.path(), DeviceId::Cpu).unwrap();
+    let mut cache = model.new_kv_cache(2, 4).unwrap();
+    let vocab = model.config().vocab as u32;
+    let cases: Vec<(Vec<u32>, usize, Vec<BlockId>)> = vec![
+        (vec![], 0, vec![0]),        // no tokens
+        (vec![vocab], 0, vec![0]),   // outside the vocabulary
+        (vec![1; 5], 0, vec![0]),    // table too short
+        (vec![1], 0, vec![9]),       // block outside the storage
+        (vec![1], 300, vec![0; 80]), // past the context
+    ];
+    for (tokens, start, blocks) in &cases {
+        let s = SeqStep {
+            tokens,
+            start: *start,
+            blocks,
+            logits: true,
+        };
+        let err = model.forward(&mut cache, &[s]).unwrap_err();
+        assert!(matches!(err, TextError::InvalidInput { .. }), "{err}");
+    }
+    assert!(model.forward(&mut cache, &[]).is_err());
+    // Two sequences writing the same slot.
+    let s = SeqStep {
+        tokens: &[1],
+        start: 0,
+        blocks: &[0],
+        logits: true,
+    };
+    assert!(model.forward(&mut cache, &[s, s]).is_err());
+    // A cache for another model.
+    let other = tempfile::tempdir().unwrap();
+    let spec = TinyLlama {
+        num_layers: 1,
+        ..TinyLlama::default()
+    };
+    tiny::write_llama_safetensors(other.path(), &spec, 6).unwrap();
+    let small = LlamaModel::load(other.path(), DeviceId::Cpu).unwrap();
+    let mut wrong = small.new_kv_cache(2, 4).unwrap();
+    let s = SeqStep {
+        tokens: &[1],
+        start: 0,
+        blocks: &[0],
+        logits: true,
+    };
+    assert!(model.forward(&mut wrong, &[s]).is_err());
+}
+
+#[test]
+fn missing_and_misshapen_files_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(LlamaModel::load(dir.path(), DeviceId::Cpu).is_err());
+    tiny::write_llama_safetensors(dir.path(), &TinyLlama::default(), 6).unwrap();
+    // A config that disagrees with the weights.
+    let cfg = dir.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    json["intermediate_size"] = 96.into();
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let err = LlamaModel::load(dir.path(), DeviceId::Cpu).unwrap_err();
+    assert!(matches!(err, TextError::ModelLoad { .. }), "{err}");
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF not really").unwrap();
+    assert!(LlamaModel::load(&junk, DeviceId::Cpu).is_err());
+}
