@@ -50,6 +50,13 @@ pub enum TextError {
         /// What is wrong.
         reason: String,
     },
+    /// Generation failed part-way (the model or the KV storage failed); the
+    /// streams that were open end with this.
+    #[error("generation failed: {reason}")]
+    Generation {
+        /// What failed.
+        reason: String,
+    },
     /// The device could not be opened.
     #[error(transparent)]
     Device(#[from] switchyard_core::CoreError),

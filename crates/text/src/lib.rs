@@ -2,8 +2,8 @@
 //!
 //! `switchyard-text` owns everything that turns text into numbers and back:
 //! tokenizers (`tokenizer.json`, and GGUF metadata), chat templates,
-//! sentence embeddings, and (in later issues) Llama-family generation with
-//! continuous batching over the paged KV cache. It does not queue or schedule
+//! sentence embeddings, and Llama-family generation over a paged KV cache
+//! (continuous batching builds on it in a later issue). It does not queue or schedule
 //! requests (that is `switchyard-batch`) and does not decide which models stay
 //! loaded (`switchyard-cache`).
 //!
@@ -21,9 +21,17 @@
 //!   minijinja as transformers renders it, on bounded fuel;
 //! - [`BertEmbedder`], which loads a sentence-transformers folder (such as
 //!   all-MiniLM-L6-v2) and embeds batches of texts behind the [`Embedder`]
-//!   trait.
+//!   trait;
+//! - [`LlamaModel`]: Llama 2/3, SmolLM, TinyLlama, Mistral and Qwen2 from GGUF
+//!   (quantised) or safetensors, whose [`forward`](LlamaModel::forward) runs
+//!   a batch of sequences, each at its own position, with keys and values in
+//!   a [`PagedKvCache`] addressed through `switchyard-pool` block tables;
+//! - [`Generator`]: prompts (text, tokens or chat), per-request
+//!   [`SamplingParams`], stop strings and tokens, finish reasons and usage,
+//!   streamed as [`TextDelta`]s through a blocking iterator or a
+//!   `futures_core::Stream`, cancellable within one step.
 //!
-//! # Example
+//! # Example: embeddings
 //!
 //! ```
 //! use switchyard_core::DeviceId;
@@ -42,12 +50,42 @@
 //! assert!((same - 1.0).abs() < 1e-5);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Example: generation
+//!
+//! ```
+//! use switchyard_core::DeviceId;
+//! use switchyard_text::{GenerateRequest, Generator, Prompt, SamplingParams};
+//! use switchyard_testkit::tiny::{self, GgufQuant, TinyLlama};
+//!
+//! // A tiny Llama with random weights, as one GGUF file.
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("tiny.gguf");
+//! tiny::write_llama_gguf(&path, &TinyLlama::default(), GgufQuant::Q8_0, 7)?;
+//!
+//! let generator = Generator::load(&path, DeviceId::Cpu)?;
+//! let request = GenerateRequest::new(
+//!     Prompt::Text("Once upon a time".into()),
+//!     SamplingParams { ignore_eos: true, ..SamplingParams::greedy(8) },
+//! );
+//! let mut text = String::new();
+//! for delta in generator.stream(&request)? {
+//!     let delta = delta?;
+//!     text.push_str(&delta.text);
+//!     if let Some(done) = delta.finish {
+//!         assert_eq!(done.usage.completion_tokens, 8);
+//!     }
+//! }
+//! assert_eq!(text, generator.generate(&request)?.text);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 mod embed;
 mod embed_handler;
 mod error;
+mod generate;
 mod gguf_meta;
 mod gguf_tokenizer;
 mod llama;
@@ -59,6 +97,9 @@ mod tokenizer;
 pub use embed::{BertEmbedder, Embedder, Packing, Pooling, cosine_similarity, pack_by_length};
 pub use embed_handler::EmbeddingHandler;
 pub use error::{Result, TextError};
+pub use generate::{
+    Completion, Finished, GenerateRequest, GenerationStream, Generator, Prompt, TextDelta,
+};
 pub use gguf_meta::{GgufMetadata, MetaValue};
 pub use gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};
 pub use llama::{LlamaConfig, LlamaFlavor, LlamaModel, PagedKvCache, SeqStep};

@@ -33,6 +33,9 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Tokens that end generation (the model's EOS is added by the caller).
     pub stop_token_ids: Vec<u32>,
+    /// Keep going past the model's EOS tokens (for benchmarks that need an
+    /// exact number of tokens); `stop_token_ids` still stop.
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -49,6 +52,7 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

@@ -43,6 +43,60 @@ impl TextTokenizer {
         })
     }
 
+    /// Load a Hugging Face model folder's tokenizer: `tokenizer.json`, with
+    /// the chat template and BOS/EOS tokens from `tokenizer_config.json` and
+    /// the end-of-generation ids from `generation_config.json` or
+    /// `config.json` (`eos_token_id`, one id or a list), where present.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let mut tok = Self::from_file(&dir.join("tokenizer.json"))?;
+        let config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
+        let special = |key: &str| -> Option<u32> {
+            let v = config.as_ref()?.get(key)?;
+            let text = v.as_str().or_else(|| v.get("content")?.as_str())?;
+            tok.inner.token_to_id(text)
+        };
+        tok.bos = special("bos_token");
+        let eos_text = special("eos_token");
+        tok.chat_template = config.as_ref().and_then(|c| match c.get("chat_template")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            // A list of named templates: the one called "default".
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
+            _ => None,
+        });
+        let mut eos = Vec::new();
+        for file in ["generation_config.json", "config.json"] {
+            if let Some(v) = read_json_if_present(&dir.join(file))?
+                && let Some(ids) = v.get("eos_token_id")
+            {
+                let list: Vec<&serde_json::Value> = match ids {
+                    serde_json::Value::Array(a) => a.iter().collect(),
+                    one => vec![one],
+                };
+                eos.extend(
+                    list.iter()
+                        .filter_map(|v| v.as_u64())
+                        .filter_map(|v| u32::try_from(v).ok()),
+                );
+                break;
+            }
+        }
+        if let Some(e) = eos_text
+            && !eos.contains(&e)
+        {
+            eos.insert(0, e);
+        }
+        tok.eos = eos;
+        Ok(tok)
+    }
+
+    /// The text of a token id, special tokens included.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Build the tokenizer a GGUF file carries in its metadata.
     pub fn from_gguf(path: &Path) -> Result<Self> {
         Self::from_gguf_metadata(&GgufMetadata::read(path)?)
@@ -127,6 +181,22 @@ impl TextTokenizer {
             prefix: String::new(),
             prefix_index: 0,
         }
+    }
+}
+
+fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| TextError::Config {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TextError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
