@@ -62,3 +62,62 @@ fn a_batch_of_four_equals_each_prompt_alone() {
         assert_eq!(alone.text, b.text);
     }
 }
+
+/// Greedy decoding with candle-transformers' own quantized Llama.
+fn reference_greedy(prompt: &[u32], n: usize) -> Vec<u32> {
+    use candle_core::{Device, Tensor};
+    let path = fetch::smollm2_gguf().unwrap();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let mut model = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        content,
+        &mut f,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut input = prompt.to_vec();
+    let mut pos = 0;
+    for _ in 0..n {
+        let x = Tensor::new(input.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits: Vec<f32> = model
+            .forward(&x, pos)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        pos += input.len();
+        let next = switchyard_text::argmax(&logits);
+        out.push(next);
+        input = vec![next];
+    }
+    out
+}
+
+#[test]
+fn greedy_tokens_equal_candle_transformers_quantized_llama() {
+    let generator = smollm2();
+    let chat = Prompt::Chat(vec![ChatMessage::new(
+        "user",
+        "What is the capital of France?",
+    )]);
+    let prompt = generator.prompt_tokens(&chat).unwrap();
+    assert!(prompt.len() > 16, "spans several KV blocks");
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(24)
+    };
+    let ours = generator
+        .generate(&GenerateRequest::new(chat, params))
+        .unwrap();
+    assert_eq!(
+        ours.tokens,
+        reference_greedy(&prompt, 24),
+        "{:?}",
+        ours.text
+    );
+}
