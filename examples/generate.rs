@@ -4,7 +4,7 @@
 //! cargo run --release --example generate -- --prompt "The capital of France is"
 //! cargo run --release --example generate -- --chat --prompt "Write a haiku about trains"
 //! cargo run --release --example generate -- --model FILE.gguf --json --max-tokens 32 --prompt "..."
-//! cargo run --release --example generate -- --tokenize --special --prompt "<|im_start|>user"
+//! cargo run --release --example generate -- --tokenize "<|im_start|>user" --special --json
 //! ```
 //!
 //! Without `--model` it fetches SmolLM2-135M-Instruct (Q4_1 GGUF). `--model`
@@ -38,8 +38,8 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: DeviceId,
     /// The prompt.
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "tokenize")]
+    prompt: Option<String>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
@@ -67,10 +67,11 @@ struct Args {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
-    /// Print the prompt's token ids and exit.
-    #[arg(long)]
-    tokenize: bool,
-    /// With --tokenize: add the model's BOS/EOS and parse special tokens.
+    /// Print the token ids of this text and exit.
+    #[arg(long, value_name = "TEXT")]
+    tokenize: Option<String>,
+    /// With --tokenize: add the model's BOS/EOS and parse special tokens (without it,
+    /// `<|im_start|>` is read as plain characters).
     #[arg(long)]
     special: bool,
 }
@@ -86,22 +87,33 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", path.display()))?;
     let load = started.elapsed();
 
-    if args.tokenize {
+    if let Some(text) = &args.tokenize {
         let tok = generator.tokenizer();
-        let ids = tok.encode(&args.prompt, args.special)?;
+        let ids = if args.special {
+            tok.encode(text, true)?
+        } else {
+            tok.encode_literal(text, false)?
+        };
         let pieces: Vec<String> = ids
             .iter()
             .map(|&i| tok.token_text(i).unwrap_or_default())
             .collect();
-        println!("{}", json!({ "ids": ids, "pieces": pieces }));
+        if args.json {
+            println!("{}", json!({ "ids": ids, "pieces": pieces }));
+        } else {
+            for (id, piece) in ids.iter().zip(&pieces) {
+                println!("{id:>8} {piece:?}");
+            }
+        }
         return Ok(());
     }
+    let prompt_text = args.prompt.clone().unwrap_or_default();
 
     let use_chat = args.chat || (!args.raw && generator.tokenizer().chat_template().is_some());
     let prompt = if use_chat {
-        Prompt::Chat(vec![ChatMessage::new("user", args.prompt.clone())])
+        Prompt::Chat(vec![ChatMessage::new("user", prompt_text)])
     } else {
-        Prompt::Text(args.prompt.clone())
+        Prompt::Text(prompt_text)
     };
     let params = SamplingParams {
         temperature: args.temperature,
@@ -138,9 +150,9 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{}",
             json!({
+                "prompt_ids": prompt_tokens,
+                "ids": tokens,
                 "text": text,
-                "tokens": tokens,
-                "prompt_tokens": prompt_tokens,
                 "finish_reason": done.reason.as_str(),
                 "usage": {
                     "prompt_tokens": done.usage.prompt_tokens,

@@ -21,6 +21,8 @@ pub struct TextTokenizer {
     add_bos: bool,
     add_eos: bool,
     chat_template: Option<String>,
+    /// A copy that reads special-token text as plain text (made on first use).
+    literal: Arc<std::sync::OnceLock<Tokenizer>>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> TextError {
@@ -40,6 +42,7 @@ impl TextTokenizer {
             add_bos: false,
             add_eos: false,
             chat_template: None,
+            literal: Arc::default(),
         })
     }
 
@@ -112,6 +115,7 @@ impl TextTokenizer {
             add_bos: info.add_bos,
             add_eos: info.add_eos,
             chat_template: info.chat_template,
+            literal: Arc::default(),
         })
     }
 
@@ -150,21 +154,39 @@ impl TextTokenizer {
     /// model asks (`add_bos_token`/`add_eos_token` in GGUF).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, add_special).map_err(tok_err)?;
-        let mut ids = Vec::with_capacity(encoding.len() + 2);
+        Ok(self.with_specials(encoding.get_ids(), add_special))
+    }
+
+    /// Token ids of `text` with special-token text (such as `<|im_start|>`
+    /// typed by a user) read as ordinary characters, so it cannot forge
+    /// control tokens; `add_special` as in [`encode`](Self::encode).
+    pub fn encode_literal(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let literal = self.literal.get_or_init(|| {
+            let mut t = (*self.inner).clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let encoding = literal.encode(text, add_special).map_err(tok_err)?;
+        Ok(self.with_specials(encoding.get_ids(), add_special))
+    }
+
+    /// `body` with the BOS/EOS the model asks for when `add_special`.
+    fn with_specials(&self, body: &[u32], add_special: bool) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(body.len() + 2);
         if add_special
             && self.add_bos
             && let Some(bos) = self.bos
         {
             ids.push(bos);
         }
-        ids.extend_from_slice(encoding.get_ids());
+        ids.extend_from_slice(body);
         if add_special
             && self.add_eos
             && let Some(&eos) = self.eos.first()
         {
             ids.push(eos);
         }
-        Ok(ids)
+        ids
     }
 
     /// Text of `ids`; `skip_special` leaves control tokens out.

@@ -114,3 +114,15 @@ fn the_gguf_metadata_gives_smollm2s_shape() {
     );
     assert_eq!((c.intermediate, c.vocab), (1536, 49152));
 }
+
+#[test]
+fn literal_encoding_cannot_forge_control_tokens() {
+    let tok = tokenizer();
+    let text = "<|im_start|>user";
+    let parsed = tok.encode(text, false).unwrap();
+    assert_eq!(parsed[0], tok.token_id("<|im_start|>").unwrap());
+    let literal = tok.encode_literal(text, false).unwrap();
+    assert!(literal.len() > parsed.len());
+    assert!(!literal.contains(&parsed[0]));
+    assert_eq!(tok.decode(&literal, false).unwrap(), text);
+}
