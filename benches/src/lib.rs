@@ -32,6 +32,7 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 pub mod batch_suites;
+pub mod decode_suite;
 pub mod embed_suite;
 pub mod memory_suites;
 pub mod suites;

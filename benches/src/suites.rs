@@ -10,7 +10,7 @@ use switchyard_testkit::fetch;
 use crate::{Report, median, millis, time_runs};
 
 /// What a suite returns.
-pub type SuiteResult = Result<Report, Box<dyn Error + Send + Sync>>;
+pub type SuiteResult<T = Report> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// One named suite.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +59,11 @@ pub const ALL: &[Suite] = &[
         name: "embed",
         about: "all-MiniLM-L6-v2 sentences/s at batch 1, 8, 32 (short, long) vs candle's BERT directly",
         run: crate::embed_suite::embed,
+    },
+    Suite {
+        name: "text-decode",
+        about: "SmolLM2 Q4_1: 128-token prefill and 128-token decode tokens/s vs candle's quantized llama",
+        run: crate::decode_suite::text_decode,
     },
 ];
 
