@@ -102,7 +102,7 @@ pub use generate::{
 };
 pub use gguf_meta::{GgufMetadata, MetaValue};
 pub use gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};
-pub use llama::{LlamaConfig, LlamaFlavor, LlamaModel, PagedKvCache, SeqStep};
+pub use llama::{LlamaConfig, LlamaFlavor, LlamaModel, PagedKvCache, RopeScaling, SeqStep};
 pub use sampling::{Sampler, SamplingParams, argmax};
 pub use stop::{FinishReason, StopMatcher, Usage};
 pub use template::{ChatMessage, ChatTemplate};

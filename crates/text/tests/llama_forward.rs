@@ -331,3 +331,30 @@ fn missing_and_misshapen_files_are_typed_errors() {
     std::fs::write(&junk, b"GGUF not really").unwrap();
     assert!(LlamaModel::load(&junk, DeviceId::Cpu).is_err());
 }
+
+#[test]
+fn llama3_rope_scaling_matches_candle_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write_llama_safetensors(dir.path(), &TinyLlama::default(), 12).unwrap();
+    let prompt: Vec<u32> = (0..120).map(|i| (i * 37 + 5) % 250).collect();
+    let plain = ours_last_logits(
+        &LlamaModel::load(dir.path(), DeviceId::Cpu).unwrap(),
+        &prompt,
+        16,
+    );
+    let cfg = dir.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    json["rope_scaling"] = serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64
+    });
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let model = LlamaModel::load(dir.path(), DeviceId::Cpu).unwrap();
+    let scaled = ours_last_logits(&model, &prompt, 16);
+    let reference = reference_safetensors(dir.path(), &prompt);
+    let diff = max_abs_diff(&scaled, &reference);
+    assert!(diff < 1e-4, "max |diff| {diff}");
+    // The scaling did change the model.
+    assert!(max_abs_diff(&scaled, &plain) > 1e-4);
+}

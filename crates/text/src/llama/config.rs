@@ -42,6 +42,101 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     /// Whether the output head reuses the token embedding.
     pub tied_embeddings: bool,
+    /// How RoPE frequencies are stretched for long contexts.
+    pub rope_scaling: RopeScaling,
+}
+
+/// RoPE frequency scaling.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum RopeScaling {
+    /// Frequencies as trained.
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (position interpolation).
+    Linear {
+        /// The stretch.
+        factor: f32,
+    },
+    /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a
+    /// smooth blend between.
+    Llama3 {
+        /// The stretch of low frequencies.
+        factor: f32,
+        /// Wavelengths above `original_context / low_freq_factor` are stretched.
+        low_freq_factor: f32,
+        /// Wavelengths below `original_context / high_freq_factor` are kept.
+        high_freq_factor: f32,
+        /// The context trained for before the stretch.
+        original_context: usize,
+    },
+}
+
+impl RopeScaling {
+    /// Apply to the inverse frequencies `inv_freq`.
+    pub fn apply(&self, inv_freq: &mut [f32]) {
+        match *self {
+            Self::None => {}
+            Self::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            Self::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => {
+                let old = original_context as f32;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                for f in inv_freq {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+    }
+
+    fn from_hf(v: Option<&serde_json::Value>) -> Result<Self> {
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            return Ok(Self::None);
+        };
+        let kind = v
+            .get("rope_type")
+            .or_else(|| v.get("type"))
+            .and_then(|k| k.as_str())
+            .unwrap_or("default");
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .map(|x| x as f32)
+        };
+        let bad = |reason: String| TextError::InvalidInput {
+            field: "rope_scaling",
+            reason,
+        };
+        match kind {
+            "default" => Ok(Self::None),
+            "linear" => Ok(Self::Linear {
+                factor: num("factor").ok_or_else(|| bad("linear without a factor".into()))?,
+            }),
+            "llama3" => Ok(Self::Llama3 {
+                factor: num("factor").ok_or_else(|| bad("llama3 without factor".into()))?,
+                low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
+                high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
+                original_context: v
+                    .get("original_max_position_embeddings")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(8192) as usize,
+            }),
+            other => Err(bad(format!(
+                "{other:?} is not supported (default, linear, llama3 are)"
+            ))),
+        }
+    }
 }
 
 fn missing(key: &str) -> TextError {
@@ -99,6 +194,18 @@ impl LlamaConfig {
             context: uint("context_length").unwrap_or(4096),
             rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta: float("rope.freq_base", 10_000.0),
+            rope_scaling: match meta.str(&format!("{arch}.rope.scaling.type")) {
+                None | Some("none") => RopeScaling::None,
+                Some("linear") => RopeScaling::Linear {
+                    factor: float("rope.scaling.factor", 1.0) as f32,
+                },
+                Some(other) => {
+                    return Err(TextError::InvalidInput {
+                        field: "rope scaling",
+                        reason: format!("{other:?} is not supported (none, linear are)"),
+                    });
+                }
+            },
             // GGUF files without an output tensor tie it; the loader decides.
             tied_embeddings: false,
         };
@@ -128,6 +235,8 @@ impl LlamaConfig {
             rope_theta: f64,
             #[serde(default)]
             tie_word_embeddings: bool,
+            #[serde(default)]
+            rope_scaling: Option<serde_json::Value>,
         }
         fn default_context() -> usize {
             4096
@@ -162,6 +271,7 @@ impl LlamaConfig {
             rms_eps: hf.rms_norm_eps,
             rope_theta: hf.rope_theta,
             tied_embeddings: hf.tie_word_embeddings,
+            rope_scaling: RopeScaling::from_hf(hf.rope_scaling.as_ref())?,
         };
         config.validate()?;
         Ok(config)
@@ -183,6 +293,23 @@ impl LlamaConfig {
                 "{} query heads do not group over {} key/value heads",
                 self.heads, self.kv_heads
             )));
+        }
+        if let RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. } =
+            self.rope_scaling
+            && !(factor.is_finite() && factor > 0.0)
+        {
+            return Err(bad(format!("rope scaling factor {factor} is not > 0")));
+        }
+        if let RopeScaling::Llama3 {
+            low_freq_factor,
+            high_freq_factor,
+            ..
+        } = self.rope_scaling
+            && high_freq_factor.partial_cmp(&low_freq_factor) != Some(std::cmp::Ordering::Greater)
+        {
+            return Err(bad(
+                "llama3 rope scaling needs high_freq_factor > low_freq_factor".into(),
+            ));
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(bad(format!(
@@ -257,5 +384,38 @@ mod tests {
             .insert("general.architecture".into(), MetaValue::Str("bert".into()));
         assert!(LlamaConfig::from_gguf(&m).is_err());
         assert!(LlamaConfig::from_hf_json("{}").is_err());
+    }
+
+    #[test]
+    fn rope_scaling_from_config_json() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+                "num_attention_heads":4,"vocab_size":100"#;
+        let with = |scaling: &str| {
+            LlamaConfig::from_hf_json(&format!("{{{base},\"rope_scaling\":{scaling}}}"))
+        };
+        assert_eq!(with("null").unwrap().rope_scaling, RopeScaling::None);
+        assert_eq!(
+            with(r#"{"type":"linear","factor":2.0}"#)
+                .unwrap()
+                .rope_scaling,
+            RopeScaling::Linear { factor: 2.0 }
+        );
+        let l3 = with(
+            r#"{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+                "high_freq_factor":4.0,"original_max_position_embeddings":8192}"#,
+        )
+        .unwrap()
+        .rope_scaling;
+        // Llama 3.1's numbers: the highest frequency is kept, the lowest
+        // divided by 8, one in the band blended.
+        let mut f = vec![1.0f32, 2.0 * std::f32::consts::PI / 4096.0, 1e-5];
+        l3.apply(&mut f);
+        assert_eq!(f[0], 1.0);
+        assert!((f[2] - 1e-5 / 8.0).abs() < 1e-12);
+        let w = 2.0 * std::f32::consts::PI / 4096.0;
+        let smooth = (8192.0 / 4096.0 - 1.0) / 3.0;
+        assert!((f[1] - ((1.0 - smooth) * w / 8.0 + smooth * w)).abs() < 1e-9);
+        assert!(with(r#"{"type":"yarn","factor":4.0}"#).is_err());
+        assert!(with(r#"{"type":"linear","factor":0.0}"#).is_err());
     }
 }

@@ -6,6 +6,6 @@ mod kv_cache;
 mod model;
 mod weights;
 
-pub use config::{LlamaConfig, LlamaFlavor};
+pub use config::{LlamaConfig, LlamaFlavor, RopeScaling};
 pub use kv_cache::PagedKvCache;
 pub use model::{LlamaModel, SeqStep};

@@ -41,9 +41,8 @@ pub struct SeqStep<'a> {
 pub struct LlamaModel {
     config: LlamaConfig,
     weights: ModelWeights,
-    /// `[context, head_dim / 2]` each.
-    cos: Tensor,
-    sin: Tensor,
+    /// RoPE inverse frequencies, `head_dim / 2` of them.
+    inv_freq: Vec<f32>,
     device: Device,
 }
 
@@ -115,27 +114,50 @@ impl LlamaModel {
 
     fn new(config: LlamaConfig, weights: ModelWeights, device: Device) -> Result<Self> {
         let half = config.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                1.0 / config
-                    .rope_theta
-                    .powf(2.0 * i as f64 / config.head_dim as f64) as f32
-            })
+        // f32 throughout, as the reference implementations compute it (an
+        // f64 table shifts near-tied greedy picks away from theirs).
+        let theta = config.rope_theta as f32;
+        let mut inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / config.head_dim as f32))
             .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), &device)?;
-        let positions = Tensor::arange(0u32, config.context as u32, &device)?
-            .to_dtype(DType::F32)?
-            .reshape((config.context, 1))?;
-        let angles = positions.broadcast_mul(&inv_freq)?;
-        let cos = angles.cos()?.to_dtype(weights.dtype)?;
-        let sin = angles.sin()?.to_dtype(weights.dtype)?;
+        config.rope_scaling.apply(&mut inv_freq);
+        // Llama 3.1 GGUF files carry the scaled-down factors as a tensor.
+        if let Some(factors) = &weights.rope_freq_factors {
+            if factors.len() != half {
+                return Err(invalid(
+                    "rope_freqs",
+                    format!("{} factors for {half} frequencies", factors.len()),
+                ));
+            }
+            inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
+        }
         Ok(Self {
             config,
             weights,
-            cos,
-            sin,
+            inv_freq,
             device,
         })
+    }
+
+    /// RoPE cosines and sines for `positions`, each `[n, 1, head_dim / 2]`
+    /// (computed per step, so no context-sized table is kept).
+    fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let n = positions.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for &p in positions {
+            for &f in &self.inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let dtype = self.dtype();
+        Ok((
+            Tensor::from_vec(cos, (n, 1, half), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (n, 1, half), &self.device)?.to_dtype(dtype)?,
+        ))
     }
 
     /// The model's shape.
@@ -176,15 +198,7 @@ impl LlamaModel {
         let n = ids.len();
         let c = &self.config;
         let ids = Tensor::from_vec(ids, n, &self.device)?;
-        let positions = Tensor::from_vec(positions, n, &self.device)?;
-        let cos = self
-            .cos
-            .index_select(&positions, 0)?
-            .reshape((n, 1, c.head_dim / 2))?;
-        let sin = self
-            .sin
-            .index_select(&positions, 0)?
-            .reshape((n, 1, c.head_dim / 2))?;
+        let (cos, sin) = self.rope_tables(&positions)?;
         let row = cache.row();
         let write_index: Vec<u32> = write_slots
             .iter()

@@ -63,6 +63,8 @@ pub(crate) struct ModelWeights {
     pub(crate) norm: Tensor,
     pub(crate) head: Linear,
     pub(crate) rope: RopeStyle,
+    /// Per-frequency RoPE divisors (GGUF `rope_freqs.weight`, Llama 3.1).
+    pub(crate) rope_freq_factors: Option<Vec<f32>>,
     /// Whether the head reuses the embedding (the file has no head of its own).
     pub(crate) tied: bool,
     /// Activations, norms and the KV cache use this element type.
@@ -261,7 +263,17 @@ impl Builder<'_> {
                 true,
             ),
         };
+        let rope_freq_factors = match self.source.take("rope_freqs.weight")? {
+            Some(p) => Some(
+                self.dense(p)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            ),
+            None => None,
+        };
         Ok(ModelWeights {
+            rope_freq_factors,
             embed,
             layers,
             norm,
