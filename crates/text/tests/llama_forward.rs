@@ -358,3 +358,62 @@ fn llama3_rope_scaling_matches_candle_transformers() {
     // The scaling did change the model.
     assert!(max_abs_diff(&scaled, &plain) > 1e-4);
 }
+
+#[test]
+fn qwen2_with_biases_matches_candle_transformers_qwen2() {
+    use candle_transformers::models::qwen2;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinyLlama {
+        qwen2: true,
+        ..TinyLlama::default()
+    };
+    let st = dir.path().join("st");
+    tiny::write_llama_safetensors(&st, &spec, 13).unwrap();
+    let model = LlamaModel::load(&st, DeviceId::Cpu).unwrap();
+    assert_eq!(model.config().flavor, switchyard_text::LlamaFlavor::Qwen2);
+    let ours = ours_last_logits(&model, &PROMPT, 4);
+
+    let cfg: qwen2::Config =
+        serde_json::from_str(&std::fs::read_to_string(st.join("config.json")).unwrap()).unwrap();
+    #[allow(unsafe_code)]
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[st.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+    .unwrap();
+    let mut reference = qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
+    let x = Tensor::new(&PROMPT, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let expected = reference
+        .forward(&x, 0)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let diff = max_abs_diff(&ours, &expected);
+    assert!(diff < 1e-4, "safetensors: max |diff| {diff}");
+
+    // The GGUF copy (architecture qwen2, rows not permuted, biases in F32).
+    let gguf = dir.path().join("q.gguf");
+    tiny::write_llama_gguf(&gguf, &spec, GgufQuant::F32, 13).unwrap();
+    let from_gguf = LlamaModel::load(&gguf, DeviceId::Cpu).unwrap();
+    let diff = max_abs_diff(&ours_last_logits(&from_gguf, &PROMPT, 4), &expected);
+    assert!(diff < 1e-4, "gguf: max |diff| {diff}");
+
+    // Without its biases the file is refused, not run wrongly.
+    let no_bias = dir.path().join("nb");
+    tiny::write_llama_safetensors(&no_bias, &TinyLlama::default(), 13).unwrap();
+    let cfg = no_bias.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    json["model_type"] = "qwen2".into();
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let err = LlamaModel::load(&no_bias, DeviceId::Cpu).unwrap_err();
+    assert!(err.to_string().contains("bias"), "{err}");
+}

@@ -34,6 +34,10 @@ pub struct TinyLlama {
     pub tie_word_embeddings: bool,
     /// Element type of the safetensors weights (F32, F16 or BF16).
     pub dtype: DType,
+    /// Write a Qwen2 instead: biases on the query, key and value
+    /// projections, `model_type` `qwen2`, GGUF architecture `qwen2` (whose
+    /// rows llama.cpp does not permute).
+    pub qwen2: bool,
 }
 
 impl Default for TinyLlama {
@@ -49,6 +53,7 @@ impl Default for TinyLlama {
             rms_norm_eps: 1e-5,
             tie_word_embeddings: false,
             dtype: DType::F32,
+            qwen2: false,
         }
     }
 }
@@ -80,9 +85,17 @@ impl TinyLlama {
             DType::BF16 => "bfloat16",
             _ => "float32",
         };
+        let (arch, model_type) = if self.qwen2 {
+            ("Qwen2ForCausalLM", "qwen2")
+        } else {
+            ("LlamaForCausalLM", "llama")
+        };
         json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [arch],
+            "model_type": model_type,
+            "sliding_window": self.max_position_embeddings,
+            "max_window_layers": self.num_layers,
+            "use_sliding_window": false,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
             "num_hidden_layers": self.num_layers,
@@ -160,6 +173,16 @@ fn weights(spec: &TinyLlama, vocab: usize, seed: u64) -> Result<Vec<(String, Ten
             &mut rng,
             false,
         )?;
+        if spec.qwen2 {
+            for (name, len) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv)] {
+                push(
+                    format!("{p}.self_attn.{name}.bias"),
+                    &[len],
+                    &mut rng,
+                    false,
+                )?;
+            }
+        }
         push(
             format!("{p}.self_attn.o_proj.weight"),
             &[h, h],
@@ -285,6 +308,9 @@ fn gguf_name(hf: &str) -> String {
         "self_attn.k_proj.weight" => "attn_k",
         "self_attn.v_proj.weight" => "attn_v",
         "self_attn.o_proj.weight" => "attn_output",
+        "self_attn.q_proj.bias" => return format!("blk.{layer}.attn_q.bias"),
+        "self_attn.k_proj.bias" => return format!("blk.{layer}.attn_k.bias"),
+        "self_attn.v_proj.bias" => return format!("blk.{layer}.attn_v.bias"),
         "mlp.gate_proj.weight" => "ffn_gate",
         "mlp.up_proj.weight" => "ffn_up",
         "mlp.down_proj.weight" => "ffn_down",
@@ -309,7 +335,9 @@ pub fn write_llama_gguf(
     let mut qtensors = Vec::new();
     for (hf, t) in weights(spec, tokenizer.vocab_size(), seed)? {
         let name = gguf_name(&hf);
-        let t = if hf.ends_with("q_proj.weight") {
+        let t = if spec.qwen2 {
+            t
+        } else if hf.ends_with("q_proj.weight") {
             permute_for_rope(&t, spec.num_heads).map_err(tensor_err(&hf))?
         } else if hf.ends_with("k_proj.weight") {
             permute_for_rope(&t, spec.num_kv_heads).map_err(tensor_err(&hf))?
@@ -326,37 +354,54 @@ pub fn write_llama_gguf(
     }
     let u32v = |n: usize| V::U32(n as u32);
     let strings = |v: Vec<String>| V::Array(v.into_iter().map(V::String).collect());
-    let metadata: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("llama".into())),
-        ("general.name", V::String("switchyard-tiny-llama".into())),
-        ("general.file_type", V::U32(quant.file_type())),
-        ("llama.context_length", u32v(spec.max_position_embeddings)),
-        ("llama.embedding_length", u32v(spec.hidden_size)),
-        ("llama.block_count", u32v(spec.num_layers)),
-        ("llama.feed_forward_length", u32v(spec.intermediate_size)),
-        ("llama.attention.head_count", u32v(spec.num_heads)),
-        ("llama.attention.head_count_kv", u32v(spec.num_kv_heads)),
-        ("llama.rope.dimension_count", u32v(spec.head_dim())),
-        ("llama.rope.freq_base", V::F32(spec.rope_theta)),
+    let arch = if spec.qwen2 { "qwen2" } else { "llama" };
+    let key = |k: &str| format!("{arch}.{k}");
+    let metadata: Vec<(String, V)> = vec![
+        ("general.architecture".to_owned(), V::String(arch.into())),
         (
-            "llama.attention.layer_norm_rms_epsilon",
+            "general.name".to_owned(),
+            V::String("switchyard-tiny-llama".into()),
+        ),
+        ("general.file_type".to_owned(), V::U32(quant.file_type())),
+        (key("context_length"), u32v(spec.max_position_embeddings)),
+        (key("embedding_length"), u32v(spec.hidden_size)),
+        (key("block_count"), u32v(spec.num_layers)),
+        (key("feed_forward_length"), u32v(spec.intermediate_size)),
+        (key("attention.head_count"), u32v(spec.num_heads)),
+        (key("attention.head_count_kv"), u32v(spec.num_kv_heads)),
+        (key("rope.dimension_count"), u32v(spec.head_dim())),
+        (key("rope.freq_base"), V::F32(spec.rope_theta)),
+        (
+            key("attention.layer_norm_rms_epsilon"),
             V::F32(spec.rms_norm_eps as f32),
         ),
-        ("llama.vocab_size", u32v(tokenizer.vocab_size())),
-        ("tokenizer.ggml.model", V::String("gpt2".into())),
-        ("tokenizer.ggml.pre", V::String("smollm".into())),
-        ("tokenizer.ggml.tokens", strings(tokenizer.tokens.clone())),
+        (key("vocab_size"), u32v(tokenizer.vocab_size())),
+        ("tokenizer.ggml.model".to_owned(), V::String("gpt2".into())),
+        ("tokenizer.ggml.pre".to_owned(), V::String("smollm".into())),
         (
-            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.tokens".to_owned(),
+            strings(tokenizer.tokens.clone()),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_owned(),
             V::Array(tokenizer.token_types().into_iter().map(V::I32).collect()),
         ),
-        ("tokenizer.ggml.merges", strings(tokenizer.merge_strings())),
-        ("tokenizer.ggml.bos_token_id", V::U32(tokenizer.bos_id())),
-        ("tokenizer.ggml.eos_token_id", V::U32(tokenizer.eos_id())),
-        ("tokenizer.ggml.padding_token_id", V::U32(0)),
-        ("tokenizer.ggml.add_bos_token", V::Bool(false)),
         (
-            "tokenizer.chat_template",
+            "tokenizer.ggml.merges".to_owned(),
+            strings(tokenizer.merge_strings()),
+        ),
+        (
+            "tokenizer.ggml.bos_token_id".to_owned(),
+            V::U32(tokenizer.bos_id()),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".to_owned(),
+            V::U32(tokenizer.eos_id()),
+        ),
+        ("tokenizer.ggml.padding_token_id".to_owned(), V::U32(0)),
+        ("tokenizer.ggml.add_bos_token".to_owned(), V::Bool(false)),
+        (
+            "tokenizer.chat_template".to_owned(),
             V::String(super::CHAT_TEMPLATE.into()),
         ),
     ];
@@ -366,7 +411,7 @@ pub fn write_llama_gguf(
     };
     ensure_parent(path)?;
     let mut out = BufWriter::new(File::create(path).map_err(io)?);
-    let md: Vec<(&str, &V)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let md: Vec<(&str, &V)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut out, &md, &ts).map_err(tensor_err("gguf"))?;
     std::io::Write::flush(&mut out).map_err(io)?;
