@@ -417,3 +417,49 @@ fn qwen2_with_biases_matches_candle_transformers_qwen2() {
     let err = LlamaModel::load(&no_bias, DeviceId::Cpu).unwrap_err();
     assert!(err.to_string().contains("bias"), "{err}");
 }
+
+#[test]
+fn f16_and_bf16_safetensors_load_and_match_candle_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let d = dir.path().join(format!("{dtype:?}"));
+        let spec = TinyLlama {
+            dtype,
+            ..TinyLlama::default()
+        };
+        tiny::write_llama_safetensors(&d, &spec, 14).unwrap();
+        let model = LlamaModel::load(&d, DeviceId::Cpu).unwrap();
+        // On the CPU the weights are widened and the model computes in f32.
+        assert_eq!(model.dtype(), DType::F32);
+        let ours = ours_last_logits(&model, &PROMPT, 4);
+        let reference = reference_safetensors(&d, &PROMPT);
+        let diff = max_abs_diff(&ours, &reference);
+        assert!(diff < 1e-4, "{dtype:?}: max |diff| {diff}");
+    }
+}
+
+#[test]
+fn q5_and_k_quant_gguf_files_match_candle_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    // K-quants pack rows in super-blocks of 256.
+    let spec = TinyLlama {
+        hidden_size: 256,
+        intermediate_size: 512,
+        ..TinyLlama::default()
+    };
+    for quant in [
+        GgufQuant::Q5_0,
+        GgufQuant::Q5_1,
+        GgufQuant::Q4_1,
+        GgufQuant::Q4K,
+        GgufQuant::Q5K,
+        GgufQuant::Q6K,
+    ] {
+        let path = dir.path().join(format!("{quant:?}.gguf"));
+        tiny::write_llama_gguf(&path, &spec, quant, 15).unwrap();
+        let model = LlamaModel::load(&path, DeviceId::Cpu).unwrap();
+        let ours = ours_last_logits(&model, &PROMPT, 16);
+        let diff = max_abs_diff(&ours, &reference_gguf(&path, &PROMPT));
+        assert!(diff < 1e-4, "{quant:?}: max |diff| {diff}");
+    }
+}

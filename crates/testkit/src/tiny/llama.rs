@@ -256,6 +256,16 @@ pub enum GgufQuant {
     Q4_0,
     /// 4-bit blocks of 32 with an f16 scale and minimum (SmolLM2's format).
     Q4_1,
+    /// 5-bit blocks of 32 with an f16 scale.
+    Q5_0,
+    /// 5-bit blocks of 32 with an f16 scale and minimum.
+    Q5_1,
+    /// K-quant, 4-bit super-blocks of 256 (rows must be a multiple of 256 wide).
+    Q4K,
+    /// K-quant, 5-bit super-blocks of 256.
+    Q5K,
+    /// K-quant, 6-bit super-blocks of 256.
+    Q6K,
 }
 
 impl GgufQuant {
@@ -266,6 +276,11 @@ impl GgufQuant {
             GgufQuant::Q8_0 => GgmlDType::Q8_0,
             GgufQuant::Q4_0 => GgmlDType::Q4_0,
             GgufQuant::Q4_1 => GgmlDType::Q4_1,
+            GgufQuant::Q5_0 => GgmlDType::Q5_0,
+            GgufQuant::Q5_1 => GgmlDType::Q5_1,
+            GgufQuant::Q4K => GgmlDType::Q4K,
+            GgufQuant::Q5K => GgmlDType::Q5K,
+            GgufQuant::Q6K => GgmlDType::Q6K,
         }
     }
 
@@ -277,6 +292,11 @@ impl GgufQuant {
             GgufQuant::Q4_0 => 2,
             GgufQuant::Q4_1 => 3,
             GgufQuant::Q8_0 => 7,
+            GgufQuant::Q5_0 => 8,
+            GgufQuant::Q5_1 => 9,
+            GgufQuant::Q4K => 15,
+            GgufQuant::Q5K => 17,
+            GgufQuant::Q6K => 18,
         }
     }
 }
