@@ -10,6 +10,7 @@ use serde::Deserialize;
 use switchyard_core::DeviceId;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::json_file::{read_json, read_optional_json};
 use crate::{Result, TextError};
 
 /// Something that turns texts into fixed-size vectors.
@@ -125,25 +126,6 @@ impl fmt::Debug for BertEmbedder {
             .field("pooling", &self.pooling)
             .field("normalize", &self.normalize)
             .finish()
-    }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| TextError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| TextError::Config {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn read_optional_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    if path.exists() {
-        read_json(path).map(Some)
-    } else {
-        Ok(None)
     }
 }
 

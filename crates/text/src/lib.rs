@@ -88,6 +88,7 @@ mod error;
 mod generate;
 mod gguf_meta;
 mod gguf_tokenizer;
+mod json_file;
 mod llama;
 mod sampling;
 mod stop;

@@ -10,6 +10,7 @@ use tokenizers::Tokenizer;
 
 use crate::gguf_meta::GgufMetadata;
 use crate::gguf_tokenizer::tokenizer_from_gguf;
+use crate::json_file::read_optional_json;
 use crate::{Result, TextError};
 
 /// A tokenizer and its special tokens. Cheap to clone.
@@ -52,7 +53,7 @@ impl TextTokenizer {
     /// `config.json` (`eos_token_id`, one id or a list), where present.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let mut tok = Self::from_file(&dir.join("tokenizer.json"))?;
-        let config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
+        let config = read_optional_json::<serde_json::Value>(&dir.join("tokenizer_config.json"))?;
         let special = |key: &str| -> Option<u32> {
             let v = config.as_ref()?.get(key)?;
             let text = v.as_str().or_else(|| v.get("content")?.as_str())?;
@@ -71,7 +72,7 @@ impl TextTokenizer {
         });
         let mut eos = Vec::new();
         for file in ["generation_config.json", "config.json"] {
-            if let Some(v) = read_json_if_present(&dir.join(file))?
+            if let Some(v) = read_optional_json::<serde_json::Value>(&dir.join(file))?
                 && let Some(ids) = v.get("eos_token_id")
             {
                 let list: Vec<&serde_json::Value> = match ids {
@@ -203,22 +204,6 @@ impl TextTokenizer {
             prefix: String::new(),
             prefix_index: 0,
         }
-    }
-}
-
-fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|source| TextError::Config {
-                path: path.to_path_buf(),
-                source,
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(TextError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
     }
 }
 

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{LlamaConfig, LlamaFlavor};
+use crate::json_file::read_optional_json;
 use crate::{Result, TextError};
 
 /// A projection: `y = x W^T (+ b)`, with `W` quantised or dense.
@@ -174,11 +175,15 @@ impl Builder<'_> {
 
     /// A dense tensor in the compute dtype on the device.
     fn dense(&self, p: Param) -> Result<Tensor> {
-        let t = match p {
-            Param::Quantized(q) => q.dequantize(&self.device)?,
-            Param::Dense(t) => t,
-        };
-        Ok(t.to_device(&self.device)?.to_dtype(self.dtype)?)
+        match p {
+            Param::Quantized(q) => self.dequantized(&q),
+            Param::Dense(t) => Ok(t.to_device(&self.device)?.to_dtype(self.dtype)?),
+        }
+    }
+
+    /// A quantised tensor dequantised into the compute dtype on the device.
+    fn dequantized(&self, q: &QTensor) -> Result<Tensor> {
+        Ok(q.dequantize(&self.device)?.to_dtype(self.dtype)?)
     }
 
     fn vector(&mut self, role: Role, layer: usize, len: usize) -> Result<Tensor> {
@@ -224,7 +229,7 @@ impl Builder<'_> {
         // head is tied to it, also kept quantised for the head's matmul.
         let (embed, tied_head) = match embed_param {
             Param::Quantized(q) => {
-                let dense = self.dense_ref(&q)?;
+                let dense = self.dequantized(&q)?;
                 let shared = QMatMul::from_arc(Arc::new(q))?;
                 (dense, shared)
             }
@@ -282,10 +287,6 @@ impl Builder<'_> {
             tied,
             dtype: self.dtype,
         })
-    }
-
-    fn dense_ref(&self, q: &QTensor) -> Result<Tensor> {
-        Ok(q.dequantize(&self.device)?.to_dtype(self.dtype)?)
     }
 }
 
@@ -386,14 +387,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![single]);
     }
     let index_path = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index_path).map_err(|_| TextError::ModelLoad {
-        model: dir.to_path_buf(),
-        reason: "neither model.safetensors nor model.safetensors.index.json is present".into(),
-    })?;
     let index: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| TextError::Config {
-            path: index_path.clone(),
-            source,
+        read_optional_json(&index_path)?.ok_or_else(|| TextError::ModelLoad {
+            model: dir.to_path_buf(),
+            reason: "neither model.safetensors nor model.safetensors.index.json is present".into(),
         })?;
     let map = index
         .get("weight_map")
