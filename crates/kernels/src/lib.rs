@@ -1,35 +1,112 @@
 //! Quantized CPU matrix multiplication for GGUF block formats.
 //!
-//! `switchyard-kernels` will own matrix x activation products for Q4_0, Q4_1,
-//! Q5_x, Q8_0 and the K-quants, with activations quantized on the fly, SIMD
-//! paths chosen at run time (AVX2, AVX-512 VNNI, NEON, scalar), batching over
-//! activation rows and weight repacking. Pure compute: no model code, no
-//! threads of its own.
+//! `switchyard-kernels` multiplies activations by weights kept in the GGUF
+//! block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K:
 //!
-//! For now the crate holds its error type; the kernels arrive with their issue.
+//! - [`PackedMatrix`] repacks a tensor once, at load time, into groups of
+//!   eight output columns with their values interleaved so one broadcast
+//!   activation feeds eight columns (llama.cpp's "repack" idea);
+//! - [`QuantizedRows`] quantizes activations on the fly to 8-bit blocks of 32
+//!   with their sums, so every product is an integer dot product;
+//! - [`matmul`] picks the fastest path this CPU has at run time
+//!   ([`Isa`]: AVX-512 VNNI, AVX2, or portable scalar), tiles rows x column
+//!   groups so a batch of rows reads each weight once, and splits column
+//!   groups over the [`ComputePool`] it is handed.
+//!
+//! Every path gives the same bits as the scalar one. Against
+//! dequantize-then-f32 the difference is the activation rounding: for each
+//! output, `|ours - exact| <= sum over blocks of (d_x / 2) * sum |w|` (plus
+//! f32 rounding), `d_x` being the block's activation scale `max|x| / 127`.
+//!
+//! It owns no model code and no threads. NEON is not written yet: on other
+//! architectures the scalar path runs.
 //!
 //! # Example
 //!
 //! ```
-//! use switchyard_kernels::KernelError;
+//! use switchyard_kernels::{Inline, PackedMatrix, QuantFormat, QuantizedRows, matmul};
 //!
-//! let err = KernelError::ShapeMismatch { expected: 64, got: 48 };
-//! assert_eq!(err.to_string(), "shape mismatch: expected inner dimension 64, got 48");
+//! // Two output features of 32 inputs in Q8_0: scale 0.5 (f16 0x3800), values 1..=32 and all 2.
+//! let mut data = Vec::new();
+//! data.extend_from_slice(&[0x00, 0x38]);
+//! data.extend((1..=32).map(|v: i8| v as u8));
+//! data.extend_from_slice(&[0x00, 0x38]);
+//! data.extend([2u8; 32]);
+//! let w = PackedMatrix::from_gguf(QuantFormat::Q8_0, 2, 32, &data)?;
+//!
+//! let mut x = QuantizedRows::new();
+//! x.quantize(&[1.0; 32], 1, 32)?; // one row of ones
+//! let mut out = [0.0f32; 2];
+//! matmul(&w, &x, &mut out, &Inline)?;
+//! assert_eq!(out, [0.5 * 528.0, 0.5 * 64.0]);
+//! # Ok::<(), switchyard_kernels::KernelError>(())
 //! ```
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+
+mod activations;
+mod format;
+mod matmul;
+mod out;
+mod packed;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use activations::QuantizedRows;
+pub use format::{QuantFormat, dequantize};
+pub use matmul::{ComputePool, Inline, Isa, matmul, matmul_with};
+pub use packed::PackedMatrix;
 
 /// Errors from the kernels.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KernelError {
-    /// Weight and activation inner dimensions disagree.
-    #[error("shape mismatch: expected inner dimension {expected}, got {got}")]
+    /// Weight and activation (or output) sizes disagree.
+    #[error("shape mismatch: expected {expected}, got {got}")]
     ShapeMismatch {
-        /// The weight's inner dimension.
+        /// The size the weights call for.
         expected: usize,
-        /// The activation's inner dimension.
+        /// The size given.
         got: usize,
+    },
+    /// A matrix shape the format cannot hold.
+    #[error("{format} matrix with {cols} columns: {reason}")]
+    BadShape {
+        /// The block format.
+        format: QuantFormat,
+        /// Columns asked for.
+        cols: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Quantized bytes that do not fit the format or shape.
+    #[error("bad {format} data: {reason}")]
+    BadData {
+        /// The block format.
+        format: QuantFormat,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Activations that cannot be quantized.
+    #[error("bad activations: {reason}")]
+    BadActivations {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A row index past the end.
+    #[error("row {index} out of range for {len} rows")]
+    OutOfRange {
+        /// Index asked for.
+        index: usize,
+        /// Rows held.
+        len: usize,
+    },
+    /// This CPU cannot run the chosen path.
+    #[error("the {isa} path is not available on this CPU")]
+    Unsupported {
+        /// The path asked for.
+        isa: Isa,
     },
 }
 
