@@ -34,6 +34,7 @@
 pub mod batch_suites;
 pub mod decode_suite;
 pub mod embed_suite;
+pub mod kernels_suite;
 pub mod memory_suites;
 pub mod suites;
 

@@ -65,6 +65,11 @@ pub const ALL: &[Suite] = &[
         about: "SmolLM2 Q4_1: 128-token prefill and 128-token decode tokens/s vs candle's quantized llama",
         run: crate::decode_suite::text_decode,
     },
+    Suite {
+        name: "kernels",
+        about: "quantized matmul GB/s and GOP/s on SmolLM2's shapes, m = 1..32, vs candle's QMatMul",
+        run: crate::kernels_suite::kernels,
+    },
 ];
 
 /// Find a suite by name.

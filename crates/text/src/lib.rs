@@ -82,6 +82,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
+mod compute_pool;
 mod embed;
 mod embed_handler;
 mod error;
@@ -95,6 +96,7 @@ mod stop;
 mod template;
 mod tokenizer;
 
+pub use compute_pool::CandleComputePool;
 pub use embed::{BertEmbedder, Embedder, Packing, Pooling, cosine_similarity, pack_by_length};
 pub use embed_handler::EmbeddingHandler;
 pub use error::{Result, TextError};
@@ -103,7 +105,10 @@ pub use generate::{
 };
 pub use gguf_meta::{GgufMetadata, MetaValue};
 pub use gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};
-pub use llama::{LlamaConfig, LlamaFlavor, LlamaModel, PagedKvCache, RopeScaling, SeqStep};
+pub use llama::{
+    LlamaConfig, LlamaFlavor, LlamaModel, LoadOptions, PagedKvCache, QuantMatmul, RopeScaling,
+    SeqStep,
+};
 pub use sampling::{Sampler, SamplingParams, argmax};
 pub use stop::{FinishReason, StopMatcher, Usage};
 pub use template::{ChatMessage, ChatTemplate};

@@ -11,7 +11,7 @@ use candle_transformers::models::{llama, quantized_llama};
 use switchyard_core::DeviceId;
 use switchyard_pool::BlockId;
 use switchyard_testkit::tiny::{self, GgufQuant, TinyLlama};
-use switchyard_text::{LlamaModel, SeqStep, TextError};
+use switchyard_text::{LlamaModel, LoadOptions, QuantMatmul, SeqStep, TextError};
 
 const PROMPT: [u32; 9] = [5, 17, 42, 99, 3, 250, 7, 61, 128];
 
@@ -26,6 +26,15 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Our model with candle's `QMatMul` for quantized matrices: the same
+/// matmul as the reference, so the rest of the forward is checked tightly.
+fn load_candle_matmul(path: &Path) -> LlamaModel {
+    let options = LoadOptions::default().with_matmul(QuantMatmul::Candle);
+    let model = LlamaModel::load_with(path, DeviceId::Cpu, options).unwrap();
+    assert!(!model.uses_kernels());
+    model
 }
 
 /// Logits after the last prompt token, our model, one sequence, one block
@@ -107,7 +116,7 @@ fn gguf_model_matches_candle_transformers_quantized_llama() {
         let spec = TinyLlama::default();
         let path = dir.path().join(format!("{quant:?}.gguf"));
         tiny::write_llama_gguf(&path, &spec, quant, 3).unwrap();
-        let model = LlamaModel::load(&path, DeviceId::Cpu).unwrap();
+        let model = load_candle_matmul(&path);
         let ours = ours_last_logits(&model, &PROMPT, 16);
         let reference = reference_gguf(&path, &PROMPT);
         let diff = max_abs_diff(&ours, &reference);
@@ -457,9 +466,54 @@ fn q5_and_k_quant_gguf_files_match_candle_transformers() {
     ] {
         let path = dir.path().join(format!("{quant:?}.gguf"));
         tiny::write_llama_gguf(&path, &spec, quant, 15).unwrap();
-        let model = LlamaModel::load(&path, DeviceId::Cpu).unwrap();
+        let model = load_candle_matmul(&path);
         let ours = ours_last_logits(&model, &PROMPT, 16);
         let diff = max_abs_diff(&ours, &reference_gguf(&path, &PROMPT));
         assert!(diff < 1e-4, "{quant:?}: max |diff| {diff}");
+    }
+}
+
+/// The default path (switchyard-kernels: activations rounded to 8-bit
+/// blocks) against candle-transformers' quantized Llama on every block
+/// format: logits within the activation-rounding error, same top token.
+#[test]
+fn kernel_matmuls_match_candle_transformers_within_activation_rounding() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinyLlama {
+        hidden_size: 256,
+        intermediate_size: 512,
+        ..TinyLlama::default()
+    };
+    for quant in [
+        GgufQuant::Q4_0,
+        GgufQuant::Q4_1,
+        GgufQuant::Q5_0,
+        GgufQuant::Q5_1,
+        GgufQuant::Q8_0,
+        GgufQuant::Q4K,
+        GgufQuant::Q5K,
+        GgufQuant::Q6K,
+    ] {
+        let path = dir.path().join(format!("{quant:?}.gguf"));
+        tiny::write_llama_gguf(&path, &spec, quant, 21).unwrap();
+        let model = LlamaModel::load(&path, DeviceId::Cpu).unwrap();
+        assert!(model.uses_kernels(), "{quant:?}");
+        let ours = ours_last_logits(&model, &PROMPT, 16);
+        let reference = reference_gguf(&path, &PROMPT);
+        let diff = max_abs_diff(&ours, &reference);
+        let scale = reference
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!("{quant:?}: max |diff| {diff} (max |logit| {scale})");
+        assert!(
+            diff < 3e-2 * scale,
+            "{quant:?}: max |diff| {diff}, max |logit| {scale}"
+        );
+        let top = |t: &Tensor| t.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(top(&ours), top(&reference), "{quant:?}");
     }
 }

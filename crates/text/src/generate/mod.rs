@@ -14,7 +14,7 @@ use switchyard_core::{CancellationToken, DeviceId};
 
 pub use stream::GenerationStream;
 
-use crate::llama::{LlamaModel, PagedKvCache};
+use crate::llama::{LlamaModel, LoadOptions, PagedKvCache};
 use crate::{
     ChatMessage, ChatTemplate, FinishReason, Result, Sampler, SamplingParams, StopMatcher,
     TextError, TextTokenizer, Usage,
@@ -106,12 +106,17 @@ impl Generator {
     /// Load a `.gguf` file (tokenizer and chat template from its metadata)
     /// or a Hugging Face folder (`tokenizer.json`, `tokenizer_config.json`).
     pub fn load(path: &Path, device: DeviceId) -> Result<Self> {
+        Self::load_with(path, device, LoadOptions::default())
+    }
+
+    /// [`Generator::load`] with model-loading options.
+    pub fn load_with(path: &Path, device: DeviceId, options: LoadOptions) -> Result<Self> {
         let tokenizer = if path.is_dir() {
             TextTokenizer::from_hf_dir(path)?
         } else {
             TextTokenizer::from_gguf(path)?
         };
-        let model = LlamaModel::load(path, device)?;
+        let model = LlamaModel::load_with(path, device, options)?;
         Self::new(Arc::new(model), tokenizer)
     }
 

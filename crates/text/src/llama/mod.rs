@@ -3,9 +3,11 @@
 
 mod config;
 mod kv_cache;
+mod linear;
 mod model;
 mod weights;
 
 pub use config::{LlamaConfig, LlamaFlavor, RopeScaling};
 pub use kv_cache::PagedKvCache;
+pub use linear::{LoadOptions, QuantMatmul};
 pub use model::{LlamaModel, SeqStep};

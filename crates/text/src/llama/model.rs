@@ -9,6 +9,7 @@ use switchyard_pool::BlockId;
 
 use super::config::LlamaConfig;
 use super::kv_cache::PagedKvCache;
+use super::linear::LoadOptions;
 use super::weights::{self, LayerWeights, ModelWeights, RopeStyle};
 use crate::gguf_meta::GgufMetadata;
 use crate::{Result, TextError};
@@ -66,22 +67,45 @@ impl LlamaModel {
     /// Load a model: a `.gguf` file, or a folder with `config.json` and
     /// safetensors.
     pub fn load(path: &Path, device: DeviceId) -> Result<Self> {
+        Self::load_with(path, device, LoadOptions::default())
+    }
+
+    /// [`LlamaModel::load`] with options (which quantized matmul to use).
+    pub fn load_with(path: &Path, device: DeviceId, options: LoadOptions) -> Result<Self> {
         if path.is_dir() {
             Self::load_safetensors(path, device)
         } else {
-            Self::load_gguf(path, device)
+            Self::load_gguf_with(path, device, options)
         }
     }
 
     /// Load a GGUF file (architectures `llama`, `mistral`, `qwen2`); its
-    /// quantised matrices stay quantised.
+    /// quantised matrices stay quantised, repacked for switchyard-kernels
+    /// on the CPU (see [`QuantMatmul`](crate::QuantMatmul)).
     pub fn load_gguf(path: &Path, device: DeviceId) -> Result<Self> {
+        Self::load_gguf_with(path, device, LoadOptions::default())
+    }
+
+    /// [`LlamaModel::load_gguf`] with options.
+    pub fn load_gguf_with(path: &Path, device: DeviceId, options: LoadOptions) -> Result<Self> {
         let meta = GgufMetadata::read(path)?;
         let mut config = LlamaConfig::from_gguf(&meta)?;
         let device = device.to_candle()?;
-        let weights = weights::load_gguf(path, &config, &device)?;
+        let weights = weights::load_gguf(path, &config, &device, options)?;
         config.tied_embeddings = weights.tied;
         Self::new(config, weights, device)
+    }
+
+    /// Whether the quantized matrices (all of them, head included) run
+    /// through switchyard-kernels.
+    pub fn uses_kernels(&self) -> bool {
+        let w = &self.weights;
+        w.head.uses_kernels()
+            && w.layers.iter().all(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .all(|p| p.uses_kernels())
+            })
     }
 
     /// Load a Hugging Face folder: `config.json` and `model.safetensors` (or

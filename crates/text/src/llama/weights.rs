@@ -4,32 +4,15 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor, gguf_file};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{LlamaConfig, LlamaFlavor};
+use super::linear::{Linear, LoadOptions, Weight};
 use crate::json_file::read_optional_json;
 use crate::{Result, TextError};
-
-/// A projection: `y = x W^T (+ b)`, with `W` quantised or dense.
-#[derive(Debug)]
-pub(crate) struct Linear {
-    weight: QMatMul,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    }
-}
 
 /// One transformer block's weights.
 #[derive(Debug)]
@@ -145,6 +128,7 @@ struct Builder<'a> {
     config: &'a LlamaConfig,
     device: Device,
     dtype: DType,
+    options: LoadOptions,
 }
 
 impl Builder<'_> {
@@ -193,10 +177,10 @@ impl Builder<'_> {
         Ok(t)
     }
 
-    fn matmul(&self, p: Param) -> Result<QMatMul> {
+    fn matmul(&self, p: Param) -> Result<Weight> {
         Ok(match p {
-            Param::Quantized(q) => QMatMul::from_arc(Arc::new(q))?,
-            Param::Dense(t) => QMatMul::Tensor(self.dense(Param::Dense(t))?),
+            Param::Quantized(q) => Weight::quantized(q, &self.options)?,
+            Param::Dense(t) => Weight::Candle(QMatMul::Tensor(self.dense(Param::Dense(t))?)),
         })
     }
 
@@ -230,12 +214,11 @@ impl Builder<'_> {
         let (embed, tied_head) = match embed_param {
             Param::Quantized(q) => {
                 let dense = self.dequantized(&q)?;
-                let shared = QMatMul::from_arc(Arc::new(q))?;
-                (dense, shared)
+                (dense, Weight::quantized(q, &self.options)?)
             }
             Param::Dense(t) => {
                 let dense = self.dense(Param::Dense(t))?;
-                (dense.clone(), QMatMul::Tensor(dense))
+                (dense.clone(), Weight::Candle(QMatMul::Tensor(dense)))
             }
         };
         self.check_shape(Role::Embed, 0, embed.dims(), &[c.vocab, h])?;
@@ -349,6 +332,7 @@ pub(crate) fn load_gguf(
     path: &Path,
     config: &LlamaConfig,
     device: &Device,
+    options: LoadOptions,
 ) -> Result<ModelWeights> {
     let io = |source| TextError::Io {
         path: path.to_path_buf(),
@@ -375,6 +359,7 @@ pub(crate) fn load_gguf(
         config,
         device: device.clone(),
         dtype: DType::F32,
+        options,
     }
     .build(rope)
 }
@@ -444,6 +429,7 @@ pub(crate) fn load_safetensors(
         config,
         device: device.clone(),
         dtype,
+        options: LoadOptions::default(),
     }
     .build(RopeStyle::Halves)
 }
