@@ -1,6 +1,7 @@
 //! Llama-family models: configuration, weights from GGUF or safetensors, the
 //! batched forward pass over a paged KV cache.
 
+mod attention_cpu;
 mod config;
 mod kv_cache;
 mod linear;

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use switchyard_core::DeviceId;
 use switchyard_pool::BlockId;
 
+use super::attention_cpu::{self, AttnShape};
 use super::config::LlamaConfig;
 use super::kv_cache::PagedKvCache;
 use super::linear::LoadOptions;
@@ -384,6 +385,18 @@ impl LlamaModel {
         let group = c.heads / kvh;
         let end = p.slots.dim(0)?;
         let (k, v) = cache.gather(l, &p.slots)?;
+        if self.device.is_cpu() && q.dtype() == DType::F32 && len <= attention_cpu::FEW_QUERIES {
+            let shape = AttnShape {
+                len,
+                end,
+                heads: c.heads,
+                kv_heads: kvh,
+                head_dim: hd,
+            };
+            let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+            let out = attention_cpu::attend(&shape, &flat(q)?, &flat(&k)?, &flat(&v)?);
+            return Ok(Tensor::from_vec(out, (len, c.heads * hd), &self.device)?);
+        }
         // [end, kvh, hd] -> [kvh, end, hd]
         let k = k.reshape((end, kvh, hd))?.transpose(0, 1)?.contiguous()?;
         let v = v.reshape((end, kvh, hd))?.transpose(0, 1)?.contiguous()?;
