@@ -17,6 +17,11 @@ use crate::{Report, median};
 const PROMPT_TOKENS: usize = 128;
 const NEW_TOKENS: usize = 128;
 const RUNS: usize = 3;
+/// Sequences in the aggregate-decode measurement.
+const BATCH: usize = 8;
+/// llama.cpp on this machine kind (2 threads), measured when the issue was
+/// filed; used when `llama-bench` is not installed.
+const LLAMA_CPP_FALLBACK: (f64, f64) = (243.0, 110.0);
 
 /// Prefill and decode times of one run.
 struct Timing {
@@ -82,6 +87,57 @@ fn candle(model: &mut ModelWeights, prompt: &[u32]) -> SuiteResult<Timing> {
     })
 }
 
+/// Aggregate tokens/s of `BATCH` greedy requests of `NEW_TOKENS` started
+/// together (their short prompts' prefill included).
+fn batched(generator: &Generator, prompt: &[u32]) -> SuiteResult<f64> {
+    let requests: Vec<GenerateRequest> = (0..BATCH)
+        .map(|i| {
+            // Different prompts: the same text cut at different places.
+            let p = prompt[i..i + 16].to_vec();
+            GenerateRequest::new(
+                Prompt::Tokens(p),
+                SamplingParams {
+                    ignore_eos: true,
+                    ..SamplingParams::greedy(NEW_TOKENS)
+                },
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let done = generator.generate_batch(&requests)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut tokens = 0;
+    for c in done {
+        tokens += c?.tokens.len();
+    }
+    if tokens != BATCH * NEW_TOKENS {
+        return Err(format!("batch generated {tokens} tokens").into());
+    }
+    Ok(tokens as f64 / elapsed)
+}
+
+/// llama.cpp's own figures (prefill, decode tokens/s) from `llama-bench`
+/// when it is installed (`LLAMA_BENCH`, else `llama-bench` on the PATH).
+fn llama_bench(model: &std::path::Path) -> Option<(f64, f64)> {
+    let exe = std::env::var("LLAMA_BENCH").unwrap_or_else(|_| "llama-bench".into());
+    let out = std::process::Command::new(exe)
+        .args(["-t", "2", "-p", "128", "-n", "128", "-o", "json", "-m"])
+        .arg(model)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let rate = |prompt: u64| {
+        rows.as_array()?
+            .iter()
+            .find(|r| r["n_prompt"].as_u64() == Some(prompt))?["avg_ts"]
+            .as_f64()
+    };
+    Some((rate(128)?, rate(0)?))
+}
+
 /// `text-decode`.
 pub fn text_decode() -> SuiteResult {
     let path = fetch::smollm2_gguf()?;
@@ -137,7 +193,81 @@ pub fn text_decode() -> SuiteResult {
         od / cd
     );
 
+    let mut batch_runs: Vec<f64> = Vec::new();
+    for _ in 0..RUNS {
+        batch_runs.push(batched(&generator, &prompt)?);
+    }
+    let agg = median(&mut batch_runs);
+    println!(
+        "{:<28} {agg:>12.1} {:>12} {:>7.3}",
+        "8 streams aggregate tok/s",
+        "-",
+        agg / od
+    );
+    let (llama, measured) = match llama_bench(&path) {
+        Some(figures) => (figures, true),
+        None => (LLAMA_CPP_FALLBACK, false),
+    };
+    if measured {
+        println!(
+            "llama.cpp (llama-bench -t 2, this run): prefill {:.1}, decode {:.1} tokens/s",
+            llama.0, llama.1
+        );
+    } else {
+        println!(
+            "llama-bench not found (set LLAMA_BENCH or put it on PATH); comparing with the \
+             issue's figures for this machine kind: prefill {:.0}, decode {:.0} tokens/s",
+            llama.0, llama.1
+        );
+    }
+    println!(
+        "ratios to llama.cpp: prefill {:.3}, decode {:.3}",
+        op / llama.0,
+        od / llama.1
+    );
+
     let mut report = Report::new("text-decode");
+    report.figure(
+        "batch8_aggregate_tokens_per_sec",
+        agg,
+        "tokens/s (8 sequences, 128 new tokens each)",
+    );
+    report.figure(
+        "llama_cpp_prefill_tokens_per_sec",
+        llama.0,
+        if measured {
+            "tokens/s (llama-bench, this run)"
+        } else {
+            "tokens/s (issue's figure, not measured)"
+        },
+    );
+    report.figure(
+        "llama_cpp_decode_tokens_per_sec",
+        llama.1,
+        if measured {
+            "tokens/s (llama-bench, this run)"
+        } else {
+            "tokens/s (issue's figure, not measured)"
+        },
+    );
+    report.goal(
+        "prefill_vs_llama_cpp",
+        ">= 1.0x llama.cpp prefill (128 tokens, 2 threads)",
+        op / llama.0,
+        op >= llama.0,
+    );
+    report.goal(
+        "decode_vs_llama_cpp",
+        ">= 1.0x llama.cpp decode (2 threads)",
+        od / llama.1,
+        od >= llama.1,
+    );
+    report.goal(
+        "batch8_vs_single",
+        ">= 4x the single-stream decode rate, aggregate at 8 sequences",
+        agg / od,
+        agg >= 4.0 * od,
+    );
     report.figure(
         "prefill_tokens_per_sec",
         op,
