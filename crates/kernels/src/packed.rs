@@ -221,6 +221,54 @@ impl PackedMatrix {
         })
     }
 
+    /// One matrix whose rows are `parts`' rows in order (for example a
+    /// layer's gate and up projections, multiplied in one pass).
+    ///
+    /// # Errors
+    /// [`KernelError::BadShape`] when `parts` is empty, when formats or
+    /// column counts differ, or when a part other than the last has a row
+    /// count that is not a multiple of eight (its last group would be
+    /// padded).
+    pub fn stack(parts: &[PackedMatrix]) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            return Err(KernelError::BadShape {
+                format: QuantFormat::Q8_0,
+                cols: 0,
+                reason: "nothing to stack".into(),
+            });
+        };
+        let bad = |reason: String| KernelError::BadShape {
+            format: first.format,
+            cols: first.cols,
+            reason,
+        };
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+        let mut rows = 0;
+        for (i, p) in parts.iter().enumerate() {
+            if p.format != first.format || p.cols != first.cols {
+                return Err(bad(format!(
+                    "part {i} is {} with {} columns",
+                    p.format, p.cols
+                )));
+            }
+            if i + 1 < parts.len() && !p.rows.is_multiple_of(GROUP) {
+                return Err(bad(format!(
+                    "part {i} has {} rows, not a multiple of {GROUP}",
+                    p.rows
+                )));
+            }
+            rows += p.rows;
+            data.extend_from_slice(&p.data);
+        }
+        Ok(Self {
+            format: first.format,
+            rows,
+            cols: first.cols,
+            layout: first.layout,
+            data,
+        })
+    }
+
     /// The block format the weights came in.
     pub fn format(&self) -> QuantFormat {
         self.format

@@ -80,3 +80,44 @@ fn bad_shapes_and_lengths_are_typed_errors() {
         Err(KernelError::ShapeMismatch { .. })
     ));
 }
+
+#[test]
+fn stacking_keeps_every_row() {
+    let format = QuantFormat::Q4_1;
+    let (a_data, b_data) = (random_blocks(format, 16, 1), random_blocks(format, 3, 2));
+    let a = PackedMatrix::from_gguf(format, 16, 32, &a_data).unwrap();
+    let b = PackedMatrix::from_gguf(format, 3, 32, &b_data).unwrap();
+    let both = PackedMatrix::stack(&[a.clone(), b.clone()]).unwrap();
+    assert_eq!(both.rows(), 19);
+    let (mut got, mut want) = ([0f32; 32], [0f32; 32]);
+    for r in 0..19 {
+        both.dequantize_row(r, &mut got).unwrap();
+        if r < 16 {
+            a.dequantize_row(r, &mut want)
+        } else {
+            b.dequantize_row(r - 16, &mut want)
+        }
+        .unwrap();
+        assert_eq!(got, want, "row {r}");
+    }
+    // A padded part cannot be followed by another; formats must agree.
+    assert!(matches!(
+        PackedMatrix::stack(&[b.clone(), a.clone()]),
+        Err(KernelError::BadShape { .. })
+    ));
+    let q8 = PackedMatrix::from_gguf(
+        QuantFormat::Q8_0,
+        3,
+        32,
+        &random_blocks(QuantFormat::Q8_0, 3, 3),
+    )
+    .unwrap();
+    assert!(matches!(
+        PackedMatrix::stack(&[a, q8]),
+        Err(KernelError::BadShape { .. })
+    ));
+    assert!(matches!(
+        PackedMatrix::stack(&[]),
+        Err(KernelError::BadShape { .. })
+    ));
+}

@@ -85,24 +85,110 @@ thread_local! {
     static ACTIVATIONS: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::new());
 }
 
-/// `x W^T` through the kernels: `x` is `[.., k]` f32.
-fn packed_forward(w: &PackedMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = dims.last().copied().unwrap_or(0);
-    let rows = x.elem_count() / k.max(1);
-    let data: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+/// `rows x k` activations times `w^T` through the kernels.
+fn run_packed(w: &PackedMatrix, x: &[f32], rows: usize) -> switchyard_kernels::Result<Vec<f32>> {
     let mut out = vec![0f32; rows * w.rows()];
-    ACTIVATIONS
-        .with_borrow_mut(|act| {
-            act.quantize(&data, rows, k)?;
-            switchyard_kernels::matmul(w, act, &mut out, &CandleComputePool)
-        })
-        .map_err(candle_core::Error::wrap)?;
-    let mut shape = dims;
+    ACTIVATIONS.with_borrow_mut(|act| {
+        act.quantize(x, rows, w.cols())?;
+        switchyard_kernels::matmul(w, act, &mut out, &CandleComputePool)
+    })?;
+    Ok(out)
+}
+
+/// `x` (`[.., k]`) as f32 values and its row count.
+fn rows_of(x: &Tensor) -> candle_core::Result<(Vec<f32>, usize)> {
+    let k = x.dims().last().copied().unwrap_or(0).max(1);
+    Ok((
+        x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        x.elem_count() / k,
+    ))
+}
+
+/// `out` (`rows x n`) as a tensor shaped like `like` with its last
+/// dimension `n`, in `like`'s dtype.
+fn tensor_like(out: Vec<f32>, n: usize, like: &Tensor) -> candle_core::Result<Tensor> {
+    let mut shape = like.dims().to_vec();
     if let Some(last) = shape.last_mut() {
-        *last = w.rows();
+        *last = n;
     }
-    Tensor::from_vec(out, shape, x.device())?.to_dtype(x.dtype())
+    Tensor::from_vec(out, shape, like.device())?.to_dtype(like.dtype())
+}
+
+/// `x W^T` through the kernels: `x` is `[.., k]`.
+fn packed_forward(w: &PackedMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (data, rows) = rows_of(x)?;
+    let out = run_packed(w, &data, rows).map_err(candle_core::Error::wrap)?;
+    tensor_like(out, w.rows(), x)
+}
+
+/// A feed-forward block, `down(silu(gate x) * up x)`.
+#[derive(Debug)]
+pub(crate) enum Mlp {
+    /// Three projections through [`Linear`].
+    Separate {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    /// Gate and up stacked into one matrix (one pass over the activations)
+    /// and the activation function applied between kernel calls on plain
+    /// slices, with no tensors in between.
+    Fused {
+        gate_up: PackedMatrix,
+        down: PackedMatrix,
+    },
+}
+
+impl Mlp {
+    /// Fuses the three projections when all run through the kernels
+    /// without biases and gate and up stack (same format, whole groups).
+    pub(crate) fn new(gate: Linear, up: Linear, down: Linear) -> Self {
+        if let (Weight::Packed(g), Weight::Packed(u), Weight::Packed(d)) =
+            (&gate.weight, &up.weight, &down.weight)
+            && gate.bias.is_none()
+            && up.bias.is_none()
+            && down.bias.is_none()
+            && g.rows() == u.rows()
+            && let Ok(gate_up) = PackedMatrix::stack(&[g.clone(), u.clone()])
+        {
+            return Self::Fused {
+                gate_up,
+                down: d.clone(),
+            };
+        }
+        Self::Separate { gate, up, down }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Separate { gate, up, down } => {
+                down.forward(&(candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?)?)
+            }
+            Self::Fused { gate_up, down } => {
+                let (data, rows) = rows_of(x)?;
+                let inter = gate_up.rows() / 2;
+                let gu = run_packed(gate_up, &data, rows).map_err(candle_core::Error::wrap)?;
+                let mut h = Vec::with_capacity(rows * inter);
+                for row in gu.chunks_exact(2 * inter) {
+                    let (g, u) = row.split_at(inter);
+                    // silu(g) * u, as candle computes silu.
+                    h.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
+                }
+                let out = run_packed(down, &h, rows).map_err(candle_core::Error::wrap)?;
+                tensor_like(out, down.rows(), x)
+            }
+        }
+    }
+
+    /// Whether the block runs through switchyard-kernels.
+    pub(crate) fn uses_kernels(&self) -> bool {
+        match self {
+            Self::Separate { gate, up, down } => {
+                gate.uses_kernels() && up.uses_kernels() && down.uses_kernels()
+            }
+            Self::Fused { .. } => true,
+        }
+    }
 }
 
 /// A projection: `y = x W^T (+ b)`.

@@ -103,9 +103,7 @@ impl LlamaModel {
         let w = &self.weights;
         w.head.uses_kernels()
             && w.layers.iter().all(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                    .iter()
-                    .all(|p| p.uses_kernels())
+                l.mlp.uses_kernels() && [&l.q, &l.k, &l.v, &l.o].iter().all(|p| p.uses_kernels())
             })
     }
 
@@ -373,8 +371,7 @@ impl LlamaModel {
         };
         let x = (x + w.o.forward(&attn)?)?;
         let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, eps)?;
-        let mlp = (candle_nn::ops::silu(&w.gate.forward(&h)?)? * w.up.forward(&h)?)?;
-        Ok((x + w.down.forward(&mlp)?)?)
+        Ok((x + w.mlp.forward(&h)?)?)
     }
 
     /// Attention of one sequence's `q` (`[len, heads, head_dim]`) over its

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{LlamaConfig, LlamaFlavor};
-use super::linear::{Linear, LoadOptions, Weight};
+use super::linear::{Linear, LoadOptions, Mlp, Weight};
 use crate::json_file::read_optional_json;
 use crate::{Result, TextError};
 
@@ -23,9 +23,7 @@ pub(crate) struct LayerWeights {
     pub(crate) v: Linear,
     pub(crate) o: Linear,
     pub(crate) ffn_norm: Tensor,
-    pub(crate) gate: Linear,
-    pub(crate) up: Linear,
-    pub(crate) down: Linear,
+    pub(crate) mlp: Mlp,
 }
 
 /// How the query/key halves are paired for rotary embeddings.
@@ -231,9 +229,11 @@ impl Builder<'_> {
                 v: self.linear(Role::V, l, kv_out, h)?,
                 o: self.linear(Role::O, l, h, q_out)?,
                 ffn_norm: self.vector(Role::FfnNorm, l, h)?,
-                gate: self.linear(Role::Gate, l, c.intermediate, h)?,
-                up: self.linear(Role::Up, l, c.intermediate, h)?,
-                down: self.linear(Role::Down, l, h, c.intermediate)?,
+                mlp: Mlp::new(
+                    self.linear(Role::Gate, l, c.intermediate, h)?,
+                    self.linear(Role::Up, l, c.intermediate, h)?,
+                    self.linear(Role::Down, l, h, c.intermediate)?,
+                ),
             });
         }
         let norm = self.vector(Role::Norm, 0, h)?;
