@@ -40,17 +40,27 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Where a sequence's keys and values are: `k` and `v` are whole cache
+/// tensors (`[slots, kv_heads * head_dim]`) and position `t` of the
+/// sequence is row `slots[t]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KvView<'a> {
+    pub(crate) k: &'a [f32],
+    pub(crate) v: &'a [f32],
+    pub(crate) slots: &'a [u32],
+}
+
 /// Query row `i` (all heads) into `out` (`heads * head_dim`).
 fn row(
     s: &AttnShape,
     i: usize,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    kv: &KvView<'_>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let (hd, kvh) = (s.head_dim, s.kv_heads);
+    let at = |t: usize, kh: usize| (kv.slots[t] as usize * kvh + kh) * hd;
     let group = s.heads / kvh;
     let scale = 1.0 / (hd as f32).sqrt();
     // Query i sits at position end - len + i and sees positions up to it.
@@ -61,7 +71,7 @@ fn row(
         let qh = &q[(i * s.heads + h) * hd..][..hd];
         let mut max = f32::NEG_INFINITY;
         for (t, score) in scores.iter_mut().enumerate() {
-            *score = dot(qh, &k[(t * kvh + kh) * hd..][..hd]) * scale;
+            *score = dot(qh, &kv.k[at(t, kh)..][..hd]) * scale;
             max = max.max(*score);
         }
         let mut sum = 0.0;
@@ -73,21 +83,25 @@ fn row(
         o.fill(0.0);
         for (t, &e) in scores.iter().enumerate() {
             let p = e / sum;
-            for (o, &x) in o.iter_mut().zip(&v[(t * kvh + kh) * hd..][..hd]) {
+            for (o, &x) in o.iter_mut().zip(&kv.v[at(t, kh)..][..hd]) {
                 *o += p * x;
             }
         }
     }
 }
 
-/// Attention of `q` (`[len, heads, head_dim]`) over `k`, `v`
-/// (`[end, kv_heads * head_dim]`), causal; returns `[len, heads * head_dim]`.
-pub(crate) fn attend(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+/// Attention of `q` (`[len, heads, head_dim]`) over the `end` cached
+/// positions in `kv`, causal; returns `[len, heads * head_dim]`.
+///
+/// # Panics
+/// When `kv.slots` has fewer than `end` entries or names rows past the
+/// cache's end (callers pass the slots they just wrote).
+pub(crate) fn attend(s: &AttnShape, q: &[f32], kv: &KvView<'_>) -> Vec<f32> {
     let width = s.heads * s.head_dim;
     let mut out = vec![0f32; s.len * width];
     let mut scores = Vec::new();
     for (i, o) in out.chunks_mut(width).enumerate() {
-        row(s, i, q, k, v, &mut scores, o);
+        row(s, i, q, kv, &mut scores, o);
     }
     out
 }
@@ -147,7 +161,24 @@ mod tests {
             let q = noise(len * 6 * 20, 1);
             let k = noise(end * 2 * 20, 2);
             let v = noise(end * 2 * 20, 3);
-            let got = attend(&s, &q, &k, &v);
+            // Positions stored in reverse slot order, as blocks can be.
+            let slots: Vec<u32> = (0..end as u32).rev().collect();
+            let (mut ks, mut vs) = (vec![0f32; k.len()], vec![0f32; v.len()]);
+            let row = 2 * 20;
+            for (t, &slot) in slots.iter().enumerate() {
+                let (from, to) = (t * row, slot as usize * row);
+                ks[to..to + row].copy_from_slice(&k[from..from + row]);
+                vs[to..to + row].copy_from_slice(&v[from..from + row]);
+            }
+            let got = attend(
+                &s,
+                &q,
+                &KvView {
+                    k: &ks,
+                    v: &vs,
+                    slots: &slots,
+                },
+            );
             let want = reference(&s, &q, &k, &v);
             let worst = got
                 .iter()

@@ -2,7 +2,7 @@
 //! model in fixed-size blocks that `switchyard-pool`'s `KvBlockPool` hands
 //! out.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use switchyard_pool::{BlockId, KvStorage};
 
 use super::config::LlamaConfig;
@@ -118,6 +118,29 @@ impl PagedKvCache {
     ) -> candle_core::Result<()> {
         self.keys[layer].scatter_set(index, &k.to_dtype(self.dtype())?.contiguous()?, 0)?;
         self.values[layer].scatter_set(index, &v.to_dtype(self.dtype())?.contiguous()?, 0)
+    }
+
+    /// Runs `f` over layer `layer`'s whole key and value storage as f32
+    /// slices (`[slots, kv_heads * head_dim]`, row-major) when they live in
+    /// host memory as contiguous f32, so attention can read a sequence's
+    /// slots in place instead of gathering copies; `None` otherwise.
+    pub(crate) fn with_host_f32<R>(
+        &self,
+        layer: usize,
+        f: impl FnOnce(&[f32], &[f32]) -> R,
+    ) -> candle_core::Result<Option<R>> {
+        let (keys, kl) = self.keys[layer].storage_and_layout();
+        let (values, vl) = self.values[layer].storage_and_layout();
+        match (&*keys, &*values) {
+            (Storage::Cpu(k), Storage::Cpu(v))
+                if kl.is_contiguous() && vl.is_contiguous() && self.dtype() == DType::F32 =>
+            {
+                let k = &k.as_slice::<f32>()?[kl.start_offset()..];
+                let v = &v.as_slice::<f32>()?[vl.start_offset()..];
+                Ok(Some(f(k, v)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Keys and values of layer `layer` at `slots` (`[len]`), each

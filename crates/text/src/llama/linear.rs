@@ -121,6 +121,75 @@ fn packed_forward(w: &PackedMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
     tensor_like(out, w.rows(), x)
 }
 
+/// A layer's query, key and value projections.
+#[derive(Debug)]
+pub(crate) enum Qkv {
+    /// Three projections through [`Linear`].
+    Separate { q: Linear, k: Linear, v: Linear },
+    /// Stacked into one matrix: the activations are quantized and read once
+    /// and the output split into the three.
+    Fused {
+        qkv: PackedMatrix,
+        q_out: usize,
+        k_out: usize,
+    },
+}
+
+impl Qkv {
+    /// Fuses the projections when all run through the kernels without
+    /// biases and stack (same format, whole groups).
+    pub(crate) fn new(q: Linear, k: Linear, v: Linear) -> Self {
+        if let (Weight::Packed(pq), Weight::Packed(pk), Weight::Packed(pv)) =
+            (&q.weight, &k.weight, &v.weight)
+            && q.bias.is_none()
+            && k.bias.is_none()
+            && v.bias.is_none()
+            && let Ok(qkv) = PackedMatrix::stack(&[pq.clone(), pk.clone(), pv.clone()])
+        {
+            return Self::Fused {
+                qkv,
+                q_out: pq.rows(),
+                k_out: pk.rows(),
+            };
+        }
+        Self::Separate { q, k, v }
+    }
+
+    /// Queries, keys and values of `x` (`[n, hidden]`), each `[n, out]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        match self {
+            Self::Separate { q, k, v } => Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?)),
+            Self::Fused { qkv, q_out, k_out } => {
+                let (data, rows) = rows_of(x)?;
+                let all = run_packed(qkv, &data, rows).map_err(candle_core::Error::wrap)?;
+                let widths = [*q_out, *k_out, qkv.rows() - q_out - k_out];
+                let mut parts = widths.map(|w| Vec::with_capacity(rows * w));
+                for row in all.chunks_exact(qkv.rows()) {
+                    let (q, rest) = row.split_at(widths[0]);
+                    let (k, v) = rest.split_at(widths[1]);
+                    parts[0].extend_from_slice(q);
+                    parts[1].extend_from_slice(k);
+                    parts[2].extend_from_slice(v);
+                }
+                let [q, k, v] = parts;
+                Ok((
+                    tensor_like(q, widths[0], x)?,
+                    tensor_like(k, widths[1], x)?,
+                    tensor_like(v, widths[2], x)?,
+                ))
+            }
+        }
+    }
+
+    /// Whether the projections run through switchyard-kernels.
+    pub(crate) fn uses_kernels(&self) -> bool {
+        match self {
+            Self::Separate { q, k, v } => q.uses_kernels() && k.uses_kernels() && v.uses_kernels(),
+            Self::Fused { .. } => true,
+        }
+    }
+}
+
 /// A feed-forward block, `down(silu(gate x) * up x)`.
 #[derive(Debug)]
 pub(crate) enum Mlp {

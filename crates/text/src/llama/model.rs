@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use switchyard_core::DeviceId;
 use switchyard_pool::BlockId;
 
-use super::attention_cpu::{self, AttnShape};
+use super::attention_cpu::{self, AttnShape, KvView};
 use super::config::LlamaConfig;
 use super::kv_cache::PagedKvCache;
 use super::linear::LoadOptions;
@@ -102,9 +102,9 @@ impl LlamaModel {
     pub fn uses_kernels(&self) -> bool {
         let w = &self.weights;
         w.head.uses_kernels()
-            && w.layers.iter().all(|l| {
-                l.mlp.uses_kernels() && [&l.q, &l.k, &l.v, &l.o].iter().all(|p| p.uses_kernels())
-            })
+            && w.layers
+                .iter()
+                .all(|l| l.mlp.uses_kernels() && l.qkv.uses_kernels() && l.o.uses_kernels())
     }
 
     /// Load a Hugging Face folder: `config.json` and `model.safetensors` (or
@@ -344,9 +344,9 @@ impl LlamaModel {
         let n = x.dim(0)?;
         let eps = c.rms_eps as f32;
         let h = candle_nn::ops::rms_norm(x, &w.attn_norm, eps)?;
-        let q = w.q.forward(&h)?.reshape((n, c.heads, 1, c.head_dim))?;
-        let k = w.k.forward(&h)?.reshape((n, c.kv_heads, 1, c.head_dim))?;
-        let v = w.v.forward(&h)?;
+        let (q, k, v) = w.qkv.forward(&h)?;
+        let q = q.reshape((n, c.heads, 1, c.head_dim))?;
+        let k = k.reshape((n, c.kv_heads, 1, c.head_dim))?;
         let (q, k) = match self.weights.rope {
             RopeStyle::Interleaved => (
                 candle_nn::rotary_emb::rope_i(&q.contiguous()?, cos, sin)?,
@@ -381,7 +381,6 @@ impl LlamaModel {
         let (kvh, hd, len) = (c.kv_heads, c.head_dim, p.len);
         let group = c.heads / kvh;
         let end = p.slots.dim(0)?;
-        let (k, v) = cache.gather(l, &p.slots)?;
         if self.device.is_cpu() && q.dtype() == DType::F32 && len <= attention_cpu::FEW_QUERIES {
             let shape = AttnShape {
                 len,
@@ -390,10 +389,24 @@ impl LlamaModel {
                 kv_heads: kvh,
                 head_dim: hd,
             };
-            let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-            let out = attention_cpu::attend(&shape, &flat(q)?, &flat(&k)?, &flat(&v)?);
-            return Ok(Tensor::from_vec(out, (len, c.heads * hd), &self.device)?);
+            let q = q.flatten_all()?.to_vec1::<f32>()?;
+            let slots = p.slots.to_vec1::<u32>()?;
+            let out = cache.with_host_f32(l, |k, v| {
+                attention_cpu::attend(
+                    &shape,
+                    &q,
+                    &KvView {
+                        k,
+                        v,
+                        slots: &slots,
+                    },
+                )
+            })?;
+            if let Some(out) = out {
+                return Ok(Tensor::from_vec(out, (len, c.heads * hd), &self.device)?);
+            }
         }
+        let (k, v) = cache.gather(l, &p.slots)?;
         // [end, kvh, hd] -> [kvh, end, hd]
         let k = k.reshape((end, kvh, hd))?.transpose(0, 1)?.contiguous()?;
         let v = v.reshape((end, kvh, hd))?.transpose(0, 1)?.contiguous()?;

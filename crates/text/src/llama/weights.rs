@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{LlamaConfig, LlamaFlavor};
-use super::linear::{Linear, LoadOptions, Mlp, Weight};
+use super::linear::{Linear, LoadOptions, Mlp, Qkv, Weight};
 use crate::json_file::read_optional_json;
 use crate::{Result, TextError};
 
@@ -18,9 +18,7 @@ use crate::{Result, TextError};
 #[derive(Debug)]
 pub(crate) struct LayerWeights {
     pub(crate) attn_norm: Tensor,
-    pub(crate) q: Linear,
-    pub(crate) k: Linear,
-    pub(crate) v: Linear,
+    pub(crate) qkv: Qkv,
     pub(crate) o: Linear,
     pub(crate) ffn_norm: Tensor,
     pub(crate) mlp: Mlp,
@@ -224,9 +222,11 @@ impl Builder<'_> {
         for l in 0..c.layers {
             layers.push(LayerWeights {
                 attn_norm: self.vector(Role::AttnNorm, l, h)?,
-                q: self.linear(Role::Q, l, q_out, h)?,
-                k: self.linear(Role::K, l, kv_out, h)?,
-                v: self.linear(Role::V, l, kv_out, h)?,
+                qkv: Qkv::new(
+                    self.linear(Role::Q, l, q_out, h)?,
+                    self.linear(Role::K, l, kv_out, h)?,
+                    self.linear(Role::V, l, kv_out, h)?,
+                ),
                 o: self.linear(Role::O, l, h, q_out)?,
                 ffn_norm: self.vector(Role::FfnNorm, l, h)?,
                 mlp: Mlp::new(
