@@ -4,6 +4,11 @@
 //! softmax) whose fixed costs dominate; long prefills keep candle's
 //! threaded matmuls (see [`FEW_QUERIES`]).
 
+use parking_lot::Mutex;
+use switchyard_kernels::ComputePool;
+
+use crate::CandleComputePool;
+
 /// Most query rows a sequence may have to take this path.
 pub(crate) const FEW_QUERIES: usize = 4;
 
@@ -50,59 +55,75 @@ pub(crate) struct KvView<'a> {
     pub(crate) slots: &'a [u32],
 }
 
-/// Query row `i` (all heads) into `out` (`heads * head_dim`).
-fn row(
+/// Head `h` of query row `i` into `out` (`head_dim`).
+fn head(
     s: &AttnShape,
-    i: usize,
+    (i, h): (usize, usize),
     q: &[f32],
     kv: &KvView<'_>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let (hd, kvh) = (s.head_dim, s.kv_heads);
-    let at = |t: usize, kh: usize| (kv.slots[t] as usize * kvh + kh) * hd;
-    let group = s.heads / kvh;
+    let kh = h / (s.heads / kvh);
+    let at = |t: usize| (kv.slots[t] as usize * kvh + kh) * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     // Query i sits at position end - len + i and sees positions up to it.
     let visible = s.end - s.len + i + 1;
     scores.resize(visible, 0.0);
-    for h in 0..s.heads {
-        let kh = h / group;
-        let qh = &q[(i * s.heads + h) * hd..][..hd];
-        let mut max = f32::NEG_INFINITY;
-        for (t, score) in scores.iter_mut().enumerate() {
-            *score = dot(qh, &kv.k[at(t, kh)..][..hd]) * scale;
-            max = max.max(*score);
-        }
-        let mut sum = 0.0;
-        for score in scores.iter_mut() {
-            *score = (*score - max).exp();
-            sum += *score;
-        }
-        let o = &mut out[h * hd..(h + 1) * hd];
-        o.fill(0.0);
-        for (t, &e) in scores.iter().enumerate() {
-            let p = e / sum;
-            for (o, &x) in o.iter_mut().zip(&kv.v[at(t, kh)..][..hd]) {
-                *o += p * x;
-            }
+    let qh = &q[(i * s.heads + h) * hd..][..hd];
+    let mut max = f32::NEG_INFINITY;
+    for (t, score) in scores.iter_mut().enumerate() {
+        *score = dot(qh, &kv.k[at(t)..][..hd]) * scale;
+        max = max.max(*score);
+    }
+    let mut sum = 0.0;
+    for score in scores.iter_mut() {
+        *score = (*score - max).exp();
+        sum += *score;
+    }
+    out.fill(0.0);
+    for (t, &e) in scores.iter().enumerate() {
+        let p = e / sum;
+        for (o, &x) in out.iter_mut().zip(&kv.v[at(t)..][..hd]) {
+            *o += p * x;
         }
     }
 }
 
+/// Below this many (head, position) pairs the heads run on the calling
+/// thread: waking the pool costs more than it saves.
+const PARALLEL_FROM: usize = 2048;
+
 /// Attention of `q` (`[len, heads, head_dim]`) over the `end` cached
-/// positions in `kv`, causal; returns `[len, heads * head_dim]`.
+/// positions in `kv`, causal; returns `[len, heads * head_dim]`. Long
+/// contexts split the (row, head) pairs over candle's threads.
 ///
 /// # Panics
 /// When `kv.slots` has fewer than `end` entries or names rows past the
 /// cache's end (callers pass the slots they just wrote).
 pub(crate) fn attend(s: &AttnShape, q: &[f32], kv: &KvView<'_>) -> Vec<f32> {
-    let width = s.heads * s.head_dim;
-    let mut out = vec![0f32; s.len * width];
-    let mut scores = Vec::new();
-    for (i, o) in out.chunks_mut(width).enumerate() {
-        row(s, i, q, kv, &mut scores, o);
+    let mut out = vec![0f32; s.len * s.heads * s.head_dim];
+    let pair = |n: usize| (n / s.heads, n % s.heads);
+    if s.heads * s.end * s.len < PARALLEL_FROM {
+        let mut scores = Vec::new();
+        for (n, o) in out.chunks_mut(s.head_dim).enumerate() {
+            head(s, pair(n), q, kv, &mut scores, o);
+        }
+        return out;
     }
+    let heads = Mutex::new(out.chunks_mut(s.head_dim).enumerate());
+    CandleComputePool.run(&|_| {
+        let mut scores = Vec::new();
+        loop {
+            let Some((n, o)) = heads.lock().next() else {
+                break;
+            };
+            head(s, pair(n), q, kv, &mut scores, o);
+        }
+    });
+    // The chunks borrow `out`; ending the lock's life hands it back.
+    let _ = heads.into_inner();
     out
 }
 
@@ -150,7 +171,8 @@ mod tests {
                 .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
                 .collect()
         };
-        for (len, end) in [(1, 1), (1, 37), (3, 3), (4, 21)] {
+        // The last two are long enough to split over the pool.
+        for (len, end) in [(1, 1), (1, 37), (3, 3), (4, 21), (1, 400), (2, 300)] {
             let s = AttnShape {
                 len,
                 end,
