@@ -68,9 +68,11 @@ impl Isa {
             .collect()
     }
 
-    /// The fastest path this CPU can run.
+    /// The fastest path this CPU can run (detected once; `matmul` asks on
+    /// every call).
     pub fn best() -> Isa {
-        Isa::available().pop().unwrap_or(Isa::Scalar)
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Isa::available().pop().unwrap_or(Isa::Scalar))
     }
 }
 

@@ -447,15 +447,22 @@ fn f16_and_bf16_safetensors_load_and_match_candle_transformers() {
     }
 }
 
-#[test]
-fn q5_and_k_quant_gguf_files_match_candle_transformers() {
-    let dir = tempfile::tempdir().unwrap();
-    // K-quants pack rows in super-blocks of 256.
+/// A tiny Llama in `quant` (sized for K-quants' 256-wide super-blocks)
+/// written to `dir`.
+fn tiny_gguf(dir: &Path, quant: GgufQuant, seed: u64) -> std::path::PathBuf {
     let spec = TinyLlama {
         hidden_size: 256,
         intermediate_size: 512,
         ..TinyLlama::default()
     };
+    let path = dir.join(format!("{quant:?}.gguf"));
+    tiny::write_llama_gguf(&path, &spec, quant, seed).unwrap();
+    path
+}
+
+#[test]
+fn q5_and_k_quant_gguf_files_match_candle_transformers() {
+    let dir = tempfile::tempdir().unwrap();
     for quant in [
         GgufQuant::Q5_0,
         GgufQuant::Q5_1,
@@ -464,8 +471,7 @@ fn q5_and_k_quant_gguf_files_match_candle_transformers() {
         GgufQuant::Q5K,
         GgufQuant::Q6K,
     ] {
-        let path = dir.path().join(format!("{quant:?}.gguf"));
-        tiny::write_llama_gguf(&path, &spec, quant, 15).unwrap();
+        let path = tiny_gguf(dir.path(), quant, 15);
         let model = load_candle_matmul(&path);
         let ours = ours_last_logits(&model, &PROMPT, 16);
         let diff = max_abs_diff(&ours, &reference_gguf(&path, &PROMPT));
@@ -479,11 +485,6 @@ fn q5_and_k_quant_gguf_files_match_candle_transformers() {
 #[test]
 fn kernel_matmuls_match_candle_transformers_within_activation_rounding() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = TinyLlama {
-        hidden_size: 256,
-        intermediate_size: 512,
-        ..TinyLlama::default()
-    };
     for quant in [
         GgufQuant::Q4_0,
         GgufQuant::Q4_1,
@@ -494,8 +495,7 @@ fn kernel_matmuls_match_candle_transformers_within_activation_rounding() {
         GgufQuant::Q5K,
         GgufQuant::Q6K,
     ] {
-        let path = dir.path().join(format!("{quant:?}.gguf"));
-        tiny::write_llama_gguf(&path, &spec, quant, 21).unwrap();
+        let path = tiny_gguf(dir.path(), quant, 21);
         let model = LlamaModel::load(&path, DeviceId::Cpu).unwrap();
         assert!(model.uses_kernels(), "{quant:?}");
         let ours = ours_last_logits(&model, &PROMPT, 16);
