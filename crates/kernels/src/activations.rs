@@ -1,6 +1,7 @@
 //! Activations quantized on the fly to 8-bit blocks of 32 (llama.cpp's
 //! q8_0, plus q8_1's block sums), once per matmul and shared by all columns.
 
+use crate::multiversion::multiversion;
 use crate::{KernelError, Result};
 
 /// Activation values per block.
@@ -54,27 +55,10 @@ impl QuantizedRows {
         self.qu.resize(len, 0);
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
-        let chunks = x.chunks_exact(QBLOCK).zip(self.q.chunks_exact_mut(QBLOCK));
-        let chunks = chunks.zip(self.qu.chunks_exact_mut(QBLOCK));
-        for (b, ((xs, qs), us)) in chunks.enumerate() {
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            if !amax.is_finite() || xs.iter().any(|v| v.is_nan()) {
-                return Err(KernelError::BadActivations {
-                    reason: format!("non-finite value in row {}", b * QBLOCK / cols.max(1)),
-                });
-            }
-            let d = amax / 127.0;
-            let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-            let mut sum = 0i32;
-            for ((x, q), u) in xs.iter().zip(qs.iter_mut()).zip(us.iter_mut()) {
-                // |x * inv| <= 127 (up to rounding), so the cast cannot wrap.
-                let v = (x * inv).round().clamp(-127.0, 127.0) as i8;
-                *q = v;
-                *u = (v as u8) ^ 0x80;
-                sum += i32::from(v);
-            }
-            self.d[b] = d;
-            self.s[b] = d * sum as f32;
+        if let Some(b) = quantize_blocks(x, &mut self.q, &mut self.qu, &mut self.d, &mut self.s) {
+            return Err(KernelError::BadActivations {
+                reason: format!("non-finite value in row {}", b * QBLOCK / cols.max(1)),
+            });
         }
         Ok(())
     }
@@ -87,5 +71,102 @@ impl QuantizedRows {
     /// Activations per row.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+}
+
+multiversion! {
+    /// Quantizes every block of `x` into `q`, `qu`, `d`, `s` (sized by the
+    /// caller); returns the first block holding a non-finite value.
+    fn quantize_blocks(
+        x: &[f32],
+        q: &mut [i8],
+        qu: &mut [u8],
+        d: &mut [f32],
+        s: &mut [f32],
+    ) -> Option<usize> => quantize_body
+}
+
+/// Lanes of the maximum search (fixed, so every version agrees).
+const LANES: usize = 8;
+
+#[inline(always)]
+fn quantize_body(
+    x: &[f32],
+    q: &mut [i8],
+    qu: &mut [u8],
+    d: &mut [f32],
+    s: &mut [f32],
+) -> Option<usize> {
+    let blocks = x.chunks_exact(QBLOCK).zip(q.chunks_exact_mut(QBLOCK));
+    let blocks = blocks
+        .zip(qu.chunks_exact_mut(QBLOCK))
+        .zip(d.iter_mut().zip(s));
+    for (b, (((xs, qs), us), (d, s))) in blocks.enumerate() {
+        let mut amax = [0f32; LANES];
+        // x * 0 is 0 for finite x and NaN for infinities and NaN.
+        let mut probe = [0f32; LANES];
+        for c in xs.chunks_exact(LANES) {
+            for l in 0..LANES {
+                amax[l] = amax[l].max(c[l].abs());
+                probe[l] += c[l] * 0.0;
+            }
+        }
+        if probe.iter().any(|p| *p != 0.0) {
+            return Some(b);
+        }
+        let amax = amax.iter().fold(0f32, |a, &v| a.max(v));
+        let scale = amax / 127.0;
+        let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+        let mut sum = 0i32;
+        for ((x, q), u) in xs.iter().zip(qs.iter_mut()).zip(us.iter_mut()) {
+            // |x * inv| <= 127 (up to rounding), so the cast cannot wrap;
+            // ties to even, as the SIMD rounding instructions do.
+            let v = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            *q = v;
+            *u = (v as u8) ^ 0x80;
+            sum += i32::from(v);
+        }
+        *d = scale;
+        *s = scale * sum as f32;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// The build for this CPU's best instruction set gives the portable
+        /// build's bits.
+        #[test]
+        fn every_build_agrees(blocks in 1usize..6, seed in 0u32..10_000, big in 0f32..1e4) {
+            let x: Vec<f32> = (0..blocks * QBLOCK)
+                .map(|i| {
+                    let n = (i as u32).wrapping_mul(2_654_435_761) ^ seed;
+                    // Every fifth seed gives all-zero blocks.
+                    if seed % 5 == 0 { 0.0 } else { (n % 2001) as f32 / 1000.0 * big - big }
+                })
+                .collect();
+            let n = x.len();
+            let mut a = (vec![0i8; n], vec![0u8; n], vec![0f32; blocks], vec![0f32; blocks]);
+            let mut b = a.clone();
+            proptest::prop_assert_eq!(quantize_blocks(&x, &mut a.0, &mut a.1, &mut a.2, &mut a.3), None);
+            proptest::prop_assert_eq!(quantize_body(&x, &mut b.0, &mut b.1, &mut b.2, &mut b.3), None);
+            proptest::prop_assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_with_their_row() {
+        let mut rows = QuantizedRows::new();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = vec![1.0f32; 96];
+            x[70] = bad;
+            let err = rows.quantize(&x, 3, 32).unwrap_err();
+            assert!(err.to_string().contains("row 2"), "{err}");
+        }
+        rows.quantize(&[0.0; 64], 2, 32).unwrap();
+        assert_eq!(rows.d, [0.0, 0.0]);
     }
 }

@@ -13,6 +13,12 @@
 //!   groups so a batch of rows reads each weight once, and splits column
 //!   groups over the [`ComputePool`] it is handed.
 //!
+//! [`attention`] holds the other inner loop of decoding: f32 attention of a
+//! few query heads over keys and values where a paged cache keeps them.
+//! Both it and the activation quantizer are written once in portable Rust
+//! and built again for AVX-512 and AVX2 (chosen at run time like the
+//! matmul), with a fixed order of f32 operations so every build agrees.
+//!
 //! Every path gives the same bits as the scalar one. Against
 //! dequantize-then-f32 the difference is the activation rounding: for each
 //! output, `|ours - exact| <= sum over blocks of (d_x / 2) * sum |w|` (plus
@@ -45,8 +51,10 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 mod activations;
+pub mod attention;
 mod format;
 mod matmul;
+mod multiversion;
 mod out;
 mod packed;
 mod scalar;
@@ -101,6 +109,12 @@ pub enum KernelError {
         index: usize,
         /// Rows held.
         len: usize,
+    },
+    /// Attention arguments that disagree.
+    #[error("bad attention arguments: {reason}")]
+    BadAttention {
+        /// What is wrong.
+        reason: String,
     },
     /// This CPU cannot run the chosen path.
     #[error("the {isa} path is not available on this CPU")]
