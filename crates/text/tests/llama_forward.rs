@@ -517,3 +517,67 @@ fn kernel_matmuls_match_candle_transformers_within_activation_rounding() {
         assert_eq!(top(&ours), top(&reference), "{quant:?}");
     }
 }
+
+/// Logits after each of `prompts` fed in chunks of `chunk`, all sequences
+/// in every step, with interleaved (non-adjacent) block tables.
+fn chunked_batch_logits(model: &LlamaModel, prompts: &[&[u32]], chunk: usize) -> Vec<Vec<f32>> {
+    let block_size = 4;
+    let per_seq = 8;
+    let mut cache = model
+        .new_kv_cache(per_seq * prompts.len(), block_size)
+        .unwrap();
+    let tables: Vec<Vec<BlockId>> = (0..prompts.len())
+        .map(|s| {
+            (0..per_seq)
+                .map(|b| (b * prompts.len() + s) as BlockId)
+                .collect()
+        })
+        .collect();
+    let mut last = vec![Vec::new(); prompts.len()];
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    for start in (0..longest).step_by(chunk) {
+        let (who, steps): (Vec<usize>, Vec<SeqStep<'_>>) = prompts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| start < p.len())
+            .map(|(s, p)| {
+                let end = (start + chunk).min(p.len());
+                let step = SeqStep {
+                    tokens: &p[start..end],
+                    start,
+                    blocks: &tables[s],
+                    logits: end == p.len(),
+                };
+                (s, step)
+            })
+            .unzip();
+        let wants: Vec<usize> = who
+            .iter()
+            .zip(&steps)
+            .filter(|(_, st)| st.logits)
+            .map(|(&s, _)| s)
+            .collect();
+        let logits = model.forward(&mut cache, &steps).unwrap();
+        for (row, s) in wants.into_iter().enumerate() {
+            last[s] = logits.get(row).unwrap().to_vec1().unwrap();
+        }
+    }
+    last
+}
+
+/// On the kernel path every row's result is computed the same way whatever
+/// else is in the step (kernel rows are independent, attention is one
+/// function for prefill and decode), so chunking and batching change no bit.
+#[test]
+fn kernel_path_logits_are_bitwise_independent_of_chunks_and_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), GgufQuant::Q4_1, 33);
+    let model = LlamaModel::load(&path, DeviceId::Cpu).unwrap();
+    assert!(model.uses_kernels());
+    let other: [u32; 5] = [9, 8, 7, 6, 5];
+    let alone = chunked_batch_logits(&model, &[&PROMPT], PROMPT.len());
+    for chunk in [1, 2, 4] {
+        let got = chunked_batch_logits(&model, &[&other, &PROMPT], chunk);
+        assert_eq!(got[1], alone[0], "chunk {chunk}");
+    }
+}

@@ -1,15 +1,17 @@
-//! Causal attention on the CPU in f32 over plain slices: one sequence's few
-//! new queries against its gathered keys and values. For decode it replaces
-//! a dozen candle ops per layer (transposes, two matmuls, scale, mask,
-//! softmax) whose fixed costs dominate; long prefills keep candle's
-//! threaded matmuls (see [`FEW_QUERIES`]).
+//! Causal attention on the CPU in f32 over plain slices: one sequence's new
+//! queries against its keys and values where the cache keeps them, through
+//! switchyard-kernels' vectorised attention. The host forward runs every
+//! step through it; the candle forward uses it for decode-sized steps (see
+//! [`FEW_QUERIES`]), where it replaces a dozen candle ops per layer.
 
 use parking_lot::Mutex;
-use switchyard_kernels::ComputePool;
+use switchyard_kernels::attention::{self, CachedKv, HeadQuery};
+use switchyard_kernels::{ComputePool, KernelError};
 
 use crate::CandleComputePool;
 
-/// Most query rows a sequence may have to take this path.
+/// Most query rows a sequence may have to take this path in the candle
+/// forward (longer prefills there keep candle's threaded matmuls).
 pub(crate) const FEW_QUERIES: usize = 4;
 
 /// The shape of one sequence's attention.
@@ -27,24 +29,6 @@ pub(crate) struct AttnShape {
     pub(crate) head_dim: usize,
 }
 
-/// Dot product with eight independent partial sums (vectorises).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Where a sequence's keys and values are: `k` and `v` are whole cache
 /// tensors (`[slots, kv_heads * head_dim]`) and position `t` of the
 /// sequence is row `slots[t]`.
@@ -55,40 +39,33 @@ pub(crate) struct KvView<'a> {
     pub(crate) slots: &'a [u32],
 }
 
-/// Head `h` of query row `i` into `out` (`head_dim`).
-fn head(
+/// Query heads `heads` of row `i` into `out` (`heads.len() * head_dim`);
+/// the heads share one key/value head.
+fn heads(
     s: &AttnShape,
-    (i, h): (usize, usize),
+    (i, heads): (usize, std::ops::Range<usize>),
     q: &[f32],
     kv: &KvView<'_>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
-) {
-    let (hd, kvh) = (s.head_dim, s.kv_heads);
-    let kh = h / (s.heads / kvh);
-    let at = |t: usize| (kv.slots[t] as usize * kvh + kh) * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    // Query i sits at position end - len + i and sees positions up to it.
-    let visible = s.end - s.len + i + 1;
-    scores.resize(visible, 0.0);
-    let qh = &q[(i * s.heads + h) * hd..][..hd];
-    let mut max = f32::NEG_INFINITY;
-    for (t, score) in scores.iter_mut().enumerate() {
-        *score = dot(qh, &kv.k[at(t)..][..hd]) * scale;
-        max = max.max(*score);
-    }
-    let mut sum = 0.0;
-    for score in scores.iter_mut() {
-        *score = (*score - max).exp();
-        sum += *score;
-    }
-    out.fill(0.0);
-    for (t, &e) in scores.iter().enumerate() {
-        let p = e / sum;
-        for (o, &x) in out.iter_mut().zip(&kv.v[at(t)..][..hd]) {
-            *o += p * x;
-        }
-    }
+) -> Result<(), KernelError> {
+    let hd = s.head_dim;
+    let kh = heads.start / (s.heads / s.kv_heads);
+    let query = HeadQuery {
+        q: &q[(i * s.heads + heads.start) * hd..(i * s.heads + heads.end) * hd],
+        head_dim: hd,
+        kv_offset: kh * hd,
+        // Query i sits at position end - len + i and sees positions up to it.
+        visible: s.end - s.len + i + 1,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let cached = CachedKv {
+        keys: kv.k,
+        values: kv.v,
+        stride: s.kv_heads * hd,
+        slots: kv.slots,
+    };
+    attention::attend(&query, &cached, scores, out)
 }
 
 /// Below this many (head, position) pairs the heads run on the calling
@@ -96,35 +73,46 @@ fn head(
 const PARALLEL_FROM: usize = 2048;
 
 /// Attention of `q` (`[len, heads, head_dim]`) over the `end` cached
-/// positions in `kv`, causal; returns `[len, heads * head_dim]`. Long
-/// contexts split the (row, head) pairs over candle's threads.
+/// positions in `kv`, causal; returns `[len, heads * head_dim]`. Short
+/// contexts take the query heads of a key/value head together (each cached
+/// row read once for the group); long ones split single heads over candle's
+/// threads.
 ///
-/// # Panics
+/// # Errors
 /// When `kv.slots` has fewer than `end` entries or names rows past the
-/// cache's end (callers pass the slots they just wrote).
-pub(crate) fn attend(s: &AttnShape, q: &[f32], kv: &KvView<'_>) -> Vec<f32> {
-    let mut out = vec![0f32; s.len * s.heads * s.head_dim];
-    let pair = |n: usize| (n / s.heads, n % s.heads);
+/// cache's end.
+pub(crate) fn attend(s: &AttnShape, q: &[f32], kv: &KvView<'_>) -> Result<Vec<f32>, KernelError> {
+    let hd = s.head_dim;
+    let mut out = vec![0f32; s.len * s.heads * hd];
     if s.heads * s.end * s.len < PARALLEL_FROM {
+        let group = s.heads / s.kv_heads;
         let mut scores = Vec::new();
-        for (n, o) in out.chunks_mut(s.head_dim).enumerate() {
-            head(s, pair(n), q, kv, &mut scores, o);
+        for (n, o) in out.chunks_mut(group * hd).enumerate() {
+            let (i, kh) = (n / s.kv_heads, n % s.kv_heads);
+            heads(s, (i, kh * group..(kh + 1) * group), q, kv, &mut scores, o)?;
         }
-        return out;
+        return Ok(out);
     }
-    let heads = Mutex::new(out.chunks_mut(s.head_dim).enumerate());
+    let pairs = Mutex::new(out.chunks_mut(hd).enumerate());
+    let failure = Mutex::new(None);
     CandleComputePool.run(&|_| {
         let mut scores = Vec::new();
         loop {
-            let Some((n, o)) = heads.lock().next() else {
+            let Some((n, o)) = pairs.lock().next() else {
                 break;
             };
-            head(s, pair(n), q, kv, &mut scores, o);
+            let (i, h) = (n / s.heads, n % s.heads);
+            if let Err(e) = heads(s, (i, h..h + 1), q, kv, &mut scores, o) {
+                *failure.lock() = Some(e);
+            }
         }
     });
     // The chunks borrow `out`; ending the lock's life hands it back.
-    let _ = heads.into_inner();
-    out
+    let _ = pairs.into_inner();
+    match failure.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 #[cfg(test)]
@@ -200,7 +188,8 @@ mod tests {
                     v: &vs,
                     slots: &slots,
                 },
-            );
+            )
+            .unwrap();
             let want = reference(&s, &q, &k, &v);
             let worst = got
                 .iter()

@@ -2,26 +2,43 @@
 //! model in fixed-size blocks that `switchyard-pool`'s `KvBlockPool` hands
 //! out.
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use switchyard_pool::{BlockId, KvStorage};
 
 use super::config::LlamaConfig;
 use crate::{Result, TextError};
 
-/// Key and value storage for all layers: per layer one tensor of keys and one
-/// of values, each `[num_blocks * block_size, kv_heads * head_dim]`. Slot
+/// Key and value storage for all layers: per layer one `[num_blocks *
+/// block_size, kv_heads * head_dim]` matrix of keys and one of values. Slot
 /// `b * block_size + i` holds the `i`-th token of block `b`.
+///
+/// On the CPU in f32 the matrices are plain host vectors, so attention reads
+/// and writes rows in place; elsewhere they are candle tensors on the device.
 ///
 /// The cache only stores; which block belongs to which sequence is the
 /// `KvBlockPool`'s business. It implements [`KvStorage`] so the pool's
 /// copy-on-write copies land here.
 #[derive(Debug)]
 pub struct PagedKvCache {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
+    store: Store,
     num_blocks: usize,
     block_size: usize,
     row: usize,
+}
+
+/// Where the keys and values live.
+#[derive(Debug)]
+enum Store {
+    /// f32 rows in host memory.
+    Host {
+        keys: Vec<Vec<f32>>,
+        values: Vec<Vec<f32>>,
+    },
+    /// Tensors on a device, in any dtype.
+    Tensors {
+        keys: Vec<Tensor>,
+        values: Vec<Tensor>,
+    },
 }
 
 impl PagedKvCache {
@@ -41,21 +58,29 @@ impl PagedKvCache {
             });
         }
         let row = config.kv_heads * config.head_dim;
-        let slots = num_blocks
-            .checked_mul(block_size)
-            .ok_or_else(|| TextError::InvalidInput {
-                field: "kv cache",
-                reason: "blocks x block size overflows".into(),
-            })?;
-        let mut keys = Vec::with_capacity(config.layers);
-        let mut values = Vec::with_capacity(config.layers);
-        for _ in 0..config.layers {
-            keys.push(Tensor::zeros((slots, row), dtype, device)?);
-            values.push(Tensor::zeros((slots, row), dtype, device)?);
-        }
+        let too_big = || TextError::InvalidInput {
+            field: "kv cache",
+            reason: "blocks x block size overflows".into(),
+        };
+        let slots = num_blocks.checked_mul(block_size).ok_or_else(too_big)?;
+        let elems = slots.checked_mul(row).ok_or_else(too_big)?;
+        let store = if device.is_cpu() && dtype == DType::F32 {
+            // Zeroed allocations: the OS hands out pages as they are touched.
+            Store::Host {
+                keys: (0..config.layers).map(|_| vec![0f32; elems]).collect(),
+                values: (0..config.layers).map(|_| vec![0f32; elems]).collect(),
+            }
+        } else {
+            let mut keys = Vec::with_capacity(config.layers);
+            let mut values = Vec::with_capacity(config.layers);
+            for _ in 0..config.layers {
+                keys.push(Tensor::zeros((slots, row), dtype, device)?);
+                values.push(Tensor::zeros((slots, row), dtype, device)?);
+            }
+            Store::Tensors { keys, values }
+        };
         Ok(Self {
-            keys,
-            values,
+            store,
             num_blocks,
             block_size,
             row,
@@ -79,7 +104,15 @@ impl PagedKvCache {
 
     /// Element type of the stored keys and values.
     pub fn dtype(&self) -> DType {
-        self.keys.first().map_or(DType::F32, Tensor::dtype)
+        match &self.store {
+            Store::Host { .. } => DType::F32,
+            Store::Tensors { keys, .. } => keys.first().map_or(DType::F32, Tensor::dtype),
+        }
+    }
+
+    /// Whether keys and values are f32 rows in host memory.
+    pub(crate) fn is_host(&self) -> bool {
+        matches!(self.store, Store::Host { .. })
     }
 
     /// The slot of `position` in a sequence with block table `blocks`, or
@@ -107,39 +140,73 @@ impl PagedKvCache {
     }
 
     /// Write `k` and `v` (`[n, kv_heads * head_dim]`) of layer `layer` into
-    /// the slots named by `index` (`[n, kv_heads * head_dim]`, each row
-    /// filled with its slot).
+    /// `slots` (`n` of them); `index` is the same slots as a `[n, kv_heads *
+    /// head_dim]` tensor (each row filled with its slot) for device storage,
+    /// built by the caller once per step.
     pub(crate) fn write(
-        &self,
+        &mut self,
         layer: usize,
-        index: &Tensor,
+        slots: &[u32],
+        index: Option<&Tensor>,
         k: &Tensor,
         v: &Tensor,
     ) -> candle_core::Result<()> {
-        self.keys[layer].scatter_set(index, &k.to_dtype(self.dtype())?.contiguous()?, 0)?;
-        self.values[layer].scatter_set(index, &v.to_dtype(self.dtype())?.contiguous()?, 0)
+        match &mut self.store {
+            Store::Host { .. } => {
+                let k = k.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let v = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                self.write_rows(layer, slots, &k, &v)
+            }
+            Store::Tensors { keys, values } => {
+                let Some(index) = index else {
+                    candle_core::bail!("device kv storage needs a write index");
+                };
+                let dtype = keys[layer].dtype();
+                keys[layer].scatter_set(index, &k.to_dtype(dtype)?.contiguous()?, 0)?;
+                values[layer].scatter_set(index, &v.to_dtype(dtype)?.contiguous()?, 0)
+            }
+        }
     }
 
-    /// Runs `f` over layer `layer`'s whole key and value storage as f32
-    /// slices (`[slots, kv_heads * head_dim]`, row-major) when they live in
-    /// host memory as contiguous f32, so attention can read a sequence's
-    /// slots in place instead of gathering copies; `None` otherwise.
-    pub(crate) fn with_host_f32<R>(
-        &self,
+    /// Host storage: write row `i` of `k` and `v` (`[n, kv_heads *
+    /// head_dim]`, row-major f32) into slot `slots[i]` of layer `layer`.
+    pub(crate) fn write_rows(
+        &mut self,
         layer: usize,
-        f: impl FnOnce(&[f32], &[f32]) -> R,
-    ) -> candle_core::Result<Option<R>> {
-        let (keys, kl) = self.keys[layer].storage_and_layout();
-        let (values, vl) = self.values[layer].storage_and_layout();
-        match (&*keys, &*values) {
-            (Storage::Cpu(k), Storage::Cpu(v))
-                if kl.is_contiguous() && vl.is_contiguous() && self.dtype() == DType::F32 =>
-            {
-                let k = &k.as_slice::<f32>()?[kl.start_offset()..];
-                let v = &v.as_slice::<f32>()?[vl.start_offset()..];
-                Ok(Some(f(k, v)))
+        slots: &[u32],
+        k: &[f32],
+        v: &[f32],
+    ) -> candle_core::Result<()> {
+        let row = self.row;
+        let Store::Host { keys, values } = &mut self.store else {
+            candle_core::bail!("row writes need host kv storage");
+        };
+        if k.len() != slots.len() * row || v.len() != slots.len() * row {
+            candle_core::bail!("{} slots for {} key values", slots.len(), k.len());
+        }
+        let (keys, values) = (&mut keys[layer], &mut values[layer]);
+        for ((&slot, k), v) in slots
+            .iter()
+            .zip(k.chunks_exact(row))
+            .zip(v.chunks_exact(row))
+        {
+            let at = slot as usize * row;
+            if at + row > keys.len() {
+                candle_core::bail!("slot {slot} is outside the cache");
             }
-            _ => Ok(None),
+            keys[at..at + row].copy_from_slice(k);
+            values[at..at + row].copy_from_slice(v);
+        }
+        Ok(())
+    }
+
+    /// Layer `layer`'s whole key and value storage as f32 slices (`[slots,
+    /// kv_heads * head_dim]`, row-major) when it lives in host memory, so
+    /// attention reads a sequence's slots in place; `None` otherwise.
+    pub(crate) fn host_layer(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+        match &self.store {
+            Store::Host { keys, values } => Some((&keys[layer], &values[layer])),
+            Store::Tensors { .. } => None,
         }
     }
 
@@ -150,15 +217,36 @@ impl PagedKvCache {
         layer: usize,
         slots: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((
-            self.keys[layer].index_select(slots, 0)?,
-            self.values[layer].index_select(slots, 0)?,
-        ))
+        match &self.store {
+            Store::Host { keys, values } => {
+                let slots = slots.to_vec1::<u32>()?;
+                let row = self.row;
+                let pick = |from: &[f32]| -> candle_core::Result<Tensor> {
+                    let mut out = Vec::with_capacity(slots.len() * row);
+                    for &s in &slots {
+                        let at = s as usize * row;
+                        match from.get(at..at + row) {
+                            Some(r) => out.extend_from_slice(r),
+                            None => candle_core::bail!("slot {s} is outside the cache"),
+                        }
+                    }
+                    Tensor::from_vec(out, (slots.len(), row), &Device::Cpu)
+                };
+                Ok((pick(&keys[layer])?, pick(&values[layer])?))
+            }
+            Store::Tensors { keys, values } => Ok((
+                keys[layer].index_select(slots, 0)?,
+                values[layer].index_select(slots, 0)?,
+            )),
+        }
     }
 
     /// Layers stored.
     pub(crate) fn layers(&self) -> usize {
-        self.keys.len()
+        match &self.store {
+            Store::Host { keys, .. } => keys.len(),
+            Store::Tensors { keys, .. } => keys.len(),
+        }
     }
 
     /// Width of one stored row.
@@ -179,10 +267,83 @@ impl KvStorage for PagedKvCache {
                 self.num_blocks
             );
         }
-        for t in self.keys.iter().chain(self.values.iter()) {
-            let src = t.narrow(0, from * bs, bs)?.copy()?;
-            t.slice_set(&src, 0, to * bs)?;
+        match &mut self.store {
+            Store::Host { keys, values } => {
+                let n = bs * self.row;
+                for t in keys.iter_mut().chain(values.iter_mut()) {
+                    t.copy_within(from * n..(from + 1) * n, to * n);
+                }
+            }
+            Store::Tensors { keys, values } => {
+                for t in keys.iter().chain(values.iter()) {
+                    let src = t.narrow(0, from * bs, bs)?.copy()?;
+                    t.slice_set(&src, 0, to * bs)?;
+                }
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LlamaConfig {
+        LlamaConfig::from_hf_json(
+            r#"{"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10}"#,
+        )
+        .unwrap()
+    }
+
+    /// Host and device storage hold the same rows after the same writes
+    /// and block copies.
+    #[test]
+    fn host_rows_match_tensor_storage() {
+        let c = config();
+        let row = c.kv_heads * c.head_dim;
+        let mut host = PagedKvCache::new(&c, 3, 2, DType::F32, &Device::Cpu).unwrap();
+        let mut dense = PagedKvCache::new(&c, 3, 2, DType::F64, &Device::Cpu).unwrap();
+        assert!(host.is_host() && !dense.is_host());
+        let slots = [4u32, 1, 2];
+        let k: Vec<f32> = (0..3 * row).map(|i| i as f32).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        let (kt, vt) = (
+            Tensor::from_slice(&k, (3, row), &Device::Cpu).unwrap(),
+            Tensor::from_slice(&v, (3, row), &Device::Cpu).unwrap(),
+        );
+        let index: Vec<u32> = slots
+            .iter()
+            .flat_map(|&s| std::iter::repeat_n(s, row))
+            .collect();
+        let index = Tensor::from_vec(index, (3, row), &Device::Cpu).unwrap();
+        host.write(1, &slots, None, &kt, &vt).unwrap();
+        dense.write(1, &slots, Some(&index), &kt, &vt).unwrap();
+        host.copy_block(0, 2).unwrap();
+        dense.copy_block(0, 2).unwrap();
+        let all = Tensor::from_vec((0..6u32).collect(), 6, &Device::Cpu).unwrap();
+        let (hk, hv) = host.gather(1, &all).unwrap();
+        let (dk, dv) = dense.gather(1, &all).unwrap();
+        let as_f32 = |t: Tensor| -> Vec<f32> {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(as_f32(hk.clone()), as_f32(dk));
+        assert_eq!(as_f32(hv), as_f32(dv));
+        // Block 2 (slots 4, 5) now holds block 0's copy: an empty slot 0
+        // over what row 0 wrote, and slot 1's row.
+        let (keys, _) = host.host_layer(1).unwrap();
+        assert!(keys[4 * row..5 * row].iter().all(|&x| x == 0.0));
+        assert_eq!(&keys[5 * row..6 * row], &k[row..2 * row]);
+        assert!(host.host_layer(0).unwrap().0.iter().all(|&x| x == 0.0));
+        assert!(dense.host_layer(1).is_none());
+        // Bad slots are errors, not panics.
+        assert!(host.write_rows(0, &[6], &k[..row], &v[..row]).is_err());
+        assert!(host.write_rows(0, &[0, 1], &k[..row], &v[..row]).is_err());
     }
 }

@@ -86,7 +86,11 @@ thread_local! {
 }
 
 /// `rows x k` activations times `w^T` through the kernels.
-fn run_packed(w: &PackedMatrix, x: &[f32], rows: usize) -> switchyard_kernels::Result<Vec<f32>> {
+pub(crate) fn run_packed(
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+) -> switchyard_kernels::Result<Vec<f32>> {
     let mut out = vec![0f32; rows * w.rows()];
     ACTIVATIONS.with_borrow_mut(|act| {
         act.quantize(x, rows, w.cols())?;
@@ -235,15 +239,8 @@ impl Mlp {
             }
             Self::Fused { gate_up, down } => {
                 let (data, rows) = rows_of(x)?;
-                let inter = gate_up.rows() / 2;
-                let gu = run_packed(gate_up, &data, rows).map_err(candle_core::Error::wrap)?;
-                let mut h = Vec::with_capacity(rows * inter);
-                for row in gu.chunks_exact(2 * inter) {
-                    let (g, u) = row.split_at(inter);
-                    // silu(g) * u, as candle computes silu.
-                    h.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
-                }
-                let out = run_packed(down, &h, rows).map_err(candle_core::Error::wrap)?;
+                let out =
+                    fused_mlp(gate_up, down, &data, rows).map_err(candle_core::Error::wrap)?;
                 tensor_like(out, down.rows(), x)
             }
         }
@@ -258,6 +255,25 @@ impl Mlp {
             Self::Fused { .. } => true,
         }
     }
+}
+
+/// `down(silu(gate x) * up x)` for `rows` rows of `x` on plain slices, gate
+/// and up stacked in `gate_up`.
+pub(crate) fn fused_mlp(
+    gate_up: &PackedMatrix,
+    down: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+) -> switchyard_kernels::Result<Vec<f32>> {
+    let inter = gate_up.rows() / 2;
+    let gu = run_packed(gate_up, x, rows)?;
+    let mut h = Vec::with_capacity(rows * inter);
+    for row in gu.chunks_exact(2 * inter) {
+        // silu(g) * u, as candle computes silu.
+        let (g, u) = row.split_at(inter);
+        h.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
+    }
+    run_packed(down, &h, rows)
 }
 
 /// A projection: `y = x W^T (+ b)`.
@@ -282,5 +298,13 @@ impl Linear {
     /// Whether this projection runs through switchyard-kernels.
     pub(crate) fn uses_kernels(&self) -> bool {
         matches!(self.weight, Weight::Packed(_))
+    }
+
+    /// The repacked matrix, when the projection is nothing else (no bias).
+    pub(crate) fn packed(&self) -> Option<&PackedMatrix> {
+        match (&self.weight, &self.bias) {
+            (Weight::Packed(w), None) => Some(w),
+            _ => None,
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 mod attention_cpu;
 mod config;
+mod host_forward;
 mod kv_cache;
 mod linear;
 mod model;

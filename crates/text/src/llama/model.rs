@@ -9,6 +9,7 @@ use switchyard_pool::BlockId;
 
 use super::attention_cpu::{self, AttnShape, KvView};
 use super::config::LlamaConfig;
+use super::host_forward::{HostModel, HostStep, HostWeights, SeqRows};
 use super::kv_cache::PagedKvCache;
 use super::linear::LoadOptions;
 use super::weights::{self, LayerWeights, ModelWeights, RopeStyle};
@@ -46,14 +47,15 @@ pub struct LlamaModel {
     /// RoPE inverse frequencies, `head_dim / 2` of them.
     inv_freq: Vec<f32>,
     device: Device,
+    /// Present when the whole forward can run on host slices (CPU, f32,
+    /// every matrix in the kernels).
+    host: Option<HostWeights>,
 }
 
-/// Per-sequence tensors built once per step and reused by every layer.
-struct SeqPlan {
-    /// First row of the sequence in the step's batch.
-    row: usize,
-    /// Rows (new tokens).
-    len: usize,
+/// Per-sequence tensors built once per step and reused by every layer
+/// (the candle path).
+struct SeqPlan<'a> {
+    rows: &'a SeqRows,
     /// Slots of positions `0..start + len`, `[start + len]`.
     slots: Tensor,
     /// Causal mask `[len, start + len]` when `len > 1`.
@@ -154,11 +156,13 @@ impl LlamaModel {
             }
             inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
         }
+        let host = HostWeights::new(&weights, &device)?;
         Ok(Self {
             config,
             weights,
             inv_freq,
             device,
+            host,
         })
     }
 
@@ -217,35 +221,94 @@ impl LlamaModel {
     /// Linear layers run once over all the batch's rows; attention runs per
     /// sequence over its own blocks.
     pub fn forward(&self, cache: &mut PagedKvCache, batch: &[SeqStep<'_>]) -> Result<Tensor> {
-        let (ids, positions, write_slots, plans) = self.plan(cache, batch)?;
+        let (ids, positions, write_slots, seqs) = self.plan(cache, batch)?;
         let n = ids.len();
         let c = &self.config;
-        let ids = Tensor::from_vec(ids, n, &self.device)?;
-        let (cos, sin) = self.rope_tables(&positions)?;
-        let row = cache.row();
-        let write_index: Vec<u32> = write_slots
+        let wanted: Vec<usize> = batch
             .iter()
-            .flat_map(|&s| std::iter::repeat_n(s, row))
-            .collect();
-        let write_index = Tensor::from_vec(write_index, (n, row), &self.device)?;
-
-        let mut x = self.weights.embed.index_select(&ids, 0)?;
-        for (l, layer) in self.weights.layers.iter().enumerate() {
-            x = self.block(l, layer, &x, cache, &write_index, &plans, (&cos, &sin))?;
-        }
-        let wanted: Vec<u32> = batch
-            .iter()
-            .zip(&plans)
+            .zip(&seqs)
             .filter(|(s, _)| s.logits)
-            .map(|(_, p)| (p.row + p.len - 1) as u32)
+            .map(|(_, p)| p.row + p.len - 1)
             .collect();
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let x = self.weights.embed.index_select(&ids, 0)?;
+        if let Some(host) = &self.host
+            && cache.is_host()
+        {
+            let model = HostModel {
+                config: c,
+                weights: &self.weights,
+                host,
+                inv_freq: &self.inv_freq,
+            };
+            let step = HostStep {
+                positions: &positions,
+                write_slots: &write_slots,
+                seqs: &seqs,
+                wanted: &wanted,
+            };
+            let logits = model.forward(x.flatten_all()?.to_vec1()?, cache, &step)?;
+            return Ok(Tensor::from_vec(
+                logits,
+                (wanted.len(), c.vocab),
+                &self.device,
+            )?);
+        }
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let write_index = if cache.is_host() {
+            None
+        } else {
+            let row = cache.row();
+            let index: Vec<u32> = write_slots
+                .iter()
+                .flat_map(|&s| std::iter::repeat_n(s, row))
+                .collect();
+            Some(Tensor::from_vec(index, (n, row), &self.device)?)
+        };
+        let plans = seqs
+            .iter()
+            .map(|s| self.seq_plan(s))
+            .collect::<Result<Vec<_>>>()?;
+        let mut x = x;
+        let slots = (&write_slots[..], write_index.as_ref());
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            x = self.block(l, layer, &x, cache, slots, &plans, (&cos, &sin))?;
+        }
         if wanted.is_empty() {
             return Ok(Tensor::zeros((0, c.vocab), DType::F32, &self.device)?);
         }
         let k = wanted.len();
+        let wanted: Vec<u32> = wanted.iter().map(|&r| r as u32).collect();
         let last = x.index_select(&Tensor::from_vec(wanted, k, &self.device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, c.rms_eps as f32)?;
         Ok(self.weights.head.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    /// The slot tensor and causal mask of one sequence (candle path).
+    fn seq_plan<'a>(&self, s: &'a SeqRows) -> Result<SeqPlan<'a>> {
+        let (len, end) = (s.len, s.slots.len());
+        let start = end - len;
+        let mask = if len > 1 {
+            let m: Vec<f32> = (0..len)
+                .flat_map(|q| {
+                    (0..end).map(move |k| {
+                        if k > start + q {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            Some(Tensor::from_vec(m, (len, end), &self.device)?.to_dtype(self.dtype())?)
+        } else {
+            None
+        };
+        Ok(SeqPlan {
+            rows: s,
+            slots: Tensor::from_slice(&s.slots, end, &self.device)?,
+            mask,
+        })
     }
 
     /// Check the batch and lay out its rows, positions and slots.
@@ -254,7 +317,7 @@ impl LlamaModel {
         &self,
         cache: &PagedKvCache,
         batch: &[SeqStep<'_>],
-    ) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>, Vec<SeqPlan>)> {
+    ) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>, Vec<SeqRows>)> {
         let c = &self.config;
         if batch.is_empty() {
             return Err(invalid("batch", "no sequences".into()));
@@ -295,28 +358,10 @@ impl LlamaModel {
             ids.extend_from_slice(s.tokens);
             positions.extend((s.start..end).map(|p| p as u32));
             slots.extend_from_slice(&all[s.start..]);
-            let len = s.tokens.len();
-            let mask = if len > 1 {
-                let m: Vec<f32> = (0..len)
-                    .flat_map(|q| {
-                        (0..end).map(move |k| {
-                            if k > s.start + q {
-                                f32::NEG_INFINITY
-                            } else {
-                                0.0
-                            }
-                        })
-                    })
-                    .collect();
-                Some(Tensor::from_vec(m, (len, end), &self.device)?.to_dtype(self.dtype())?)
-            } else {
-                None
-            };
-            plans.push(SeqPlan {
+            plans.push(SeqRows {
                 row,
-                len,
-                slots: Tensor::from_vec(all, end, &self.device)?,
-                mask,
+                len: s.tokens.len(),
+                slots: all,
             });
         }
         let mut seen = std::collections::HashSet::with_capacity(slots.len());
@@ -335,9 +380,9 @@ impl LlamaModel {
         l: usize,
         w: &LayerWeights,
         x: &Tensor,
-        cache: &PagedKvCache,
-        write_index: &Tensor,
-        plans: &[SeqPlan],
+        cache: &mut PagedKvCache,
+        (write_slots, write_index): (&[u32], Option<&Tensor>),
+        plans: &[SeqPlan<'_>],
         (cos, sin): (&Tensor, &Tensor),
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -358,11 +403,11 @@ impl LlamaModel {
             ),
         };
         let row = c.kv_heads * c.head_dim;
-        cache.write(l, write_index, &k.reshape((n, row))?, &v)?;
+        cache.write(l, write_slots, write_index, &k.reshape((n, row))?, &v)?;
         let q = q.reshape((n, c.heads, c.head_dim))?;
         let mut outs = Vec::with_capacity(plans.len());
         for p in plans {
-            outs.push(self.attend(l, cache, &q.narrow(0, p.row, p.len)?, p)?);
+            outs.push(self.attend(l, cache, &q.narrow(0, p.rows.row, p.rows.len)?, p)?);
         }
         let attn = if outs.len() == 1 {
             outs.remove(0)
@@ -376,9 +421,15 @@ impl LlamaModel {
 
     /// Attention of one sequence's `q` (`[len, heads, head_dim]`) over its
     /// cached keys and values; returns `[len, heads * head_dim]`.
-    fn attend(&self, l: usize, cache: &PagedKvCache, q: &Tensor, p: &SeqPlan) -> Result<Tensor> {
+    fn attend(
+        &self,
+        l: usize,
+        cache: &PagedKvCache,
+        q: &Tensor,
+        p: &SeqPlan<'_>,
+    ) -> Result<Tensor> {
         let c = &self.config;
-        let (kvh, hd, len) = (c.kv_heads, c.head_dim, p.len);
+        let (kvh, hd, len) = (c.kv_heads, c.head_dim, p.rows.len);
         let group = c.heads / kvh;
         let end = p.slots.dim(0)?;
         if self.device.is_cpu() && q.dtype() == DType::F32 && len <= attention_cpu::FEW_QUERIES {
@@ -389,20 +440,15 @@ impl LlamaModel {
                 kv_heads: kvh,
                 head_dim: hd,
             };
-            let q = q.flatten_all()?.to_vec1::<f32>()?;
-            let slots = p.slots.to_vec1::<u32>()?;
-            let out = cache.with_host_f32(l, |k, v| {
-                attention_cpu::attend(
-                    &shape,
-                    &q,
-                    &KvView {
-                        k,
-                        v,
-                        slots: &slots,
-                    },
-                )
-            })?;
-            if let Some(out) = out {
+            if let Some((k, v)) = cache.host_layer(l) {
+                let q = q.flatten_all()?.to_vec1::<f32>()?;
+                let kv = KvView {
+                    k,
+                    v,
+                    slots: &p.rows.slots,
+                };
+                let out =
+                    attention_cpu::attend(&shape, &q, &kv).map_err(candle_core::Error::wrap)?;
                 return Ok(Tensor::from_vec(out, (len, c.heads * hd), &self.device)?);
             }
         }

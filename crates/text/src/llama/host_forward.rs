@@ -1,0 +1,250 @@
+//! The forward pass on the CPU in f32 when every matrix runs through
+//! switchyard-kernels: the whole layer stack works on plain slices (norms,
+//! rotary embeddings, cache writes, attention, residuals), with no candle
+//! ops between the kernel calls. At decode a candle op's fixed cost is of
+//! the order of the work it does, and a layer had a dozen of them.
+
+use candle_core::Device;
+use switchyard_kernels::PackedMatrix;
+
+use super::attention_cpu::{self, AttnShape, KvView};
+use super::config::LlamaConfig;
+use super::kv_cache::PagedKvCache;
+use super::linear::{Mlp, Qkv, fused_mlp, run_packed};
+use super::weights::{ModelWeights, RopeStyle};
+
+/// One sequence's rows in a step.
+#[derive(Debug)]
+pub(crate) struct SeqRows {
+    /// First row of the sequence in the step's batch.
+    pub(crate) row: usize,
+    /// Rows (new tokens).
+    pub(crate) len: usize,
+    /// Cache slots of positions `0..start + len`.
+    pub(crate) slots: Vec<u32>,
+}
+
+/// One layer's matrices when all of them are repacked and fused.
+#[derive(Debug)]
+struct HostLayer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+}
+
+/// The norm weights as host vectors, present when the model qualifies for
+/// the host path (CPU, f32, every projection fused in the kernels).
+#[derive(Debug)]
+pub(crate) struct HostWeights {
+    layers: Vec<HostLayer>,
+    norm: Vec<f32>,
+}
+
+/// The parts of a layer the host path runs.
+struct LayerMats<'a> {
+    qkv: &'a PackedMatrix,
+    q_out: usize,
+    k_out: usize,
+    o: &'a PackedMatrix,
+    gate_up: &'a PackedMatrix,
+    down: &'a PackedMatrix,
+}
+
+fn layer_mats(w: &super::weights::LayerWeights) -> Option<LayerMats<'_>> {
+    let Qkv::Fused { qkv, q_out, k_out } = &w.qkv else {
+        return None;
+    };
+    let Mlp::Fused { gate_up, down } = &w.mlp else {
+        return None;
+    };
+    Some(LayerMats {
+        qkv,
+        q_out: *q_out,
+        k_out: *k_out,
+        o: w.o.packed()?,
+        gate_up,
+        down,
+    })
+}
+
+impl HostWeights {
+    /// The host copy of the norms when `weights` on `device` qualify.
+    pub(crate) fn new(
+        weights: &ModelWeights,
+        device: &Device,
+    ) -> candle_core::Result<Option<Self>> {
+        let qualifies = device.is_cpu()
+            && weights.dtype == candle_core::DType::F32
+            && weights.head.packed().is_some()
+            && weights.layers.iter().all(|l| layer_mats(l).is_some());
+        if !qualifies {
+            return Ok(None);
+        }
+        let vec = |t: &candle_core::Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(HostLayer {
+                    attn_norm: vec(&l.attn_norm)?,
+                    ffn_norm: vec(&l.ffn_norm)?,
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Some(Self {
+            layers,
+            norm: vec(&weights.norm)?,
+        }))
+    }
+}
+
+/// `x / sqrt(mean(x^2) + eps) * w` per row of `x`, into `out`, as candle's
+/// `rms_norm` computes it.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let sum2: f32 = x.iter().map(|v| v * v).sum();
+        let m = (sum2 / d as f32 + eps).sqrt();
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = x / m * w;
+        }
+    }
+}
+
+/// Rotates every head of one row (`heads * head_dim` values) in place by
+/// the angles whose cosines and sines are `cos`, `sin` (`head_dim / 2`).
+fn rope(row: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    for head in row.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let (a, b) = match style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::Halves => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos[i] - x1 * sin[i];
+            head[b] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+}
+
+/// What one step runs over.
+pub(crate) struct HostStep<'a> {
+    /// Position of every row.
+    pub(crate) positions: &'a [u32],
+    /// The cache slot every row writes.
+    pub(crate) write_slots: &'a [u32],
+    /// The sequences' rows.
+    pub(crate) seqs: &'a [SeqRows],
+    /// Rows whose logits are returned, in order.
+    pub(crate) wanted: &'a [usize],
+}
+
+/// A model the host path can run.
+pub(crate) struct HostModel<'a> {
+    pub(crate) config: &'a LlamaConfig,
+    pub(crate) weights: &'a ModelWeights,
+    pub(crate) host: &'a HostWeights,
+    pub(crate) inv_freq: &'a [f32],
+}
+
+fn wrap(e: switchyard_kernels::KernelError) -> candle_core::Error {
+    candle_core::Error::wrap(e)
+}
+
+impl HostModel<'_> {
+    /// Runs the layers over `x` (`[rows, hidden]` embeddings), writing keys
+    /// and values into `cache` (host storage), and returns the logits of the
+    /// wanted rows (`[wanted, vocab]`).
+    pub(crate) fn forward(
+        &self,
+        mut x: Vec<f32>,
+        cache: &mut PagedKvCache,
+        step: &HostStep<'_>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let c = self.config;
+        let n = step.positions.len();
+        let (hid, hd) = (c.hidden, c.head_dim);
+        let eps = c.rms_eps as f32;
+        let half = hd / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        for &p in step.positions {
+            for &f in self.inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let mut h = vec![0f32; n * hid];
+        for (l, (lw, norms)) in self
+            .weights
+            .layers
+            .iter()
+            .zip(&self.host.layers)
+            .enumerate()
+        {
+            let Some(m) = layer_mats(lw) else {
+                candle_core::bail!("layer {l} is not fused for the host path");
+            };
+            rms_norm(&x, &norms.attn_norm, eps, &mut h);
+            let all = run_packed(m.qkv, &h, n).map_err(wrap)?;
+            let width = m.qkv.rows();
+            let kv_w = m.k_out;
+            let (mut q, mut k, mut v) = (
+                Vec::with_capacity(n * m.q_out),
+                Vec::with_capacity(n * kv_w),
+                Vec::with_capacity(n * kv_w),
+            );
+            for (r, row) in all.chunks_exact(width).enumerate() {
+                let (rq, rest) = row.split_at(m.q_out);
+                let (rk, rv) = rest.split_at(kv_w);
+                let at = q.len();
+                q.extend_from_slice(rq);
+                let (cs, sn) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+                rope(&mut q[at..], hd, self.weights.rope, cs, sn);
+                let at = k.len();
+                k.extend_from_slice(rk);
+                rope(&mut k[at..], hd, self.weights.rope, cs, sn);
+                v.extend_from_slice(rv);
+            }
+            cache.write_rows(l, step.write_slots, &k, &v)?;
+            let Some((kc, vc)) = cache.host_layer(l) else {
+                candle_core::bail!("the host path needs host kv storage");
+            };
+            let mut attn = Vec::with_capacity(n * m.q_out);
+            for s in step.seqs {
+                let shape = AttnShape {
+                    len: s.len,
+                    end: s.slots.len(),
+                    heads: c.heads,
+                    kv_heads: c.kv_heads,
+                    head_dim: hd,
+                };
+                let qs = &q[s.row * m.q_out..(s.row + s.len) * m.q_out];
+                let kv = KvView {
+                    k: kc,
+                    v: vc,
+                    slots: &s.slots,
+                };
+                attn.extend(attention_cpu::attend(&shape, qs, &kv).map_err(wrap)?);
+            }
+            let o = run_packed(m.o, &attn, n).map_err(wrap)?;
+            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+            rms_norm(&x, &norms.ffn_norm, eps, &mut h);
+            let f = fused_mlp(m.gate_up, m.down, &h, n).map_err(wrap)?;
+            x.iter_mut().zip(&f).for_each(|(x, f)| *x += f);
+        }
+        if step.wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut last = Vec::with_capacity(step.wanted.len() * hid);
+        for &r in step.wanted {
+            last.extend_from_slice(&x[r * hid..(r + 1) * hid]);
+        }
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &self.host.norm, eps, &mut normed);
+        let Some(head) = self.weights.head.packed() else {
+            candle_core::bail!("the head is not repacked for the host path");
+        };
+        run_packed(head, &normed, step.wanted.len()).map_err(wrap)
+    }
+}
