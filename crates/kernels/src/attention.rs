@@ -248,7 +248,7 @@ fn horizontal_sum(mut acc: [f32; LANES]) -> f32 {
 /// `e^x` for `x <= 0` (softmax after subtracting the maximum): `2^n * p(r)`
 /// with `x = n ln2 + r`, `|r| <= ln2 / 2`, `p` of degree 6; 0 below -87.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;

@@ -24,8 +24,9 @@
 //! output, `|ours - exact| <= sum over blocks of (d_x / 2) * sum |w|` (plus
 //! f32 rounding), `d_x` being the block's activation scale `max|x| / 127`.
 //!
-//! It owns no model code and no threads. NEON is not written yet: on other
-//! architectures the scalar path runs.
+//! It owns no model code and no threads. NEON intrinsics are not written
+//! yet: on other architectures the scalar matmul runs (the portable f32
+//! loops are still vectorised by the compiler for the target's baseline).
 //!
 //! # Example
 //!
@@ -52,6 +53,7 @@
 
 mod activations;
 pub mod attention;
+mod elementwise;
 mod format;
 mod matmul;
 mod multiversion;
@@ -62,6 +64,7 @@ mod scalar;
 mod x86;
 
 pub use activations::QuantizedRows;
+pub use elementwise::silu_mul;
 pub use format::{QuantFormat, dequantize};
 pub use matmul::{ComputePool, Inline, Isa, matmul, matmul_with};
 pub use packed::PackedMatrix;

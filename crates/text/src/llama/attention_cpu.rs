@@ -1,8 +1,9 @@
-//! Causal attention on the CPU in f32 over plain slices: one sequence's new
-//! queries against its keys and values where the cache keeps them, through
-//! switchyard-kernels' vectorised attention. The host forward runs every
-//! step through it; the candle forward uses it for decode-sized steps (see
-//! [`FEW_QUERIES`]), where it replaces a dozen candle ops per layer.
+//! Causal attention on the CPU in f32 over plain slices: a step's new
+//! queries, of any number of sequences, against their keys and values where
+//! the cache keeps them, through switchyard-kernels' vectorised attention.
+//! The host forward runs every step through it; the candle forward uses it
+//! for decode-sized steps (see [`FEW_QUERIES`]), where it replaces a dozen
+//! candle ops per layer.
 
 use parking_lot::Mutex;
 use switchyard_kernels::attention::{self, CachedKv, HeadQuery};
@@ -14,13 +15,9 @@ use crate::CandleComputePool;
 /// forward (longer prefills there keep candle's threaded matmuls).
 pub(crate) const FEW_QUERIES: usize = 4;
 
-/// The shape of one sequence's attention.
+/// The model's attention heads.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct AttnShape {
-    /// New tokens (query rows).
-    pub(crate) len: usize,
-    /// Cached positions including the new ones.
-    pub(crate) end: usize,
+pub(crate) struct Heads {
     /// Query heads.
     pub(crate) heads: usize,
     /// Key/value heads (each shared by `heads / kv_heads` query heads).
@@ -29,86 +26,123 @@ pub(crate) struct AttnShape {
     pub(crate) head_dim: usize,
 }
 
-/// Where a sequence's keys and values are: `k` and `v` are whole cache
-/// tensors (`[slots, kv_heads * head_dim]`) and position `t` of the
-/// sequence is row `slots[t]`.
+/// One sequence's queries in a step.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct KvView<'a> {
-    pub(crate) k: &'a [f32],
-    pub(crate) v: &'a [f32],
+pub(crate) struct SeqQueries<'a> {
+    /// Its first row among the step's queries.
+    pub(crate) row: usize,
+    /// Its new tokens (rows).
+    pub(crate) len: usize,
+    /// Cache slots of its positions `0..start + len`, in order.
     pub(crate) slots: &'a [u32],
 }
 
-/// Query heads `heads` of row `i` into `out` (`heads.len() * head_dim`);
-/// the heads share one key/value head.
-fn heads(
-    s: &AttnShape,
-    (i, heads): (usize, std::ops::Range<usize>),
-    q: &[f32],
-    kv: &KvView<'_>,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) -> Result<(), KernelError> {
-    let hd = s.head_dim;
-    let kh = heads.start / (s.heads / s.kv_heads);
-    let query = HeadQuery {
-        q: &q[(i * s.heads + heads.start) * hd..(i * s.heads + heads.end) * hd],
-        head_dim: hd,
-        kv_offset: kh * hd,
-        // Query i sits at position end - len + i and sees positions up to it.
-        visible: s.end - s.len + i + 1,
-        scale: 1.0 / (hd as f32).sqrt(),
-    };
-    let cached = CachedKv {
-        keys: kv.k,
-        values: kv.v,
-        stride: s.kv_heads * hd,
-        slots: kv.slots,
-    };
-    attention::attend(&query, &cached, scores, out)
+/// Whole key and value storage of one layer, `[slots, kv_heads *
+/// head_dim]` each, row-major.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerKv<'a> {
+    pub(crate) k: &'a [f32],
+    pub(crate) v: &'a [f32],
 }
 
-/// Below this many (head, position) pairs the heads run on the calling
-/// thread: waking the pool costs more than it saves.
+/// One call of the kernel: query heads `first..first + count` of step row
+/// `row`, which sees `visible` positions of `slots`.
+#[derive(Debug, Clone, Copy)]
+struct Unit<'a> {
+    row: usize,
+    first: usize,
+    visible: usize,
+    slots: &'a [u32],
+}
+
+/// Below this many (head, position) pairs in a step the work runs on the
+/// calling thread: waking the pool costs more than it saves.
 const PARALLEL_FROM: usize = 2048;
 
-/// Attention of `q` (`[len, heads, head_dim]`) over the `end` cached
-/// positions in `kv`, causal; returns `[len, heads * head_dim]`. Short
-/// contexts take the query heads of a key/value head together (each cached
-/// row read once for the group); long ones split single heads over candle's
-/// threads.
+/// Attention of every sequence's queries in `q` (`[rows, heads,
+/// head_dim]`) over its cached positions in `kv`, causal; returns `[rows,
+/// heads * head_dim]`. Work is cut into (row, key/value head) units, each
+/// reading its cached rows once for the query heads that share them, or
+/// into single heads when there are too few units to keep the pool busy;
+/// large steps spread the units over candle's threads.
 ///
 /// # Errors
-/// When `kv.slots` has fewer than `end` entries or names rows past the
+/// When a sequence's slots are fewer than its rows or name rows past the
 /// cache's end.
-pub(crate) fn attend(s: &AttnShape, q: &[f32], kv: &KvView<'_>) -> Result<Vec<f32>, KernelError> {
-    let hd = s.head_dim;
-    let mut out = vec![0f32; s.len * s.heads * hd];
-    if s.heads * s.end * s.len < PARALLEL_FROM {
-        let group = s.heads / s.kv_heads;
+pub(crate) fn attend_step(
+    h: &Heads,
+    q: &[f32],
+    seqs: &[SeqQueries<'_>],
+    kv: &LayerKv<'_>,
+) -> Result<Vec<f32>, KernelError> {
+    let hd = h.head_dim;
+    let rows: usize = seqs.iter().map(|s| s.len).sum();
+    let mut out = vec![0f32; rows * h.heads * hd];
+    if q.len() != out.len() {
+        return Err(KernelError::BadAttention {
+            reason: format!("{} query values for {rows} rows", q.len()),
+        });
+    }
+    let group = h.heads / h.kv_heads.max(1);
+    let width = if rows * h.kv_heads >= 8 { group } else { 1 };
+    let mut units = Vec::with_capacity(rows * h.heads / width);
+    let mut pairs = 0;
+    for s in seqs {
+        if s.len > s.slots.len() {
+            return Err(KernelError::BadAttention {
+                reason: format!("{} rows with {} slots", s.len, s.slots.len()),
+            });
+        }
+        for i in 0..s.len {
+            // Row i sits at position end - len + i and sees up to it.
+            let visible = s.slots.len() - s.len + i + 1;
+            pairs += visible * h.heads;
+            units.extend((0..h.heads).step_by(width).map(|first| Unit {
+                row: s.row + i,
+                first,
+                visible,
+                slots: s.slots,
+            }));
+        }
+    }
+    let run = |u: &Unit<'_>, scores: &mut Vec<f32>, o: &mut [f32]| {
+        let query = HeadQuery {
+            q: &q[(u.row * h.heads + u.first) * hd..(u.row * h.heads + u.first + width) * hd],
+            head_dim: hd,
+            kv_offset: u.first / group * hd,
+            visible: u.visible,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let cached = CachedKv {
+            keys: kv.k,
+            values: kv.v,
+            stride: h.kv_heads * hd,
+            slots: u.slots,
+        };
+        attention::attend(&query, &cached, scores, o)
+    };
+    if pairs < PARALLEL_FROM {
         let mut scores = Vec::new();
-        for (n, o) in out.chunks_mut(group * hd).enumerate() {
-            let (i, kh) = (n / s.kv_heads, n % s.kv_heads);
-            heads(s, (i, kh * group..(kh + 1) * group), q, kv, &mut scores, o)?;
+        for (u, o) in units.iter().zip(out.chunks_mut(width * hd)) {
+            run(u, &mut scores, o)?;
         }
         return Ok(out);
     }
-    let pairs = Mutex::new(out.chunks_mut(hd).enumerate());
+    let work = Mutex::new(units.iter().zip(out.chunks_mut(width * hd)));
     let failure = Mutex::new(None);
     CandleComputePool.run(&|_| {
         let mut scores = Vec::new();
         loop {
-            let Some((n, o)) = pairs.lock().next() else {
+            let Some((u, o)) = work.lock().next() else {
                 break;
             };
-            let (i, h) = (n / s.heads, n % s.heads);
-            if let Err(e) = heads(s, (i, h..h + 1), q, kv, &mut scores, o) {
+            if let Err(e) = run(u, &mut scores, o) {
                 *failure.lock() = Some(e);
             }
         }
     });
     // The chunks borrow `out`; ending the lock's life hands it back.
-    let _ = pairs.into_inner();
+    let _ = work.into_inner();
     match failure.into_inner() {
         Some(e) => Err(e),
         None => Ok(out),
@@ -119,20 +153,27 @@ pub(crate) fn attend(s: &AttnShape, q: &[f32], kv: &KvView<'_>) -> Result<Vec<f3
 mod tests {
     use super::*;
 
-    /// The textbook formula in f64.
-    fn reference(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
-        let (hd, group) = (s.head_dim, s.heads / s.kv_heads);
-        let mut out = vec![0f64; s.len * s.heads * hd];
-        for i in 0..s.len {
-            for h in 0..s.heads {
+    const H: Heads = Heads {
+        heads: 6,
+        kv_heads: 2,
+        head_dim: 20,
+    };
+
+    /// The textbook formula in f64 for one sequence of `len` new rows over
+    /// `end` positions, keys and values in position order.
+    fn reference(len: usize, end: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
+        let (hd, group) = (H.head_dim, H.heads / H.kv_heads);
+        let mut out = vec![0f64; len * H.heads * hd];
+        for i in 0..len {
+            for h in 0..H.heads {
                 let kh = h / group;
-                let visible = s.end - s.len + i + 1;
+                let visible = end - len + i + 1;
                 let scores: Vec<f64> = (0..visible)
                     .map(|t| {
                         (0..hd)
                             .map(|d| {
-                                f64::from(q[(i * s.heads + h) * hd + d])
-                                    * f64::from(k[(t * s.kv_heads + kh) * hd + d])
+                                f64::from(q[(i * H.heads + h) * hd + d])
+                                    * f64::from(k[(t * H.kv_heads + kh) * hd + d])
                             })
                             .sum::<f64>()
                             / (hd as f64).sqrt()
@@ -143,8 +184,8 @@ mod tests {
                 for (t, sc) in scores.iter().enumerate() {
                     let p = (sc - max).exp() / sum;
                     for d in 0..hd {
-                        out[(i * s.heads + h) * hd + d] +=
-                            p * f64::from(v[(t * s.kv_heads + kh) * hd + d]);
+                        out[(i * H.heads + h) * hd + d] +=
+                            p * f64::from(v[(t * H.kv_heads + kh) * hd + d]);
                     }
                 }
             }
@@ -152,51 +193,90 @@ mod tests {
         out
     }
 
-    #[test]
-    fn matches_the_formula_with_grouped_heads_and_causal_rows() {
-        let noise = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n as u32)
-                .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
-                .collect()
-        };
-        // The last two are long enough to split over the pool.
-        for (len, end) in [(1, 1), (1, 37), (3, 3), (4, 21), (1, 400), (2, 300)] {
-            let s = AttnShape {
-                len,
-                end,
-                heads: 6,
-                kv_heads: 2,
-                head_dim: 20,
-            };
-            let q = noise(len * 6 * 20, 1);
-            let k = noise(end * 2 * 20, 2);
-            let v = noise(end * 2 * 20, 3);
-            // Positions stored in reverse slot order, as blocks can be.
-            let slots: Vec<u32> = (0..end as u32).rev().collect();
-            let (mut ks, mut vs) = (vec![0f32; k.len()], vec![0f32; v.len()]);
-            let row = 2 * 20;
-            for (t, &slot) in slots.iter().enumerate() {
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// Several sequences in one step, each stored in its own slots in
+    /// reverse order (as blocks can be), against the formula per sequence.
+    fn check(step: &[(usize, usize)]) {
+        let row = H.kv_heads * H.head_dim;
+        let stored: usize = step.iter().map(|&(_, end)| end).sum();
+        let (mut ks, mut vs) = (vec![0f32; stored * row], vec![0f32; stored * row]);
+        let (mut q, mut slots, mut wants) = (Vec::new(), Vec::new(), Vec::new());
+        let mut base = 0;
+        for (n, &(len, end)) in step.iter().enumerate() {
+            let seed = 10 * n as u32;
+            let sq = noise(len * H.heads * H.head_dim, seed + 1);
+            let k = noise(end * row, seed + 2);
+            let v = noise(end * row, seed + 3);
+            let own: Vec<u32> = (base..base + end as u32).rev().collect();
+            for (t, &slot) in own.iter().enumerate() {
                 let (from, to) = (t * row, slot as usize * row);
                 ks[to..to + row].copy_from_slice(&k[from..from + row]);
                 vs[to..to + row].copy_from_slice(&v[from..from + row]);
             }
-            let got = attend(
-                &s,
-                &q,
-                &KvView {
-                    k: &ks,
-                    v: &vs,
-                    slots: &slots,
-                },
-            )
-            .unwrap();
-            let want = reference(&s, &q, &k, &v);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (f64::from(*a) - b).abs())
-                .fold(0.0, f64::max);
-            assert!(worst < 1e-5, "len {len} end {end}: {worst}");
+            wants.extend(reference(len, end, &sq, &k, &v));
+            q.extend(sq);
+            slots.push(own);
+            base += end as u32;
         }
+        let mut row_at = 0;
+        let seqs: Vec<SeqQueries<'_>> = step
+            .iter()
+            .zip(&slots)
+            .map(|(&(len, _), own)| {
+                row_at += len;
+                SeqQueries {
+                    row: row_at - len,
+                    len,
+                    slots: own,
+                }
+            })
+            .collect();
+        let kv = LayerKv { k: &ks, v: &vs };
+        let got = attend_step(&H, &q, &seqs, &kv).unwrap();
+        let worst = got
+            .iter()
+            .zip(&wants)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-5, "{step:?}: {worst}");
+    }
+
+    #[test]
+    fn matches_the_formula_with_grouped_heads_and_causal_rows() {
+        // One sequence: single heads per unit, on the caller or the pool.
+        for one in [(1, 1), (1, 37), (3, 3), (1, 400), (2, 300)] {
+            check(&[one]);
+        }
+        // Several: key/value-head units, serial and pooled, prefill mixed
+        // with decode.
+        check(&[(1, 5), (4, 21), (1, 9)]);
+        check(&[(1, 300), (1, 2), (3, 250), (1, 120)]);
+    }
+
+    #[test]
+    fn short_slots_and_bad_queries_are_errors() {
+        let kv = LayerKv {
+            k: &[0.0; 80],
+            v: &[0.0; 80],
+        };
+        let q = vec![0f32; 2 * 6 * 20];
+        let seq = SeqQueries {
+            row: 0,
+            len: 2,
+            slots: &[0],
+        };
+        assert!(attend_step(&H, &q, &[seq], &kv).is_err());
+        let far = SeqQueries {
+            row: 0,
+            len: 2,
+            slots: &[0, 9],
+        };
+        assert!(attend_step(&H, &q, &[far], &kv).is_err());
+        assert!(attend_step(&H, &q[1..], &[far], &kv).is_err());
     }
 }

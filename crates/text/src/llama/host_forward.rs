@@ -7,7 +7,7 @@
 use candle_core::Device;
 use switchyard_kernels::PackedMatrix;
 
-use super::attention_cpu::{self, AttnShape, KvView};
+use super::attention_cpu::{self, Heads, LayerKv, SeqQueries};
 use super::config::LlamaConfig;
 use super::kv_cache::PagedKvCache;
 use super::linear::{Mlp, Qkv, fused_mlp, run_packed};
@@ -210,23 +210,22 @@ impl HostModel<'_> {
             let Some((kc, vc)) = cache.host_layer(l) else {
                 candle_core::bail!("the host path needs host kv storage");
             };
-            let mut attn = Vec::with_capacity(n * m.q_out);
-            for s in step.seqs {
-                let shape = AttnShape {
+            let seqs: Vec<SeqQueries<'_>> = step
+                .seqs
+                .iter()
+                .map(|s| SeqQueries {
+                    row: s.row,
                     len: s.len,
-                    end: s.slots.len(),
-                    heads: c.heads,
-                    kv_heads: c.kv_heads,
-                    head_dim: hd,
-                };
-                let qs = &q[s.row * m.q_out..(s.row + s.len) * m.q_out];
-                let kv = KvView {
-                    k: kc,
-                    v: vc,
                     slots: &s.slots,
-                };
-                attn.extend(attention_cpu::attend(&shape, qs, &kv).map_err(wrap)?);
-            }
+                })
+                .collect();
+            let heads = Heads {
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: hd,
+            };
+            let kv = LayerKv { k: kc, v: vc };
+            let attn = attention_cpu::attend_step(&heads, &q, &seqs, &kv).map_err(wrap)?;
             let o = run_packed(m.o, &attn, n).map_err(wrap)?;
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rms_norm(&x, &norms.ffn_norm, eps, &mut h);

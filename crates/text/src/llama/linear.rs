@@ -267,11 +267,10 @@ pub(crate) fn fused_mlp(
 ) -> switchyard_kernels::Result<Vec<f32>> {
     let inter = gate_up.rows() / 2;
     let gu = run_packed(gate_up, x, rows)?;
-    let mut h = Vec::with_capacity(rows * inter);
-    for row in gu.chunks_exact(2 * inter) {
-        // silu(g) * u, as candle computes silu.
+    let mut h = vec![0f32; rows * inter];
+    for (row, h) in gu.chunks_exact(2 * inter).zip(h.chunks_exact_mut(inter)) {
         let (g, u) = row.split_at(inter);
-        h.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
+        switchyard_kernels::silu_mul(g, u, h)?;
     }
     run_packed(down, &h, rows)
 }

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use switchyard_core::DeviceId;
 use switchyard_pool::BlockId;
 
-use super::attention_cpu::{self, AttnShape, KvView};
+use super::attention_cpu::{self, Heads, LayerKv, SeqQueries};
 use super::config::LlamaConfig;
 use super::host_forward::{HostModel, HostStep, HostWeights, SeqRows};
 use super::kv_cache::PagedKvCache;
@@ -432,25 +432,25 @@ impl LlamaModel {
         let (kvh, hd, len) = (c.kv_heads, c.head_dim, p.rows.len);
         let group = c.heads / kvh;
         let end = p.slots.dim(0)?;
-        if self.device.is_cpu() && q.dtype() == DType::F32 && len <= attention_cpu::FEW_QUERIES {
-            let shape = AttnShape {
-                len,
-                end,
+        if self.device.is_cpu()
+            && q.dtype() == DType::F32
+            && len <= attention_cpu::FEW_QUERIES
+            && let Some((k, v)) = cache.host_layer(l)
+        {
+            let q = q.flatten_all()?.to_vec1::<f32>()?;
+            let heads = Heads {
                 heads: c.heads,
                 kv_heads: kvh,
                 head_dim: hd,
             };
-            if let Some((k, v)) = cache.host_layer(l) {
-                let q = q.flatten_all()?.to_vec1::<f32>()?;
-                let kv = KvView {
-                    k,
-                    v,
-                    slots: &p.rows.slots,
-                };
-                let out =
-                    attention_cpu::attend(&shape, &q, &kv).map_err(candle_core::Error::wrap)?;
-                return Ok(Tensor::from_vec(out, (len, c.heads * hd), &self.device)?);
-            }
+            let seq = SeqQueries {
+                row: 0,
+                len,
+                slots: &p.rows.slots,
+            };
+            let out = attention_cpu::attend_step(&heads, &q, &[seq], &LayerKv { k, v })
+                .map_err(candle_core::Error::wrap)?;
+            return Ok(Tensor::from_vec(out, (len, c.heads * hd), &self.device)?);
         }
         let (k, v) = cache.gather(l, &p.slots)?;
         // [end, kvh, hd] -> [kvh, end, hd]
