@@ -24,7 +24,7 @@ pub(crate) struct SeqRows {
     pub(crate) slots: Vec<u32>,
 }
 
-/// One layer's matrices when all of them are repacked and fused.
+/// One layer's norm weights as host vectors.
 #[derive(Debug)]
 struct HostLayer {
     attn_norm: Vec<f32>,
@@ -175,6 +175,20 @@ impl HostModel<'_> {
             }
         }
         let mut h = vec![0f32; n * hid];
+        let seqs: Vec<SeqQueries<'_>> = step
+            .seqs
+            .iter()
+            .map(|s| SeqQueries {
+                row: s.row,
+                len: s.len,
+                slots: &s.slots,
+            })
+            .collect();
+        let heads = Heads {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: hd,
+        };
         for (l, (lw, norms)) in self
             .weights
             .layers
@@ -209,20 +223,6 @@ impl HostModel<'_> {
             cache.write_rows(l, step.write_slots, &k, &v)?;
             let Some((kc, vc)) = cache.host_layer(l) else {
                 candle_core::bail!("the host path needs host kv storage");
-            };
-            let seqs: Vec<SeqQueries<'_>> = step
-                .seqs
-                .iter()
-                .map(|s| SeqQueries {
-                    row: s.row,
-                    len: s.len,
-                    slots: &s.slots,
-                })
-                .collect();
-            let heads = Heads {
-                heads: c.heads,
-                kv_heads: c.kv_heads,
-                head_dim: hd,
             };
             let kv = LayerKv { k: kc, v: vc };
             let attn = attention_cpu::attend_step(&heads, &q, &seqs, &kv).map_err(wrap)?;
