@@ -16,7 +16,7 @@ use crate::{Report, median};
 
 const PROMPT_TOKENS: usize = 128;
 const NEW_TOKENS: usize = 128;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 /// Sequences in the aggregate-decode measurement.
 const BATCH: usize = 8;
 /// llama.cpp on this machine kind (2 threads), measured when the issue was
@@ -87,8 +87,10 @@ fn candle(model: &mut ModelWeights, prompt: &[u32]) -> SuiteResult<Timing> {
     })
 }
 
-/// Aggregate tokens/s of `BATCH` greedy requests of `NEW_TOKENS` started
-/// together (their short prompts' prefill included).
+/// Aggregate decode tokens/s of `BATCH` greedy requests of `NEW_TOKENS`
+/// started together: tokens after each stream's first, over the time after
+/// the last first token arrived (the single-stream figure leaves out the
+/// prefill the same way).
 fn batched(generator: &Generator, prompt: &[u32]) -> SuiteResult<f64> {
     let requests: Vec<GenerateRequest> = (0..BATCH)
         .map(|i| {
@@ -103,17 +105,30 @@ fn batched(generator: &Generator, prompt: &[u32]) -> SuiteResult<f64> {
             )
         })
         .collect();
-    let started = Instant::now();
-    let done = generator.generate_batch(&requests)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut tokens = 0;
-    for c in done {
-        tokens += c?.tokens.len();
+    let mut streams = generator.stream_batch(&requests)?;
+    let mut counts = vec![0usize; BATCH];
+    // Every stream's first token comes from the one prefill step.
+    for (stream, count) in streams.iter_mut().zip(&mut counts) {
+        while *count == 0 {
+            let Some(delta) = stream.next() else {
+                return Err("a stream ended before its first token".into());
+            };
+            *count += delta?.tokens.len();
+        }
     }
+    let started = Instant::now();
+    let firsts: usize = counts.iter().sum();
+    for (stream, count) in streams.iter_mut().zip(&mut counts) {
+        for delta in stream {
+            *count += delta?.tokens.len();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let tokens: usize = counts.iter().sum();
     if tokens != BATCH * NEW_TOKENS {
         return Err(format!("batch generated {tokens} tokens").into());
     }
-    Ok(tokens as f64 / elapsed)
+    Ok((tokens - firsts) as f64 / elapsed)
 }
 
 /// llama.cpp's own figures (prefill, decode tokens/s) from `llama-bench`
@@ -159,9 +174,17 @@ pub fn text_decode() -> SuiteResult {
     // One untimed warm-up each, then alternate so drift hits both alike.
     ours(&generator, &prompt[..16])?;
     candle(&mut reload()?, &prompt[..16])?;
+    batched(&generator, &prompt)?;
     let (mut ours_runs, mut candle_runs) = (Vec::new(), Vec::new());
+    let (mut batch_runs, mut batch_ratios) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        ours_runs.push(ours(&generator, &prompt)?);
+        let single = ours(&generator, &prompt)?;
+        // The batch right after the single stream it is compared with, so
+        // the ratio of each pair sees the same machine load.
+        let batch = batched(&generator, &prompt)?;
+        batch_ratios.push(batch / single.decode_rate());
+        batch_runs.push(batch);
+        ours_runs.push(single);
         // candle's model keeps its own KV cache: a fresh one per run.
         let mut model = reload()?;
         candle_runs.push(candle(&mut model, &prompt)?);
@@ -193,16 +216,11 @@ pub fn text_decode() -> SuiteResult {
         od / cd
     );
 
-    let mut batch_runs: Vec<f64> = Vec::new();
-    for _ in 0..RUNS {
-        batch_runs.push(batched(&generator, &prompt)?);
-    }
     let agg = median(&mut batch_runs);
+    let batch_ratio = median(&mut batch_ratios);
     println!(
         "{:<28} {agg:>12.1} {:>12} {:>7.3}",
-        "8 streams aggregate tok/s",
-        "-",
-        agg / od
+        "8 streams aggregate tok/s", "-", batch_ratio
     );
     let (llama, measured) = match llama_bench(&path) {
         Some(figures) => (figures, true),
@@ -230,7 +248,7 @@ pub fn text_decode() -> SuiteResult {
     report.figure(
         "batch8_aggregate_tokens_per_sec",
         agg,
-        "tokens/s (8 sequences, 128 new tokens each)",
+        "decode tokens/s after the first token (8 sequences, 128 new tokens each, median)",
     );
     report.figure(
         "llama_cpp_prefill_tokens_per_sec",
@@ -264,9 +282,9 @@ pub fn text_decode() -> SuiteResult {
     );
     report.goal(
         "batch8_vs_single",
-        ">= 4x the single-stream decode rate, aggregate at 8 sequences",
-        agg / od,
-        agg >= 4.0 * od,
+        ">= 4x the single-stream decode rate, aggregate at 8 sequences (median of paired runs)",
+        batch_ratio,
+        batch_ratio >= 4.0,
     );
     report.figure(
         "prefill_tokens_per_sec",

@@ -86,9 +86,6 @@ multiversion! {
     ) -> Option<usize> => quantize_body
 }
 
-/// Lanes of the maximum search (fixed, so every version agrees).
-const LANES: usize = 8;
-
 #[inline(always)]
 fn quantize_body(
     x: &[f32],
@@ -97,34 +94,41 @@ fn quantize_body(
     d: &mut [f32],
     s: &mut [f32],
 ) -> Option<usize> {
-    let blocks = x.chunks_exact(QBLOCK).zip(q.chunks_exact_mut(QBLOCK));
+    // Fixed-size blocks: no bounds checks inside, so the loops vectorise.
+    let blocks = x.as_chunks::<QBLOCK>().0.iter();
     let blocks = blocks
-        .zip(qu.chunks_exact_mut(QBLOCK))
+        .zip(q.as_chunks_mut::<QBLOCK>().0)
+        .zip(qu.as_chunks_mut::<QBLOCK>().0)
         .zip(d.iter_mut().zip(s));
     for (b, (((xs, qs), us), (d, s))) in blocks.enumerate() {
-        let mut amax = [0f32; LANES];
-        // x * 0 is 0 for finite x and NaN for infinities and NaN.
-        let mut probe = [0f32; LANES];
-        for c in xs.chunks_exact(LANES) {
-            for l in 0..LANES {
-                amax[l] = amax[l].max(c[l].abs());
-                probe[l] += c[l] * 0.0;
-            }
-        }
-        if probe.iter().any(|p| *p != 0.0) {
+        // |x| as bits: for non-negative floats the integer order is the
+        // float order, infinities and NaN sort above every finite value, and
+        // an integer maximum vectorises (its order does not matter).
+        let amax = xs
+            .iter()
+            .map(|v| v.to_bits() & 0x7FFF_FFFF)
+            .max()
+            .unwrap_or(0);
+        if amax >= f32::INFINITY.to_bits() {
             return Some(b);
         }
-        let amax = amax.iter().fold(0f32, |a, &v| a.max(v));
+        let amax = f32::from_bits(amax);
         let scale = amax / 127.0;
         let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+        // Round to nearest, ties to even, by adding 1.5 * 2^23: for
+        // |v| <= 2^22 the f32 sum keeps no fraction and its low mantissa
+        // bits are the integer (the rounding the SIMD instructions do, and
+        // `round_ties_even`), all in plain integer lanes that vectorise.
+        // |x * inv| <= 127 up to rounding; the clamp keeps it exact.
+        const MAGIC: f32 = 12_582_912.0;
         let mut sum = 0i32;
-        for ((x, q), u) in xs.iter().zip(qs.iter_mut()).zip(us.iter_mut()) {
-            // |x * inv| <= 127 (up to rounding), so the cast cannot wrap;
-            // ties to even, as the SIMD rounding instructions do.
-            let v = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-            *q = v;
-            *u = (v as u8) ^ 0x80;
-            sum += i32::from(v);
+        for i in 0..QBLOCK {
+            let r = ((xs[i] * inv + MAGIC).to_bits() as i32)
+                .wrapping_sub(MAGIC.to_bits() as i32)
+                .clamp(-127, 127);
+            qs[i] = r as i8;
+            us[i] = (r as u8) ^ 0x80;
+            sum += r;
         }
         *d = scale;
         *s = scale * sum as f32;
@@ -154,6 +158,29 @@ mod tests {
             proptest::prop_assert_eq!(quantize_blocks(&x, &mut a.0, &mut a.1, &mut a.2, &mut a.3), None);
             proptest::prop_assert_eq!(quantize_body(&x, &mut b.0, &mut b.1, &mut b.2, &mut b.3), None);
             proptest::prop_assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn values_round_to_nearest_with_ties_to_even() {
+        // A block whose maximum is 127 has scale 1, so x * inv is x itself:
+        // halves are ties, and the signs are covered both ways.
+        for start in [-127.0f32, -64.25, 0.5] {
+            let mut x: Vec<f32> = (0..QBLOCK).map(|i| start + i as f32 * 0.5).collect();
+            x[QBLOCK - 1] = 127.0;
+            let mut rows = QuantizedRows::new();
+            rows.quantize(&x, 1, QBLOCK).unwrap();
+            assert_eq!(rows.d, [1.0]);
+            let want: Vec<i8> = x.iter().map(|v| v.round_ties_even() as i8).collect();
+            assert_eq!(rows.q, want);
+            let sum: i32 = want.iter().map(|&v| i32::from(v)).sum();
+            assert_eq!(rows.s, [sum as f32]);
+            assert!(
+                rows.qu
+                    .iter()
+                    .zip(&want)
+                    .all(|(&u, &q)| u == (q as u8) ^ 0x80)
+            );
         }
     }
 
