@@ -9,7 +9,8 @@
 //! - [`QuantizedRows`] quantizes activations on the fly to 8-bit blocks of 32
 //!   with their sums, so every product is an integer dot product;
 //! - [`matmul`] picks the fastest path this CPU has at run time
-//!   ([`Isa`]: AVX-512 VNNI, AVX2, or portable scalar), tiles rows x column
+//!   ([`Isa`]: AVX-512 VNNI or AVX2 on x86-64, NEON with or without the
+//!   dot-product extension on aarch64, else portable scalar), tiles rows x column
 //!   groups so a batch of rows reads each weight once, and splits column
 //!   groups over the [`ComputePool`] it is handed.
 //!
@@ -24,9 +25,10 @@
 //! output, `|ours - exact| <= sum over blocks of (d_x / 2) * sum |w|` (plus
 //! f32 rounding), `d_x` being the block's activation scale `max|x| / 127`.
 //!
-//! It owns no model code and no threads. NEON intrinsics are not written
-//! yet: on other architectures the scalar matmul runs (the portable f32
-//! loops are still vectorised by the compiler for the target's baseline).
+//! It owns no model code and no threads. On aarch64 the attention and
+//! quantizer loops are the portable builds, which the compiler vectorises
+//! for NEON (baseline there); the NEON matmul paths are tested on x86
+//! machines under `qemu-aarch64` (see `.ci/run`).
 //!
 //! # Example
 //!
@@ -57,6 +59,8 @@ mod elementwise;
 mod format;
 mod matmul;
 mod multiversion;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod out;
 mod packed;
 mod scalar;

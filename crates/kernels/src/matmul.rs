@@ -44,6 +44,10 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 with VNNI (on 256-bit registers, AVX-512VL).
     Avx512Vnni,
+    /// aarch64 baseline NEON (widening multiplies).
+    Neon,
+    /// aarch64 NEON with the Armv8.2 dot-product extension (`sdot`).
+    NeonDotprod,
 }
 
 impl Isa {
@@ -55,17 +59,27 @@ impl Isa {
             Isa::Avx2 => crate::x86::has_avx2(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => crate::x86::has_vnni(),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => crate::neon::has_dotprod(),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
     /// The paths this CPU can run, fastest last.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| i.is_available())
-            .collect()
+        [
+            Isa::Scalar,
+            Isa::Avx2,
+            Isa::Avx512Vnni,
+            Isa::Neon,
+            Isa::NeonDotprod,
+        ]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect()
     }
 
     /// The fastest path this CPU can run (detected once; `matmul` asks on
@@ -82,6 +96,8 @@ impl std::fmt::Display for Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
         })
     }
 }
@@ -151,6 +167,10 @@ pub fn matmul_with(
                 Isa::Avx2 => crate::x86::gemm_groups(false, w, x, range, &view),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512Vnni => crate::x86::gemm_groups(true, w, x, range, &view),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => crate::neon::gemm_groups(false, w, x, range, &view),
+                #[cfg(target_arch = "aarch64")]
+                Isa::NeonDotprod => crate::neon::gemm_groups(true, w, x, range, &view),
                 _ => scalar::gemm_groups(w, x, range, &view),
             }
         }

@@ -27,6 +27,29 @@ use crate::{KernelError, QuantFormat, Result};
 /// Output columns per group.
 pub(crate) const GROUP: usize = 8;
 
+/// Calls `$gemm::<$dot, NIB, SUB, OFF, H>($args)` with the compile-time
+/// record shape of `$format` (4-bit values, weights per sub-block, an
+/// offset, f16 scales): the one place the SIMD paths learn it, matching
+/// [`RecordLayout::of`].
+macro_rules! with_record_shape {
+    ($format:expr, $gemm:ident::<$dot:ty>($($arg:expr),* $(,)?)) => {{
+        use $crate::QuantFormat as F;
+        match $format {
+            F::Q4_0 | F::Q4_1 => $gemm::<$dot, true, 32, true, true>($($arg),*),
+            F::Q4K => $gemm::<$dot, true, 32, true, false>($($arg),*),
+            F::Q8_0 | F::Q5_0 => $gemm::<$dot, false, 32, false, true>($($arg),*),
+            F::Q5_1 => $gemm::<$dot, false, 32, true, true>($($arg),*),
+            F::Q5K => $gemm::<$dot, false, 32, true, false>($($arg),*),
+            F::Q6K => $gemm::<$dot, false, 16, false, false>($($arg),*),
+        }
+    }};
+}
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unused_imports)
+)]
+pub(crate) use with_record_shape;
+
 /// Byte offsets inside one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordLayout {

@@ -14,7 +14,7 @@ use std::ops::Range;
 use crate::activations::{QBLOCK, QuantizedRows};
 use crate::format::{QuantFormat, ValueKind};
 use crate::out::OutView;
-use crate::packed::{GROUP, PackedMatrix, RecordLayout};
+use crate::packed::{GROUP, PackedMatrix, RecordLayout, with_record_shape};
 
 /// A byte dot product: four products per 32-bit lane, added to `acc`.
 trait Dot {
@@ -321,17 +321,8 @@ unsafe fn by_format<D: Dot>(
         w.layout().kind == ValueKind::Nibble,
         matches!(w.format(), F::Q4_0 | F::Q4_1 | F::Q4K)
     );
-    // SAFETY: each arm's shape is the layout `RecordLayout::of` gives the format.
-    unsafe {
-        match w.format() {
-            F::Q4_0 | F::Q4_1 => gemm::<D, true, 32, true, true>(Shape, w, x, range, out),
-            F::Q4K => gemm::<D, true, 32, true, false>(Shape, w, x, range, out),
-            F::Q8_0 | F::Q5_0 => gemm::<D, false, 32, false, true>(Shape, w, x, range, out),
-            F::Q5_1 => gemm::<D, false, 32, true, true>(Shape, w, x, range, out),
-            F::Q5K => gemm::<D, false, 32, true, false>(Shape, w, x, range, out),
-            F::Q6K => gemm::<D, false, 16, false, false>(Shape, w, x, range, out),
-        }
-    }
+    // SAFETY: the macro gives the shape `RecordLayout::of` gives the format.
+    unsafe { with_record_shape!(w.format(), gemm::<D>(Shape, w, x, range, out)) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

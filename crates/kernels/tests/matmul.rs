@@ -182,4 +182,17 @@ fn this_cpu_reports_its_paths() {
     assert_eq!(available.first(), Some(&Isa::Scalar));
     assert_eq!(Isa::best(), *available.last().expect("scalar at least"));
     eprintln!("paths here: {available:?}");
+    if cfg!(target_arch = "aarch64") {
+        assert!(available.contains(&Isa::Neon), "{available:?}");
+    }
+    // CI names the paths its machine (or emulator) must offer, so a path
+    // that silently went missing fails rather than going untested.
+    if let Ok(expected) = std::env::var("SWITCHYARD_EXPECT_ISAS") {
+        for name in expected.split(',').filter(|n| !n.is_empty()) {
+            assert!(
+                available.iter().any(|i| i.to_string() == name),
+                "{name} expected, this CPU offers {available:?}"
+            );
+        }
+    }
 }
