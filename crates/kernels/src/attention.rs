@@ -310,6 +310,13 @@ fn attend_body<D: Dot>(
     scores.resize(heads * vis, 0.0);
     let row = |t: usize| kv.slots[t] as usize * kv.stride + query.kv_offset;
     for t in 0..vis {
+        if t + PREFETCH_AHEAD < vis {
+            // Values too: the weighted sum below reads them after the
+            // softmax, from cache by then.
+            let ahead = row(t + PREFETCH_AHEAD);
+            prefetch(&kv.keys[ahead..][..hd]);
+            prefetch(&kv.values[ahead..][..hd]);
+        }
         let k = &kv.keys[row(t)..][..hd];
         for (h, q) in query.q.chunks_exact(hd).enumerate() {
             scores[h * vis + t] = D::dot(q, k) * query.scale;
@@ -353,6 +360,36 @@ fn attend_body<D: Dot>(
 
 /// Output values a head accumulates at once.
 const WIDE: usize = 64;
+
+/// Positions ahead of the one in use whose cached row is prefetched: the
+/// slots may be in any order (paged blocks), which the hardware
+/// prefetcher cannot follow, and at a few sequences the rows come from
+/// memory rather than cache.
+const PREFETCH_AHEAD: usize = 12;
+
+/// Asks for the cache lines of `row` (a no-op where there is no prefetch
+/// instruction); never changes a result.
+#[inline(always)]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let mut at = 0;
+        while at < row.len() {
+            // SAFETY: SSE is baseline on x86-64; a prefetch reads nothing
+            // architecturally, and the address lies inside `row`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(row[at..].as_ptr().cast()) };
+            at += 16;
+        }
+        if let Some(last) = row.last() {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(last).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
 
 #[cfg(test)]
 mod tests {

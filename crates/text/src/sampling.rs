@@ -239,15 +239,24 @@ impl Sampler {
     }
 }
 
-/// The index of the largest finite logit (the lowest such index on ties).
+/// The index of the largest logit that is not NaN (the lowest such index
+/// on ties; 0 when every logit is NaN).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] || (logits[best].is_nan() && !l.is_nan()) {
-            best = i;
+    // Two passes the compiler vectorises: the largest value over lanes (NaN
+    // never compares greater, so it is skipped), then its first index.
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let (chunks, tail) = logits.as_chunks::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
         }
     }
-    best as u32
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 
 #[cfg(test)]

@@ -145,3 +145,32 @@ fn bad_parameters_are_typed_errors() {
     let mut s = sampler(SamplingParams::greedy(1));
     assert!(s.sample(&mut []).is_err());
 }
+
+/// The plain loop `argmax` replaced: first largest, NaN skipped.
+fn argmax_reference(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] || (logits[best].is_nan() && !l.is_nan()) {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+proptest::proptest! {
+    #[test]
+    fn argmax_matches_the_plain_loop(
+        picks in proptest::collection::vec(0u8..8, 0..80),
+    ) {
+        // Few distinct values, so ties, NaN and infinities come up often.
+        let table = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -1.0, 0.0, -0.0, 2.5, 2.5];
+        let logits: Vec<f32> = picks.iter().map(|&p| table[p as usize]).collect();
+        proptest::prop_assert_eq!(argmax(&logits), argmax_reference(&logits));
+    }
+}
+
+#[test]
+fn argmax_of_nothing_but_nan_is_zero() {
+    assert_eq!(argmax(&[f32::NAN; 40]), 0);
+    assert_eq!(argmax(&[]), 0);
+}
