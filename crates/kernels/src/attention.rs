@@ -11,13 +11,100 @@ use crate::{KernelError, Result};
 /// Accumulator lanes: fixed, so every instruction set adds in one order.
 const LANES: usize = 16;
 
-/// Where one sequence's cached keys and values are.
+/// An element type a cache may keep keys and values in: `f32`, or `f16`
+/// (half the memory and the bandwidth; widened to f32 exactly on load, so
+/// the arithmetic is the same).
+#[allow(unsafe_code)]
+pub trait KvElement: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
+    /// The slice itself when the elements are f32 already.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// Eight values at `p` as f32.
+    ///
+    /// # Safety
+    /// `p` points to 8 readable elements; the CPU has AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Sixteen values at `p` as f32.
+    ///
+    /// # Safety
+    /// `p` points to 16 readable elements; the CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+#[allow(unsafe_code)]
+impl KvElement for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[inline(always)]
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
+#[allow(unsafe_code)]
+impl KvElement for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+
+    #[inline(always)]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract; f16 is 16 bits, as `cvtph` reads.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: as above.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+}
+
+/// Where one sequence's cached keys and values are, stored as `T`.
 #[derive(Debug, Clone, Copy)]
-pub struct CachedKv<'a> {
+pub struct CachedKv<'a, T: KvElement = f32> {
     /// Key storage: `stride` values per slot.
-    pub keys: &'a [f32],
+    pub keys: &'a [T],
     /// Value storage, laid out as `keys`.
-    pub values: &'a [f32],
+    pub values: &'a [T],
     /// Values per slot (all key/value heads of one position).
     pub stride: usize,
     /// The slot of each position of the sequence, in order.
@@ -50,9 +137,9 @@ fn bad(reason: String) -> KernelError {
 /// # Errors
 /// [`KernelError::BadAttention`] when the shapes disagree, `visible` is 0 or
 /// past the slots, or a slot lies outside the storage.
-pub fn attend(
+pub fn attend<T: KvElement>(
     query: &HeadQuery<'_>,
-    kv: &CachedKv<'_>,
+    kv: &CachedKv<'_, T>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) -> Result<()> {
@@ -92,7 +179,13 @@ pub fn attend(
 /// the products at `l, l + LANES, ...` in order), reduced by halving, then
 /// the tail: every implementation gives the same bits.
 trait Dot {
-    fn dot(a: &[f32], b: &[f32]) -> f32;
+    fn dot<T: KvElement>(a: &[f32], b: &[T]) -> f32;
+    /// `dst[i] = src[i]` as f32, for equal lengths.
+    fn widen<T: KvElement>(src: &[T], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
 }
 
 /// Plain Rust.
@@ -100,13 +193,13 @@ struct Portable;
 
 impl Dot for Portable {
     #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
+    fn dot<T: KvElement>(a: &[f32], b: &[T]) -> f32 {
         let mut acc = [0f32; LANES];
         let (ca, ta) = a.as_chunks::<LANES>();
         let (cb, tb) = b.as_chunks::<LANES>();
         for (x, y) in ca.iter().zip(cb) {
             for l in 0..LANES {
-                acc[l] += x[l] * y[l];
+                acc[l] += x[l] * y[l].to_f32();
             }
         }
         horizontal_sum(acc) + tail_dot(ta, tb)
@@ -114,110 +207,18 @@ impl Dot for Portable {
 }
 
 #[inline(always)]
-fn tail_dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+fn tail_dot<T: KvElement>(a: &[f32], b: &[T]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
 }
 
-#[allow(unsafe_code)]
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{CachedKv, Dot, HeadQuery, LANES, attend_body, tail_dot};
-
-    /// Eight lanes of an `__m256` summed as `horizontal_sum` does lanes
-    /// `0..8` after its first halving.
-    #[inline(always)]
-    unsafe fn sum8(v: __m256) -> f32 {
-        // SAFETY: only inlined into functions compiled with AVX2.
-        unsafe {
-            let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-            _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)))
-        }
-    }
-
-    /// Two 256-bit accumulators: lanes 0..8 and 8..16.
-    pub(super) struct Avx2;
-
-    impl Dot for Avx2 {
-        #[inline(always)]
-        fn dot(a: &[f32], b: &[f32]) -> f32 {
-            let n = a.len().min(b.len()) / LANES * LANES;
-            // SAFETY: only inlined into `attend_avx2`, compiled with AVX2;
-            // every load reads 8 floats below `n`.
-            unsafe {
-                let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let (pa, pb) = (a.as_ptr(), b.as_ptr());
-                let mut i = 0;
-                while i < n {
-                    let x = _mm256_mul_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
-                    lo = _mm256_add_ps(lo, x);
-                    let y = _mm256_mul_ps(
-                        _mm256_loadu_ps(pa.add(i + 8)),
-                        _mm256_loadu_ps(pb.add(i + 8)),
-                    );
-                    hi = _mm256_add_ps(hi, y);
-                    i += LANES;
-                }
-                sum8(_mm256_add_ps(lo, hi)) + tail_dot(&a[n..], &b[n..])
-            }
-        }
-    }
-
-    /// One 512-bit accumulator.
-    pub(super) struct Avx512;
-
-    impl Dot for Avx512 {
-        #[inline(always)]
-        fn dot(a: &[f32], b: &[f32]) -> f32 {
-            let n = a.len().min(b.len()) / LANES * LANES;
-            // SAFETY: only inlined into `attend_avx512`, compiled with
-            // AVX-512F; every load reads 16 floats below `n`.
-            unsafe {
-                let mut acc = _mm512_setzero_ps();
-                let (pa, pb) = (a.as_ptr(), b.as_ptr());
-                let mut i = 0;
-                while i < n {
-                    let x = _mm512_mul_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
-                    acc = _mm512_add_ps(acc, x);
-                    i += LANES;
-                }
-                let halves = _mm256_add_ps(
-                    _mm512_castps512_ps256(acc),
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)),
-                );
-                sum8(halves) + tail_dot(&a[n..], &b[n..])
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend_avx2(
-        query: &HeadQuery<'_>,
-        kv: &CachedKv<'_>,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
-    ) {
-        attend_body::<Avx2>(query, kv, scores, out);
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    pub(super) unsafe fn attend_avx512(
-        query: &HeadQuery<'_>,
-        kv: &CachedKv<'_>,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
-    ) {
-        attend_body::<Avx512>(query, kv, scores, out);
-    }
-}
+mod x86;
 
 /// [`attend_body`] built for the best instruction set this CPU has.
 #[allow(unsafe_code)]
-fn attend_checked(
+fn attend_checked<T: KvElement>(
     query: &HeadQuery<'_>,
-    kv: &CachedKv<'_>,
+    kv: &CachedKv<'_, T>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
@@ -229,7 +230,7 @@ fn attend_checked(
         crate::Isa::Avx2 => return unsafe { x86::attend_avx2(query, kv, scores, out) },
         _ => {}
     }
-    attend_body::<Portable>(query, kv, scores, out);
+    attend_body::<Portable, T>(query, kv, scores, out);
 }
 
 /// The lanes' sum, halving (a few shuffles rather than a chain of adds).
@@ -298,9 +299,9 @@ fn softmax(s: &mut [f32]) {
 }
 
 #[inline(always)]
-fn attend_body<D: Dot>(
+fn attend_body<D: Dot, T: KvElement>(
     query: &HeadQuery<'_>,
-    kv: &CachedKv<'_>,
+    kv: &CachedKv<'_, T>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
@@ -333,20 +334,21 @@ fn attend_body<D: Dot>(
         while c0 < hd {
             let width = (hd - c0).min(WIDE);
             let mut acc = [0f32; WIDE];
-            if width == WIDE {
-                for (t, &p) in p.iter().enumerate() {
-                    let v: &[f32; WIDE] = kv.values[row(t) + c0..][..WIDE]
-                        .as_chunks()
-                        .0
-                        .first()
-                        .unwrap_or(&[0.0; WIDE]);
+            let mut widened = [0f32; WIDE];
+            for (t, &p) in p.iter().enumerate() {
+                let src = &kv.values[row(t) + c0..][..width];
+                let v = match T::as_f32(src) {
+                    Some(v) => v,
+                    None => {
+                        D::widen(src, &mut widened[..width]);
+                        &widened[..width]
+                    }
+                };
+                if let Ok(v) = <&[f32; WIDE]>::try_from(v) {
                     for l in 0..WIDE {
                         acc[l] += p * v[l];
                     }
-                }
-            } else {
-                for (t, &p) in p.iter().enumerate() {
-                    let v = &kv.values[row(t) + c0..][..width];
+                } else {
                     for (a, &v) in acc.iter_mut().zip(v) {
                         *a += p * v;
                     }
@@ -370,17 +372,18 @@ const PREFETCH_AHEAD: usize = 12;
 /// Asks for the cache lines of `row` (a no-op where there is no prefetch
 /// instruction); never changes a result.
 #[inline(always)]
-fn prefetch(row: &[f32]) {
+fn prefetch<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let line = (64 / std::mem::size_of::<T>().max(1)).max(1);
         let mut at = 0;
         while at < row.len() {
             // SAFETY: SSE is baseline on x86-64; a prefetch reads nothing
             // architecturally, and the address lies inside `row`.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(row[at..].as_ptr().cast()) };
-            at += 16;
+            at += line;
         }
         if let Some(last) = row.last() {
             // SAFETY: as above.
@@ -477,8 +480,23 @@ mod tests {
             let (mut scores, mut out) = (Vec::new(), vec![0f32; q.len()]);
             attend(&query, &kv, &mut scores, &mut out).unwrap();
             let mut portable = vec![0f32; q.len()];
-            attend_body::<Portable>(&query, &kv, &mut scores, &mut portable);
+            attend_body::<Portable, f32>(&query, &kv, &mut scores, &mut portable);
             proptest::prop_assert_eq!(&out, &portable);
+            // f16 storage: the same bits as f32 storage of the same
+            // (rounded) values, in every build.
+            let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>();
+            let (keys16, values16) = (half(&keys), half(&values));
+            let wide = |v: &[half::f16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            let (keys_r, values_r) = (wide(&keys16), wide(&values16));
+            let kv16 = CachedKv { keys: &keys16, values: &values16, stride, slots: &slots };
+            let kv_r = CachedKv { keys: &keys_r, values: &values_r, stride, slots: &slots };
+            let (mut out16, mut out_r, mut portable16) =
+                (vec![0f32; q.len()], vec![0f32; q.len()], vec![0f32; q.len()]);
+            attend(&query, &kv16, &mut scores, &mut out16).unwrap();
+            attend(&query, &kv_r, &mut scores, &mut out_r).unwrap();
+            attend_body::<Portable, half::f16>(&query, &kv16, &mut scores, &mut portable16);
+            proptest::prop_assert_eq!(&out16, &out_r);
+            proptest::prop_assert_eq!(&out16, &portable16);
             let row = |from: &[f32], t: usize| {
                 let at = slots[t] as usize * stride + kh * hd;
                 from[at..at + hd].to_vec()

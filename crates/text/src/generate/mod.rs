@@ -184,7 +184,7 @@ impl Generator {
     /// Bytes of KV cache one request of `tokens` tokens (prompt plus output)
     /// takes.
     pub fn kv_bytes(&self, tokens: usize) -> usize {
-        tokens * PagedKvCache::bytes_per_token(self.model.config(), self.model.dtype())
+        tokens * PagedKvCache::bytes_per_token(self.model.config(), self.model.kv_dtype())
     }
 
     fn prepare(&self, request: &GenerateRequest, cancel: CancellationToken) -> Result<Prepared> {

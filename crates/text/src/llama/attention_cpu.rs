@@ -6,9 +6,10 @@
 //! candle ops per layer.
 
 use parking_lot::Mutex;
-use switchyard_kernels::attention::{self, CachedKv, HeadQuery};
+use switchyard_kernels::attention::{self, CachedKv, HeadQuery, KvElement};
 use switchyard_kernels::{ComputePool, KernelError};
 
+use super::kv_cache::HostLayer;
 use crate::CandleComputePool;
 
 /// Most query rows a sequence may have to take this path in the candle
@@ -38,11 +39,11 @@ pub(crate) struct SeqQueries<'a> {
 }
 
 /// Whole key and value storage of one layer, `[slots, kv_heads *
-/// head_dim]` each, row-major.
+/// head_dim]` each, row-major, stored as `T`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LayerKv<'a> {
-    pub(crate) k: &'a [f32],
-    pub(crate) v: &'a [f32],
+pub(crate) struct LayerKv<'a, T = f32> {
+    pub(crate) k: &'a [T],
+    pub(crate) v: &'a [T],
 }
 
 /// One call of the kernel: query heads `first..first + count` of step row
@@ -59,6 +60,19 @@ struct Unit<'a> {
 /// calling thread: waking the pool costs more than it saves.
 const PARALLEL_FROM: usize = 2048;
 
+/// [`attend_step`] over a host cache layer of either element type.
+pub(crate) fn attend_host(
+    h: &Heads,
+    q: &[f32],
+    seqs: &[SeqQueries<'_>],
+    kv: HostLayer<'_>,
+) -> Result<Vec<f32>, KernelError> {
+    match kv {
+        HostLayer::F32(kv) => attend_step(h, q, seqs, &kv),
+        HostLayer::F16(kv) => attend_step(h, q, seqs, &kv),
+    }
+}
+
 /// Attention of every sequence's queries in `q` (`[rows, heads,
 /// head_dim]`) over its cached positions in `kv`, causal; returns `[rows,
 /// heads * head_dim]`. Work is cut into (row, key/value head) units, each
@@ -69,11 +83,11 @@ const PARALLEL_FROM: usize = 2048;
 /// # Errors
 /// When a sequence's slots are fewer than its rows or name rows past the
 /// cache's end.
-pub(crate) fn attend_step(
+pub(crate) fn attend_step<T: KvElement>(
     h: &Heads,
     q: &[f32],
     seqs: &[SeqQueries<'_>],
-    kv: &LayerKv<'_>,
+    kv: &LayerKv<'_, T>,
 ) -> Result<Vec<f32>, KernelError> {
     let hd = h.head_dim;
     let rows: usize = seqs.iter().map(|s| s.len).sum();

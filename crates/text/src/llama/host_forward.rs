@@ -7,7 +7,7 @@
 use candle_core::Device;
 use switchyard_kernels::PackedMatrix;
 
-use super::attention_cpu::{self, Heads, LayerKv, SeqQueries};
+use super::attention_cpu::{self, Heads, SeqQueries};
 use super::config::LlamaConfig;
 use super::kv_cache::PagedKvCache;
 use super::linear::{Mlp, Qkv, fused_mlp, run_packed};
@@ -221,11 +221,10 @@ impl HostModel<'_> {
                 v.extend_from_slice(rv);
             }
             cache.write_rows(l, step.write_slots, &k, &v)?;
-            let Some((kc, vc)) = cache.host_layer(l) else {
+            let Some(kv) = cache.host_layer(l) else {
                 candle_core::bail!("the host path needs host kv storage");
             };
-            let kv = LayerKv { k: kc, v: vc };
-            let attn = attention_cpu::attend_step(&heads, &q, &seqs, &kv).map_err(wrap)?;
+            let attn = attention_cpu::attend_host(&heads, &q, &seqs, kv).map_err(wrap)?;
             let o = run_packed(m.o, &attn, n).map_err(wrap)?;
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rms_norm(&x, &norms.ffn_norm, eps, &mut h);

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use switchyard_core::DeviceId;
 use switchyard_pool::BlockId;
 
-use super::attention_cpu::{self, Heads, LayerKv, SeqQueries};
+use super::attention_cpu::{self, Heads, SeqQueries};
 use super::config::LlamaConfig;
 use super::host_forward::{HostModel, HostStep, HostWeights, SeqRows};
 use super::kv_cache::PagedKvCache;
@@ -202,16 +202,34 @@ impl LlamaModel {
         self.weights.dtype
     }
 
+    /// Element type [`LlamaModel::new_kv_cache`] stores keys and values in:
+    /// f16 when the whole forward runs on host slices (half the memory and
+    /// the bandwidth attention reads, as llama.cpp's default cache; the
+    /// arithmetic stays f32), the activations' type otherwise.
+    pub fn kv_dtype(&self) -> DType {
+        if self.host.is_some() {
+            DType::F16
+        } else {
+            self.dtype()
+        }
+    }
+
     /// A KV cache of `num_blocks` blocks of `block_size` tokens for this
-    /// model, on its device.
+    /// model, on its device, in [`LlamaModel::kv_dtype`].
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache> {
-        PagedKvCache::new(
-            &self.config,
-            num_blocks,
-            block_size,
-            self.dtype(),
-            &self.device,
-        )
+        self.new_kv_cache_in(num_blocks, block_size, self.kv_dtype())
+    }
+
+    /// [`LlamaModel::new_kv_cache`] storing keys and values as `dtype`
+    /// (on the CPU, f32 and f16 caches are read in place by the host
+    /// attention; other types go through candle).
+    pub fn new_kv_cache_in(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+    ) -> Result<PagedKvCache> {
+        PagedKvCache::new(&self.config, num_blocks, block_size, dtype, &self.device)
     }
 
     /// Run one step over `batch`: write every new token's keys and values
@@ -435,7 +453,7 @@ impl LlamaModel {
         if self.device.is_cpu()
             && q.dtype() == DType::F32
             && len <= attention_cpu::FEW_QUERIES
-            && let Some((k, v)) = cache.host_layer(l)
+            && let Some(kv) = cache.host_layer(l)
         {
             let q = q.flatten_all()?.to_vec1::<f32>()?;
             let heads = Heads {
@@ -448,12 +466,13 @@ impl LlamaModel {
                 len,
                 slots: &p.rows.slots,
             };
-            let out = attention_cpu::attend_step(&heads, &q, &[seq], &LayerKv { k, v })
+            let out = attention_cpu::attend_host(&heads, &q, &[seq], kv)
                 .map_err(candle_core::Error::wrap)?;
             return Ok(Tensor::from_vec(out, (len, c.heads * hd), &self.device)?);
         }
         let (k, v) = cache.gather(l, &p.slots)?;
-        // [end, kvh, hd] -> [kvh, end, hd]
+        // [end, kvh, hd] -> [kvh, end, hd], in the queries' type.
+        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
         let k = k.reshape((end, kvh, hd))?.transpose(0, 1)?.contiguous()?;
         let v = v.reshape((end, kvh, hd))?.transpose(0, 1)?.contiguous()?;
         // [len, kvh, group, hd] -> [kvh, group * len, hd]: every query head
