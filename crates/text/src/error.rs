@@ -57,6 +57,9 @@ pub enum TextError {
         /// What failed.
         reason: String,
     },
+    /// A queued request's deadline passed before it started; it never ran.
+    #[error("the request's deadline passed before it started")]
+    DeadlineExpired,
     /// The device could not be opened.
     #[error(transparent)]
     Device(#[from] switchyard_core::CoreError),

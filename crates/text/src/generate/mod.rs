@@ -5,6 +5,7 @@
 //! the same model forward and lives with the scheduler.)
 
 mod run;
+mod scheduler;
 mod stream;
 
 use std::path::Path;

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::{SamplingParams, TextTokenizer};
+use crate::{FinishReason, SamplingParams, TextTokenizer};
 use switchyard_core::DeviceId;
 use switchyard_testkit::tiny::{self, GgufQuant, TinyLlama};
 

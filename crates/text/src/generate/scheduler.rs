@@ -1,0 +1,546 @@
+//! The iteration-level scheduler: requests join and leave between forward
+//! steps. Every step it drops cancelled and expired requests, admits
+//! waiting ones while the KV blocks and the concurrency cap allow, runs one
+//! forward over all running sequences (a decode row each, plus prompt
+//! chunks within a token budget), streams the sampled tokens and retires
+//! finished sequences at once. When a sequence needs a block and none is
+//! left, the lowest-priority, most recently admitted sequence is preempted:
+//! its blocks are freed and it waits, first in line, to be recomputed
+//! (its prompt and the tokens it already streamed, as one prefill) when
+//! room returns, so its stream goes on without a gap or a repeat.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use switchyard_batch::{BatchKey, PriorityQueue, QueueConfig, Queued};
+use switchyard_core::{Deadline, Priority, RequestId};
+use switchyard_pool::{KvBlockPool, KvPoolConfig, KvStats, KvStorage, PoolError, SeqId};
+
+use super::run::{DeltaSink, Prepared};
+use super::{Finished, TextDelta};
+use crate::llama::{LlamaModel, PagedKvCache, SeqStep};
+use crate::{FinishReason, Result, TextError, Usage};
+
+/// Knobs of a [`Scheduler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SchedulerConfig {
+    /// KV blocks in the cache.
+    pub(crate) num_blocks: usize,
+    /// Tokens per block.
+    pub(crate) block_size: usize,
+    /// Tokens one step may compute over all sequences: every running decode
+    /// row, then prompt chunks up to the rest (at least one block's worth,
+    /// so prompts always progress).
+    pub(crate) step_tokens: usize,
+    /// Most sequences running at once.
+    pub(crate) max_running: usize,
+    /// Reuse the blocks of prompts computed before.
+    pub(crate) prefix_caching: bool,
+    /// Let an Urgent request that does not fit preempt a running Low one.
+    pub(crate) urgent_preempts_low: bool,
+}
+
+/// How a request queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Admission {
+    /// Its priority (Urgent first; aging lifts waiting ones).
+    pub(crate) priority: Priority,
+    /// When it must have started by; past it, it ends with an error
+    /// without running.
+    pub(crate) deadline: Option<Deadline>,
+}
+
+/// Counters of a [`Scheduler`].
+// Read by the tests; the serving engine built on the scheduler (the next
+// step of continuous batching) reports them.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SchedulerStats {
+    /// Forward steps run.
+    pub(crate) steps: u64,
+    /// Sequences preempted (their blocks freed, to be recomputed).
+    pub(crate) preemptions: u64,
+    /// Prompt tokens computed (recomputation included).
+    pub(crate) prefill_tokens: u64,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub(crate) cached_tokens: u64,
+    /// Requests that ended (any reason, errors included).
+    pub(crate) finished: u64,
+}
+
+/// A request's state from submission to its last delta.
+struct Seq {
+    /// Its index for the sink.
+    id: usize,
+    job: Prepared,
+    /// Prompt and generated tokens.
+    tokens: Vec<u32>,
+    /// Tokens whose keys and values are in the cache.
+    computed: usize,
+    generated: usize,
+    admission: Admission,
+    /// Admission number (for choosing whom to preempt); 0 before admission.
+    admitted: u64,
+    /// Its last delta went out.
+    done: bool,
+}
+
+impl Seq {
+    fn pool_id(&self) -> SeqId {
+        SeqId(self.id as u64)
+    }
+}
+
+/// Runs many generation requests over one model and one KV cache, a
+/// forward step at a time (see the module docs).
+pub(crate) struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    config: SchedulerConfig,
+    pool: KvBlockPool,
+    cache: PagedKvCache,
+    queue: PriorityQueue<Seq>,
+    key: BatchKey,
+    /// Taken from the queue but not running (preempted, or did not fit):
+    /// served before the queue.
+    ready: VecDeque<Seq>,
+    running: Vec<Seq>,
+    admissions: u64,
+    stats: SchedulerStats,
+}
+
+fn generation(e: impl std::fmt::Display) -> TextError {
+    TextError::Generation {
+        reason: e.to_string(),
+    }
+}
+
+impl<'m> Scheduler<'m> {
+    /// An idle scheduler with a fresh cache of `config.num_blocks` blocks.
+    pub(crate) fn new(model: &'m LlamaModel, config: SchedulerConfig) -> Result<Self> {
+        let pool = KvBlockPool::new(KvPoolConfig {
+            num_blocks: config.num_blocks,
+            block_size: config.block_size,
+            prefix_caching: config.prefix_caching,
+        })
+        .map_err(generation)?;
+        let cache = model.new_kv_cache(config.num_blocks, config.block_size)?;
+        Ok(Self {
+            model,
+            config: SchedulerConfig {
+                max_running: config.max_running.max(1),
+                step_tokens: config.step_tokens.max(1),
+                ..config
+            },
+            pool,
+            cache,
+            queue: PriorityQueue::new(QueueConfig {
+                capacity: usize::MAX,
+                per_key_capacity: usize::MAX,
+                ..QueueConfig::default()
+            }),
+            key: BatchKey::new("generate", 0),
+            ready: VecDeque::new(),
+            running: Vec::new(),
+            admissions: 0,
+            stats: SchedulerStats::default(),
+        })
+    }
+
+    /// Queue `job` under sink index `id`. Refused when it could never fit
+    /// the cache even alone.
+    pub(crate) fn submit(&mut self, id: usize, job: Prepared, admission: Admission) -> Result<()> {
+        let whole = job.prompt.len() + job.max_new;
+        let needed = self.pool.blocks_for(whole);
+        if needed > self.config.num_blocks {
+            return Err(TextError::InvalidInput {
+                field: "max_tokens",
+                reason: format!(
+                    "{whole} tokens need {needed} KV blocks; the cache has {}",
+                    self.config.num_blocks
+                ),
+            });
+        }
+        let seq = Seq {
+            id,
+            tokens: job.prompt.clone(),
+            job,
+            computed: 0,
+            generated: 0,
+            admission,
+            admitted: 0,
+            done: false,
+        };
+        let mut entry = Queued::new(
+            RequestId::from_u64(id as u64),
+            admission.priority,
+            1,
+            Instant::now(),
+            seq,
+        );
+        entry.deadline = admission.deadline;
+        self.queue
+            .push(&self.key, entry)
+            .map_err(|(e, _)| generation(e))?;
+        Ok(())
+    }
+
+    /// Nothing running or waiting.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.ready.is_empty() && self.queue.is_empty()
+    }
+
+    /// The counters so far.
+    #[allow(dead_code)]
+    pub(crate) fn stats(&self) -> SchedulerStats {
+        self.stats
+    }
+
+    /// The KV pool's counters.
+    #[allow(dead_code)]
+    pub(crate) fn kv_stats(&self) -> KvStats {
+        self.pool.stats()
+    }
+
+    /// The block table and tokens of every running sequence (for checks).
+    #[cfg(test)]
+    pub(crate) fn tables(&self) -> Vec<(Vec<u32>, Vec<u32>)> {
+        self.running
+            .iter()
+            .filter_map(|s| {
+                let table = self.pool.block_table(s.pool_id()).ok()?.to_vec();
+                Some((table, s.tokens.clone()))
+            })
+            .collect()
+    }
+
+    /// One iteration. Returns whether work remains. A failure of the model
+    /// or the cache is returned as is; the caller ends the open streams.
+    pub(crate) fn step(&mut self, sink: &mut dyn DeltaSink) -> Result<bool> {
+        self.drop_cancelled(sink);
+        self.drop_expired(sink);
+        self.admit(sink)?;
+        if self.running.is_empty() {
+            return Ok(!self.is_idle());
+        }
+        let plan = self.plan();
+        let tables: Vec<Vec<u32>> = plan
+            .iter()
+            .map(|&(i, _)| {
+                self.pool
+                    .block_table(self.running[i].pool_id())
+                    .map(<[u32]>::to_vec)
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(generation)?;
+        let batch: Vec<SeqStep<'_>> = plan
+            .iter()
+            .zip(&tables)
+            .map(|(&(i, take), table)| {
+                let s = &self.running[i];
+                SeqStep {
+                    tokens: &s.tokens[s.computed..s.computed + take],
+                    start: s.computed,
+                    blocks: table,
+                    logits: s.computed + take == s.tokens.len(),
+                }
+            })
+            .collect();
+        let wants: Vec<bool> = batch.iter().map(|s| s.logits).collect();
+        let logits = self.model.forward(&mut self.cache, &batch)?;
+        drop(batch);
+        self.stats.steps += 1;
+        let mut row = 0;
+        let mut sampled = Vec::new();
+        for (&(i, take), wants) in plan.iter().zip(wants) {
+            let s = &mut self.running[i];
+            if s.tokens.len() - s.computed > 1 {
+                self.stats.prefill_tokens += take as u64;
+            }
+            s.computed += take;
+            self.pool
+                .commit(s.pool_id(), s.computed)
+                .map_err(generation)?;
+            if !wants {
+                continue;
+            }
+            let mut logits_row: Vec<f32> = logits.get(row)?.to_vec1()?;
+            row += 1;
+            if let Some(token) = sample(s, &mut logits_row, sink)? {
+                sampled.push((s.id, token));
+            }
+        }
+        self.retire();
+        for (id, token) in sampled {
+            self.append(id, token)?;
+        }
+        sink.after_step(&self.pool.stats());
+        Ok(!self.is_idle())
+    }
+
+    /// (running index, tokens) for this step: every decode row, then prompt
+    /// chunks in admission order within the budget.
+    fn plan(&self) -> Vec<(usize, usize)> {
+        let pending = |s: &Seq| s.tokens.len() - s.computed;
+        let decodes = self.running.iter().filter(|s| pending(s) == 1).count();
+        let mut budget = self
+            .config
+            .step_tokens
+            .saturating_sub(decodes)
+            .max(self.config.block_size);
+        let mut plan = Vec::with_capacity(self.running.len());
+        for (i, s) in self.running.iter().enumerate() {
+            match pending(s) {
+                0 => {}
+                1 => plan.push((i, 1)),
+                n if budget > 0 => {
+                    let take = n.min(budget);
+                    budget -= take;
+                    plan.push((i, take));
+                }
+                _ => {}
+            }
+        }
+        plan
+    }
+
+    /// Record `token` of request `id` in the pool, preempting others (or
+    /// itself) while no block is left for it.
+    fn append(&mut self, id: usize, token: u32) -> Result<()> {
+        loop {
+            let Some(at) = self.running.iter().position(|s| s.id == id) else {
+                // Preempted earlier in this step: its recomputation covers
+                // the token.
+                return Ok(());
+            };
+            match self.pool.append(self.running[at].pool_id(), token) {
+                Ok(Some(copy)) => return Ok(self.cache.copy_block(copy.from, copy.to)?),
+                Ok(None) => return Ok(()),
+                Err(PoolError::OutOfBlocks { .. }) => {
+                    let victim = self.victim(None).unwrap_or(at);
+                    self.preempt(victim);
+                }
+                Err(e) => return Err(generation(e)),
+            }
+        }
+    }
+
+    /// The running sequence to preempt: the lowest priority, then the most
+    /// recently admitted, among those less urgent than `than` (any, for
+    /// `None`).
+    fn victim(&self, than: Option<Priority>) -> Option<usize> {
+        self.running
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| than.is_none_or(|p| s.admission.priority.rank() > p.rank()))
+            .max_by_key(|(_, s)| (s.admission.priority.rank(), s.admitted))
+            .map(|(i, _)| i)
+    }
+
+    /// Free running sequence `at`'s blocks and put it first in line.
+    fn preempt(&mut self, at: usize) {
+        let mut s = self.running.remove(at);
+        let _ = self.pool.free(s.pool_id());
+        s.computed = 0;
+        self.stats.preemptions += 1;
+        self.ready.push_front(s);
+    }
+
+    /// Move waiting requests into the running set while they fit.
+    fn admit(&mut self, sink: &mut dyn DeltaSink) -> Result<()> {
+        while self.running.len() < self.config.max_running {
+            let next = match self.ready.pop_front() {
+                Some(s) => s,
+                None => {
+                    let now = Instant::now();
+                    let taken = self.queue.take_batch(&self.key, 1, u64::MAX, now);
+                    for e in taken.expired {
+                        self.expire(e.payload, sink);
+                    }
+                    match taken.batch.into_iter().next() {
+                        Some(e) => e.payload,
+                        None => return Ok(()),
+                    }
+                }
+            };
+            if let Some(s) = self.place(next)? {
+                self.ready.push_front(s);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Give `s` its blocks and start it; hands it back when it does not
+    /// fit (after preempting a Low sequence for an Urgent one, if allowed).
+    fn place(&mut self, mut s: Seq) -> Result<Option<Seq>> {
+        loop {
+            match self.pool.add_sequence(s.pool_id(), &s.tokens) {
+                Ok(cached) => {
+                    s.computed = cached;
+                    self.stats.cached_tokens += cached as u64;
+                    self.admissions += 1;
+                    s.admitted = self.admissions;
+                    self.running.push(s);
+                    return Ok(None);
+                }
+                Err(PoolError::OutOfBlocks { .. }) => {
+                    let urgent = s.admission.priority == Priority::Urgent;
+                    match self.victim(Some(Priority::Normal)) {
+                        Some(v) if urgent && self.config.urgent_preempts_low => self.preempt(v),
+                        _ => return Ok(Some(s)),
+                    }
+                }
+                Err(e) => return Err(generation(e)),
+            }
+        }
+    }
+
+    /// End cancelled requests wherever they are; running ones free their
+    /// blocks now.
+    fn drop_cancelled(&mut self, sink: &mut dyn DeltaSink) {
+        let cancelled = |s: &Seq| s.job.cancel.is_cancelled();
+        let mut i = 0;
+        while i < self.running.len() {
+            if cancelled(&self.running[i]) {
+                let s = self.running.remove(i);
+                let _ = self.pool.free(s.pool_id());
+                self.end(
+                    s,
+                    FinishReason::Cancelled,
+                    (String::new(), Vec::new()),
+                    sink,
+                );
+            } else {
+                i += 1;
+            }
+        }
+        let (gone, kept): (Vec<Seq>, Vec<Seq>) = self.ready.drain(..).partition(cancelled);
+        self.ready = kept.into();
+        let mut ids = Vec::new();
+        self.queue.for_each(|_, e| {
+            if cancelled(&e.payload) {
+                ids.push(e.id);
+            }
+        });
+        let queued = ids
+            .into_iter()
+            .filter_map(|id| self.queue.remove_id(id))
+            .map(|e| e.payload);
+        let all: Vec<Seq> = gone.into_iter().chain(queued).collect();
+        for s in all {
+            self.end(
+                s,
+                FinishReason::Cancelled,
+                (String::new(), Vec::new()),
+                sink,
+            );
+        }
+    }
+
+    /// End queued requests whose deadline passed before they started.
+    fn drop_expired(&mut self, sink: &mut dyn DeltaSink) {
+        let now = Instant::now();
+        for e in self.queue.take_expired(now) {
+            self.expire(e.payload, sink);
+        }
+        let late =
+            |s: &Seq| s.admitted == 0 && s.admission.deadline.is_some_and(|d| now >= d.instant());
+        let (gone, kept): (Vec<Seq>, Vec<Seq>) = self.ready.drain(..).partition(late);
+        self.ready = kept.into();
+        for s in gone {
+            self.expire(s, sink);
+        }
+    }
+
+    fn expire(&mut self, s: Seq, sink: &mut dyn DeltaSink) {
+        self.stats.finished += 1;
+        sink.send(s.id, Err(TextError::DeadlineExpired));
+    }
+
+    /// Take finished sequences out of the running set and free their
+    /// blocks (their last delta went out when they were sampled).
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].done {
+                let s = self.running.remove(i);
+                let _ = self.pool.free(s.pool_id());
+                self.stats.finished += 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn end(
+        &mut self,
+        s: Seq,
+        reason: FinishReason,
+        last: (String, Vec<u32>),
+        sink: &mut dyn DeltaSink,
+    ) {
+        self.stats.finished += 1;
+        send_last(&s, reason, last, sink);
+    }
+}
+
+/// The last delta of `s`: `text`, `tokens` and why it ended.
+fn send_last(
+    s: &Seq,
+    reason: FinishReason,
+    (text, tokens): (String, Vec<u32>),
+    sink: &mut dyn DeltaSink,
+) {
+    let usage = Usage {
+        prompt_tokens: s.job.prompt.len(),
+        completion_tokens: s.generated,
+    };
+    sink.send(
+        s.id,
+        Ok(TextDelta {
+            text,
+            tokens,
+            finish: Some(Finished { reason, usage }),
+        }),
+    );
+}
+
+/// Sample the next token of `s` from its logits and stream it. Returns the
+/// token when the sequence goes on; a finished one is marked `done` for
+/// [`Scheduler::retire`].
+fn sample(s: &mut Seq, logits: &mut [f32], sink: &mut dyn DeltaSink) -> Result<Option<u32>> {
+    let token = s.job.sampler.sample(logits)?;
+    s.generated += 1;
+    let mut done = |s: &mut Seq, reason, text: String| {
+        send_last(s, reason, (text, vec![token]), sink);
+        s.done = true;
+        Ok(None)
+    };
+    if s.job.stop_ids.contains(&token) {
+        let held = s.job.stops.finish();
+        return done(s, FinishReason::Stop, held);
+    }
+    let piece = s.job.decoder.step(token)?.unwrap_or_default();
+    let (mut text, stopped) = s.job.stops.push(&piece);
+    if stopped {
+        return done(s, FinishReason::Stop, text);
+    }
+    if s.generated >= s.job.max_new {
+        text.push_str(&s.job.stops.finish());
+        return done(s, FinishReason::Length, text);
+    }
+    sink.send(
+        s.id,
+        Ok(TextDelta {
+            text,
+            tokens: vec![token],
+            finish: None,
+        }),
+    );
+    s.tokens.push(token);
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
