@@ -329,7 +329,6 @@ fn attend_body<D: Dot, T: KvElement>(
     // Up to GROUP heads and WIDE output values at a time: the sums stay in
     // registers while the positions stream past, each cached row widened
     // once for all the heads (each output adds in position order).
-    let at = |t: usize| row(t);
     let mut h0 = 0;
     while h0 < heads {
         let n = (heads - h0).min(GROUP);
@@ -344,14 +343,14 @@ fn attend_body<D: Dot, T: KvElement>(
                 }
             };
             match (width == WIDE, n) {
-                (true, 1) => place(o, &weigh::<D, T, 1>(p, kv.values, c0, &at)),
-                (true, 2) => place(o, &weigh::<D, T, 2>(p, kv.values, c0, &at)),
-                (true, 3) => place(o, &weigh::<D, T, 3>(p, kv.values, c0, &at)),
-                (true, _) => place(o, &weigh::<D, T, GROUP>(p, kv.values, c0, &at)),
+                (true, 1) => place(o, &weigh::<D, T, 1>(p, kv.values, c0, &row)),
+                (true, 2) => place(o, &weigh::<D, T, 2>(p, kv.values, c0, &row)),
+                (true, 3) => place(o, &weigh::<D, T, 3>(p, kv.values, c0, &row)),
+                (true, _) => place(o, &weigh::<D, T, GROUP>(p, kv.values, c0, &row)),
                 (false, _) => {
                     let sums: Vec<[f32; WIDE]> = (0..n)
                         .map(|h| {
-                            weigh_narrow::<D, T>(&p[h * vis..][..vis], kv.values, c0, width, &at)
+                            weigh_narrow::<D, T>(&p[h * vis..][..vis], kv.values, c0, width, &row)
                         })
                         .collect();
                     place(o, &sums);

@@ -299,10 +299,7 @@ pub(crate) fn gemm_groups(
     range: Range<usize>,
     out: &OutView<'_>,
 ) {
-    assert!(
-        x.cols() == w.cols() && range.end <= w.groups(),
-        "kernel called with bad shapes"
-    );
+    w.assert_fits(x, &range);
     if dotprod {
         assert!(has_dotprod(), "the dot-product extension is not available");
         // SAFETY: shapes and CPU features were checked just above.

@@ -187,6 +187,16 @@ impl std::fmt::Debug for PackedMatrix {
 }
 
 impl PackedMatrix {
+    /// Panics unless `x` has this matrix's columns and `groups` lies
+    /// within its groups: the SIMD kernels' precondition, which the
+    /// dispatcher has checked already.
+    pub(crate) fn assert_fits(&self, x: &crate::QuantizedRows, groups: &std::ops::Range<usize>) {
+        assert!(
+            x.cols() == self.cols() && groups.end <= self.groups(),
+            "kernel called with bad shapes"
+        );
+    }
+
     /// Repacks `data`, the bytes of a GGUF tensor of `format` with `rows`
     /// rows of `cols` weights each (row-major, as stored in the file).
     ///
