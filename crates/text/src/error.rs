@@ -60,6 +60,17 @@ pub enum TextError {
     /// A queued request's deadline passed before it started; it never ran.
     #[error("the request's deadline passed before it started")]
     DeadlineExpired,
+    /// The engine holds as many unfinished requests as it accepts; try
+    /// again later.
+    #[error("the engine is full ({capacity} requests unfinished)")]
+    QueueFull {
+        /// Unfinished requests it accepts.
+        capacity: usize,
+    },
+    /// The engine is stopping and takes no more work (or did not start
+    /// this request before it stopped).
+    #[error("the engine is shutting down")]
+    ShuttingDown,
     /// The device could not be opened.
     #[error(transparent)]
     Device(#[from] switchyard_core::CoreError),

@@ -3,9 +3,10 @@
 //! `switchyard-text` owns everything that turns text into numbers and back:
 //! tokenizers (`tokenizer.json`, and GGUF metadata), chat templates,
 //! sentence embeddings, and Llama-family generation over a paged KV cache
-//! (continuous batching builds on it in a later issue). It does not queue or schedule
-//! requests (that is `switchyard-batch`) and does not decide which models stay
-//! loaded (`switchyard-cache`).
+//! with continuous batching on top (its queue and PID controller come from
+//! `switchyard-batch`). It does not batch other kinds of requests (that is
+//! `switchyard-batch`) and does not decide which models stay loaded
+//! (`switchyard-cache`).
 //!
 //! Today it provides:
 //!
@@ -29,7 +30,11 @@
 //! - [`Generator`]: prompts (text, tokens or chat), per-request
 //!   [`SamplingParams`], stop strings and tokens, finish reasons and usage,
 //!   streamed as [`TextDelta`]s through a blocking iterator or a
-//!   `futures_core::Stream`, cancellable within one step.
+//!   `futures_core::Stream`, cancellable within one step;
+//! - [`GenerationEngine`]: continuous batching for requests arriving at any
+//!   time — an iteration-level scheduler with chunked prefill, preemption by
+//!   recomputation, prefix caching, priorities and deadlines, and PID control
+//!   of concurrency from measured inter-token latency.
 //!
 //! # Example: embeddings
 //!
@@ -101,7 +106,9 @@ pub use embed::{BertEmbedder, Embedder, Packing, Pooling, cosine_similarity, pac
 pub use embed_handler::EmbeddingHandler;
 pub use error::{Result, TextError};
 pub use generate::{
-    Completion, Finished, GenerateRequest, GenerationStream, Generator, Prompt, TextDelta,
+    Completion, Finished, GenerateRequest, GenerationEngine, GenerationEngineConfig,
+    GenerationStats, GenerationStream, Generator, LatencyControl, Prompt, RequestOptions,
+    ShutdownMode, TextDelta,
 };
 pub use gguf_meta::{GgufMetadata, MetaValue};
 pub use gguf_tokenizer::{GgufTokenizerInfo, tokenizer_from_gguf};

@@ -1,9 +1,10 @@
 //! Text generation: [`Generator`] runs one request, or a fixed batch started
-//! together, on a [`LlamaModel`] and streams text as it is produced.
-//!
-//! (Continuous batching — admitting requests while others run — builds on
-//! the same model forward and lives with the scheduler.)
+//! together, on a [`LlamaModel`] and streams text as it is produced;
+//! [`GenerationEngine`] serves requests that arrive at any time with
+//! continuous batching (preemption, prefix caching, latency control).
 
+mod engine;
+mod latency;
 mod run;
 mod scheduler;
 mod stream;
@@ -13,6 +14,10 @@ use std::sync::Arc;
 
 use switchyard_core::{CancellationToken, DeviceId};
 
+pub use engine::{
+    GenerationEngine, GenerationEngineConfig, GenerationStats, LatencyControl, RequestOptions,
+    ShutdownMode,
+};
 pub use stream::GenerationStream;
 
 use crate::llama::{LlamaModel, LoadOptions, PagedKvCache};
@@ -154,6 +159,12 @@ impl Generator {
     pub fn with_block_size(mut self, tokens: usize) -> Self {
         self.config.block_size = tokens.max(1);
         self
+    }
+
+    /// Serve requests that arrive at any time with continuous batching
+    /// (see [`GenerationEngine`]).
+    pub fn serve(self, config: GenerationEngineConfig) -> Result<GenerationEngine> {
+        GenerationEngine::start(self, config)
     }
 
     /// The model.

@@ -51,13 +51,15 @@ pub(crate) struct Admission {
 }
 
 /// Counters of a [`Scheduler`].
-// Read by the tests; the serving engine built on the scheduler (the next
-// step of continuous batching) reports them.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SchedulerStats {
     /// Forward steps run.
     pub(crate) steps: u64,
+    /// Steps that sampled a token for at least one sequence already
+    /// streaming (their duration is an inter-token gap).
+    pub(crate) decode_steps: u64,
+    /// Tokens sampled (streamed or final).
+    pub(crate) generated_tokens: u64,
     /// Sequences preempted (their blocks freed, to be recomputed).
     pub(crate) preemptions: u64,
     /// Prompt tokens computed (recomputation included).
@@ -190,15 +192,78 @@ impl<'m> Scheduler<'m> {
     }
 
     /// The counters so far.
-    #[allow(dead_code)]
     pub(crate) fn stats(&self) -> SchedulerStats {
         self.stats
     }
 
     /// The KV pool's counters.
-    #[allow(dead_code)]
     pub(crate) fn kv_stats(&self) -> KvStats {
         self.pool.stats()
+    }
+
+    /// Sequences running now.
+    pub(crate) fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Requests waiting to start or to resume after a preemption.
+    pub(crate) fn waiting(&self) -> usize {
+        self.ready.len() + self.queue.len()
+    }
+
+    /// The concurrency cap now.
+    pub(crate) fn max_running(&self) -> usize {
+        self.config.max_running
+    }
+
+    /// Change the concurrency cap (at least 1). Lowering it below the
+    /// running count stops admissions until enough finish; nothing running
+    /// is preempted for it.
+    pub(crate) fn set_max_running(&mut self, n: usize) {
+        self.config.max_running = n.max(1);
+    }
+
+    /// Forget every request (after a failure whose error their streams
+    /// already got): running sequences free their blocks, and the prefix
+    /// cache is emptied, since a failed step may have left partial rows.
+    pub(crate) fn reset(&mut self) {
+        for s in self.running.drain(..) {
+            let _ = self.pool.free(s.pool_id());
+            self.stats.finished += 1;
+        }
+        self.stats.finished += self.ready.drain(..).count() as u64;
+        let mut ids = Vec::new();
+        self.queue.for_each(|_, e| ids.push(e.id));
+        for id in ids {
+            if self.queue.remove_id(id).is_some() {
+                self.stats.finished += 1;
+            }
+        }
+        self.pool.clear_cache();
+    }
+
+    /// End every request that has not started with `error()`; sequences
+    /// already streaming (running, or preempted and waiting to resume) go
+    /// on.
+    pub(crate) fn refuse_waiting(
+        &mut self,
+        error: impl Fn() -> TextError,
+        sink: &mut dyn DeltaSink,
+    ) {
+        let (resuming, fresh): (Vec<Seq>, Vec<Seq>) =
+            self.ready.drain(..).partition(|s| s.admitted != 0);
+        self.ready = resuming.into();
+        let mut ids = Vec::new();
+        self.queue.for_each(|_, e| ids.push(e.id));
+        let queued = ids
+            .into_iter()
+            .filter_map(|id| self.queue.remove_id(id))
+            .map(|e| e.payload);
+        let all: Vec<Seq> = fresh.into_iter().chain(queued).collect();
+        for s in all {
+            self.stats.finished += 1;
+            sink.send(s.id, Err(error()));
+        }
     }
 
     /// The block table and tokens of every running sequence (for checks).
@@ -251,6 +316,7 @@ impl<'m> Scheduler<'m> {
         self.stats.steps += 1;
         let mut row = 0;
         let mut sampled = Vec::new();
+        let mut streaming = false;
         for (&(i, take), wants) in plan.iter().zip(wants) {
             let s = &mut self.running[i];
             if s.tokens.len() - s.computed > 1 {
@@ -265,9 +331,14 @@ impl<'m> Scheduler<'m> {
             }
             let mut logits_row: Vec<f32> = logits.get(row)?.to_vec1()?;
             row += 1;
+            streaming |= s.generated > 0;
+            self.stats.generated_tokens += 1;
             if let Some(token) = sample(s, &mut logits_row, sink)? {
                 sampled.push((s.id, token));
             }
+        }
+        if streaming {
+            self.stats.decode_steps += 1;
         }
         self.retire();
         for (id, token) in sampled {

@@ -1,0 +1,100 @@
+//! [`LatencyWindow`]: the most recent inter-token gaps, for percentiles.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// The last `capacity` latency samples, oldest first, with a mark that
+/// counts samples since the last control decision.
+#[derive(Debug, Clone)]
+pub(crate) struct LatencyWindow {
+    samples: VecDeque<Duration>,
+    capacity: usize,
+    since_mark: usize,
+}
+
+impl LatencyWindow {
+    /// An empty window keeping at most `capacity` samples (at least 1).
+    pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            samples: VecDeque::with_capacity(capacity),
+            capacity,
+            since_mark: 0,
+        }
+    }
+
+    /// Add a sample, forgetting the oldest when full.
+    pub(crate) fn record(&mut self, sample: Duration) {
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+        self.since_mark += 1;
+    }
+
+    /// Samples recorded since [`LatencyWindow::mark`].
+    pub(crate) fn since_mark(&self) -> usize {
+        self.since_mark
+    }
+
+    /// Start counting again.
+    pub(crate) fn mark(&mut self) {
+        self.since_mark = 0;
+    }
+
+    /// The `q` quantile (nearest rank) of every kept sample; zero when
+    /// empty.
+    pub(crate) fn quantile(&self, q: f64) -> Duration {
+        self.recent_quantile(self.samples.len(), q)
+    }
+
+    /// The `q` quantile (nearest rank) of the newest `n` samples.
+    pub(crate) fn recent_quantile(&self, n: usize, q: f64) -> Duration {
+        let n = n.min(self.samples.len());
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let mut recent: Vec<Duration> = self.samples.iter().rev().take(n).copied().collect();
+        recent.sort_unstable();
+        let rank = (q.clamp(0.0, 1.0) * n as f64).ceil() as usize;
+        recent[rank.clamp(1, n) - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        let mut w = LatencyWindow::new(100);
+        assert_eq!(w.quantile(0.95), Duration::ZERO);
+        for i in 1..=20 {
+            w.record(ms(i));
+        }
+        assert_eq!(w.quantile(0.5), ms(10));
+        assert_eq!(w.quantile(0.95), ms(19));
+        assert_eq!(w.quantile(1.0), ms(20));
+        assert_eq!(w.quantile(0.0), ms(1));
+        // The newest four are 17..=20.
+        assert_eq!(w.recent_quantile(4, 0.5), ms(18));
+    }
+
+    #[test]
+    fn keeps_the_newest_and_counts_since_mark() {
+        let mut w = LatencyWindow::new(3);
+        for i in 1..=5 {
+            w.record(ms(i));
+        }
+        assert_eq!(w.quantile(0.0), ms(3));
+        assert_eq!(w.since_mark(), 5);
+        w.mark();
+        w.record(ms(9));
+        assert_eq!(w.since_mark(), 1);
+        assert_eq!(w.quantile(1.0), ms(9));
+    }
+}
