@@ -35,7 +35,9 @@ pub mod batch_suites;
 pub mod decode_suite;
 pub mod embed_suite;
 pub mod kernels_suite;
+pub mod llama_server;
 pub mod memory_suites;
+pub mod serve_suite;
 pub mod suites;
 
 use std::time::{Duration, Instant};

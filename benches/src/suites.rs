@@ -66,6 +66,11 @@ pub const ALL: &[Suite] = &[
         run: crate::decode_suite::text_decode,
     },
     Suite {
+        name: "text-serve",
+        about: "SmolLM2 continuous batching: 1-16 streams tok/s, TTFT and ITL at 8, vs llama-server -np 8; prefix caching",
+        run: crate::serve_suite::text_serve,
+    },
+    Suite {
         name: "kernels",
         about: "quantized matmul GB/s and GOP/s on SmolLM2's shapes, m = 1..32, vs candle's QMatMul",
         run: crate::kernels_suite::kernels,

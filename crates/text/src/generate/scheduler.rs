@@ -416,8 +416,14 @@ impl<'m> Scheduler<'m> {
         self.ready.push_front(s);
     }
 
-    /// Move waiting requests into the running set while they fit.
+    /// Move waiting requests into the running set while they fit. A
+    /// request whose first block is being prefilled right now by a running
+    /// sequence waits a step (with prefix caching), so that it finds those
+    /// blocks cached instead of computing them a second time.
     fn admit(&mut self, sink: &mut dyn DeltaSink) -> Result<()> {
+        // Parked requests leave `ready` until the loop ends, so each is
+        // looked at once.
+        let mut parked = Vec::new();
         while self.running.len() < self.config.max_running {
             let next = match self.ready.pop_front() {
                 Some(s) => s,
@@ -429,16 +435,46 @@ impl<'m> Scheduler<'m> {
                     }
                     match taken.batch.into_iter().next() {
                         Some(e) => e.payload,
-                        None => return Ok(()),
+                        None => break,
                     }
                 }
             };
+            if self.shares_a_prefix_in_flight(&next) {
+                parked.push(next);
+                continue;
+            }
             if let Some(s) = self.place(next)? {
                 self.ready.push_front(s);
-                return Ok(());
+                break;
             }
         }
+        for s in parked.into_iter().rev() {
+            self.ready.push_front(s);
+        }
         Ok(())
+    }
+
+    /// Whether a running sequence is still computing a whole prompt block
+    /// that `s`'s tokens start with (so `s` would find it cached later).
+    fn shares_a_prefix_in_flight(&self, s: &Seq) -> bool {
+        let bs = self.config.block_size;
+        if !self.config.prefix_caching || s.tokens.len() <= bs {
+            return false;
+        }
+        self.running.iter().any(|r| {
+            let prompt = &r.job.prompt;
+            if r.computed >= prompt.len() || prompt[..bs.min(prompt.len())] != s.tokens[..bs] {
+                return false;
+            }
+            let common = prompt
+                .iter()
+                .zip(&s.tokens)
+                .take_while(|(a, b)| a == b)
+                .count();
+            // Keep one token for `s` to compute, as the pool does.
+            let shared_blocks = common.min(s.tokens.len() - 1) / bs;
+            r.computed < shared_blocks * bs
+        })
     }
 
     /// Give `s` its blocks and start it; hands it back when it does not

@@ -281,6 +281,46 @@ fn a_shared_prefix_is_computed_once() {
 }
 
 #[test]
+fn requests_arriving_together_wait_for_a_shared_prefix_in_flight() {
+    let t = tiny_model();
+    let system: Vec<u32> = (10..30).collect();
+    let mut specs: Vec<Spec> = (0..4u32)
+        .map(|i| Spec {
+            prompt: system.iter().copied().chain([40 + i, 50 + i]).collect(),
+            max_new: 6,
+            seed: None,
+        })
+        .collect();
+    // Another prompt, sharing nothing, is not held back.
+    specs.push(Spec {
+        prompt: (60..80).collect(),
+        max_new: 6,
+        seed: None,
+    });
+    let mut s = Scheduler::new(
+        &t.model,
+        SchedulerConfig {
+            prefix_caching: true,
+            // The first prompt takes two steps to prefill.
+            step_tokens: 12,
+            ..config(64, 4)
+        },
+    )
+    .unwrap();
+    let mut out = Collect::new(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        submit(&mut s, &t, i, spec);
+    }
+    drain(&mut s, &mut out);
+    let stats = s.stats();
+    assert_eq!(stats.cached_tokens, 3 * 20, "{stats:?}");
+    assert_eq!(stats.prefill_tokens, 22 + 3 * 2 + 20, "{stats:?}");
+    for (i, spec) in specs.iter().enumerate() {
+        assert_eq!(out.tokens[i], alone(&t, spec), "request {i}");
+    }
+}
+
+#[test]
 fn an_expired_request_never_runs_and_cancelled_ones_end_anywhere() {
     let t = tiny_model();
     let spec = Spec {
