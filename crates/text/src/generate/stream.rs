@@ -104,6 +104,12 @@ impl GenerationStream {
         self.cancel.cancel();
     }
 
+    /// Whether the generation has ended: everything it will produce is
+    /// buffered here, waiting to be read.
+    pub fn is_finished(&self) -> bool {
+        self.shared.state.lock().closed
+    }
+
     /// The request's cancellation token.
     pub fn cancellation_token(&self) -> &CancellationToken {
         &self.cancel
