@@ -77,8 +77,11 @@ pub struct KvStats {
     pub prefix_hits: u64,
     /// Cached blocks reclaimed for new data.
     pub evictions: u64,
-    /// Copy-on-write copies asked of the storage.
+    /// Copies asked of the storage (copy-on-write, and part-filled prefix
+    /// blocks reused by [`KvBlockPool::start_sequence`]).
     pub copies: u64,
+    /// Prompt tokens reused from part-filled cached blocks.
+    pub partial_tokens: u64,
 }
 
 impl KvStats {
@@ -520,6 +523,10 @@ impl KvBlockPool {
             .retain(|_, b| self.blocks[*b as usize].registered.is_some());
     }
 }
+
+#[path = "kv_partial.rs"]
+mod partial;
+pub use partial::PrefixReuse;
 
 #[cfg(test)]
 #[path = "kv_tests.rs"]

@@ -244,7 +244,18 @@ proptest! {
         for op in ops {
             match op {
                 Op::Add(s, tokens) => {
-                    if let Ok(cached) = p.add_sequence(SeqId(s.into()), &tokens) {
+                    // Odd sequences also reuse part-filled cached blocks.
+                    let added = if s % 2 == 1 {
+                        p.start_sequence(SeqId(s.into()), &tokens).map(|r| {
+                            if let Some(c) = r.copy {
+                                store.copy_block(c.from, c.to).unwrap();
+                            }
+                            r.cached
+                        })
+                    } else {
+                        p.add_sequence(SeqId(s.into()), &tokens)
+                    };
+                    if let Ok(cached) = added {
                         // What a prefill does: write what is not cached, then commit.
                         prop_assert!(cached < tokens.len().max(1));
                         for (pos, &t) in tokens.iter().enumerate().skip(cached) {
@@ -291,4 +302,71 @@ proptest! {
         prop_assert_eq!(p.stats().used, 0);
         prop_assert!(p.blocks.iter().all(|b| b.refs == 0));
     }
+}
+
+#[test]
+fn a_part_filled_block_is_reused_by_copying_its_matching_tokens() {
+    let mut pool = KvBlockPool::new(KvPoolConfig::new(16, 4)).unwrap();
+    let a = SeqId(1);
+    // Two whole blocks and a third filled up to [20, 21, 22, 23].
+    let first: Vec<u32> = (10..22).chain([90]).collect();
+    pool.add_sequence(a, &first).unwrap();
+    for t in [91, 92, 93] {
+        pool.append(a, t).unwrap();
+    }
+    pool.commit(a, 16).unwrap();
+    let source = pool.block_table(a).unwrap()[3];
+    pool.free(a).unwrap();
+
+    // Shares 12 tokens, then [90, 91] of the fourth block, then differs.
+    let b = SeqId(2);
+    let second: Vec<u32> = (10..22).chain([90, 91, 7, 8]).collect();
+    let reuse = pool.start_sequence(b, &second).unwrap();
+    let table = pool.block_table(b).unwrap().to_vec();
+    assert_eq!(reuse.cached, 14);
+    assert_eq!(
+        reuse.copy,
+        Some(BlockCopy {
+            from: source,
+            to: table[3]
+        })
+    );
+    assert_ne!(table[3], source);
+    assert_eq!(pool.stats().partial_tokens, 2);
+    // The source stays cached for others.
+    pool.free(b).unwrap();
+    let c = SeqId(3);
+    let third: Vec<u32> = (10..22).chain([90, 91, 92, 5]).collect();
+    assert_eq!(pool.start_sequence(c, &third).unwrap().cached, 15);
+}
+
+#[test]
+fn partial_reuse_leaves_the_last_token_and_needs_a_match() {
+    let mut pool = KvBlockPool::new(KvPoolConfig::new(16, 4)).unwrap();
+    let a = SeqId(1);
+    pool.add_sequence(a, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    pool.commit(a, 9).unwrap();
+    pool.free(a).unwrap();
+    // Whole prompt cached: the last token is still computed.
+    let b = SeqId(2);
+    let reuse = pool.start_sequence(b, &[1, 2, 3, 4, 5, 6, 7]).unwrap();
+    assert_eq!(reuse.cached, 6);
+    pool.free(b).unwrap();
+    // Nothing in common past the whole block: no copy.
+    let c = SeqId(3);
+    let reuse = pool.start_sequence(c, &[1, 2, 3, 4, 9, 9, 9]).unwrap();
+    assert_eq!((reuse.cached, reuse.copy), (4, None));
+    // Without prefix caching nothing is reused.
+    let mut off = KvBlockPool::new(KvPoolConfig {
+        prefix_caching: false,
+        ..KvPoolConfig::new(16, 4)
+    })
+    .unwrap();
+    off.add_sequence(a, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    off.commit(a, 9).unwrap();
+    off.free(a).unwrap();
+    assert_eq!(
+        off.start_sequence(b, &[1, 2, 3, 4, 5, 6, 7]).unwrap(),
+        PrefixReuse::default()
+    );
 }

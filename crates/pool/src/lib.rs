@@ -46,7 +46,9 @@ mod kv;
 mod lru;
 
 pub use buffer::{BufferPool, BufferStats, PooledBuffer};
-pub use kv::{BlockCopy, BlockId, KvBlockPool, KvPoolConfig, KvStats, KvStorage, SeqId};
+pub use kv::{
+    BlockCopy, BlockId, KvBlockPool, KvPoolConfig, KvStats, KvStorage, PrefixReuse, SeqId,
+};
 
 /// Errors from the pools.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

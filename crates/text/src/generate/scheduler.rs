@@ -319,7 +319,9 @@ impl<'m> Scheduler<'m> {
         let mut streaming = false;
         for (&(i, take), wants) in plan.iter().zip(wants) {
             let s = &mut self.running[i];
-            if s.tokens.len() - s.computed > 1 {
+            // Prompt chunks (the last may be a single token) and
+            // recomputation after a preemption; not a decode row.
+            if s.generated == 0 || s.tokens.len() - s.computed > 1 {
                 self.stats.prefill_tokens += take as u64;
             }
             s.computed += take;
@@ -454,8 +456,9 @@ impl<'m> Scheduler<'m> {
         Ok(())
     }
 
-    /// Whether a running sequence is still computing a whole prompt block
-    /// that `s`'s tokens start with (so `s` would find it cached later).
+    /// Whether a running sequence is still computing prompt tokens that
+    /// `s`'s tokens start with, a whole block or more (so `s` would find
+    /// them cached later).
     fn shares_a_prefix_in_flight(&self, s: &Seq) -> bool {
         let bs = self.config.block_size;
         if !self.config.prefix_caching || s.tokens.len() <= bs {
@@ -471,9 +474,11 @@ impl<'m> Scheduler<'m> {
                 .zip(&s.tokens)
                 .take_while(|(a, b)| a == b)
                 .count();
-            // Keep one token for `s` to compute, as the pool does.
-            let shared_blocks = common.min(s.tokens.len() - 1) / bs;
-            r.computed < shared_blocks * bs
+            // Keep one token for `s` to compute, as the pool does; worth
+            // waiting for when at least a whole block is shared (the pool
+            // then reuses the part-filled block's matching rows too).
+            let reusable = common.min(s.tokens.len() - 1);
+            reusable >= bs && r.computed < reusable
         })
     }
 
@@ -481,8 +486,12 @@ impl<'m> Scheduler<'m> {
     /// fit (after preempting a Low sequence for an Urgent one, if allowed).
     fn place(&mut self, mut s: Seq) -> Result<Option<Seq>> {
         loop {
-            match self.pool.add_sequence(s.pool_id(), &s.tokens) {
-                Ok(cached) => {
+            match self.pool.start_sequence(s.pool_id(), &s.tokens) {
+                Ok(reuse) => {
+                    if let Some(copy) = reuse.copy {
+                        self.cache.copy_block(copy.from, copy.to)?;
+                    }
+                    let cached = reuse.cached;
                     s.computed = cached;
                     self.stats.cached_tokens += cached as u64;
                     self.admissions += 1;

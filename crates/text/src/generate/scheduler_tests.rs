@@ -281,6 +281,40 @@ fn a_shared_prefix_is_computed_once() {
 }
 
 #[test]
+fn a_part_filled_prefix_block_is_reused() {
+    let t = tiny_model();
+    // 22 shared tokens: five whole blocks of 4 and two more.
+    let system: Vec<u32> = (10..32).collect();
+    let specs: Vec<Spec> = (0..3u32)
+        .map(|i| Spec {
+            prompt: system.iter().copied().chain([40 + i, 50 + i, 60]).collect(),
+            max_new: 5,
+            seed: (i == 2).then_some(9),
+        })
+        .collect();
+    let mut s = Scheduler::new(
+        &t.model,
+        SchedulerConfig {
+            prefix_caching: true,
+            ..config(64, 4)
+        },
+    )
+    .unwrap();
+    let mut out = Collect::new(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        submit(&mut s, &t, i, spec);
+        drain(&mut s, &mut out);
+    }
+    let stats = s.stats();
+    assert_eq!(stats.cached_tokens, 2 * 22, "{stats:?}");
+    assert_eq!(stats.prefill_tokens, 25 + 2 * 3, "{stats:?}");
+    assert_eq!(s.kv_stats().partial_tokens, 2 * 2);
+    for (i, spec) in specs.iter().enumerate() {
+        assert_eq!(out.tokens[i], alone(&t, spec), "request {i}");
+    }
+}
+
+#[test]
 fn requests_arriving_together_wait_for_a_shared_prefix_in_flight() {
     let t = tiny_model();
     let system: Vec<u32> = (10..30).collect();
