@@ -570,6 +570,7 @@ impl Loop<'_> {
 
     fn publish(&self) {
         let s = self.scheduler.stats();
+        let [p50, p95] = self.window.quantiles([0.50, 0.95]);
         let stats = GenerationStats {
             running: self.scheduler.running(),
             waiting: self.scheduler.waiting(),
@@ -580,8 +581,8 @@ impl Loop<'_> {
             cached_prompt_tokens: s.cached_tokens,
             preemptions: s.preemptions,
             finished: s.finished,
-            itl_p50_secs: self.window.quantile(0.50).as_secs_f64(),
-            itl_p95_secs: self.window.quantile(0.95).as_secs_f64(),
+            itl_p50_secs: p50.as_secs_f64(),
+            itl_p95_secs: p95.as_secs_f64(),
             kv: self.scheduler.kv_stats(),
             controller: self.controller.as_ref().map(|(pid, _)| pid.state()),
         };

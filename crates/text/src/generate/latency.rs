@@ -44,20 +44,33 @@ impl LatencyWindow {
 
     /// The `q` quantile (nearest rank) of every kept sample; zero when
     /// empty.
+    #[cfg(test)]
     pub(crate) fn quantile(&self, q: f64) -> Duration {
         self.recent_quantile(self.samples.len(), q)
     }
 
     /// The `q` quantile (nearest rank) of the newest `n` samples.
     pub(crate) fn recent_quantile(&self, n: usize, q: f64) -> Duration {
+        let [d] = self.recent_quantiles(n, [q]);
+        d
+    }
+
+    /// Several quantiles of every kept sample, from one sort.
+    pub(crate) fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Duration; N] {
+        self.recent_quantiles(self.samples.len(), qs)
+    }
+
+    fn recent_quantiles<const N: usize>(&self, n: usize, qs: [f64; N]) -> [Duration; N] {
         let n = n.min(self.samples.len());
         if n == 0 {
-            return Duration::ZERO;
+            return [Duration::ZERO; N];
         }
         let mut recent: Vec<Duration> = self.samples.iter().rev().take(n).copied().collect();
         recent.sort_unstable();
-        let rank = (q.clamp(0.0, 1.0) * n as f64).ceil() as usize;
-        recent[rank.clamp(1, n) - 1]
+        qs.map(|q| {
+            let rank = (q.clamp(0.0, 1.0) * n as f64).ceil() as usize;
+            recent[rank.clamp(1, n) - 1]
+        })
     }
 }
 

@@ -231,15 +231,27 @@ impl<'m> Scheduler<'m> {
             let _ = self.pool.free(s.pool_id());
             self.stats.finished += 1;
         }
-        self.stats.finished += self.ready.drain(..).count() as u64;
-        let mut ids = Vec::new();
-        self.queue.for_each(|_, e| ids.push(e.id));
-        for id in ids {
-            if self.queue.remove_id(id).is_some() {
-                self.stats.finished += 1;
-            }
-        }
+        self.stats.finished += self.take_waiting(|_| true).len() as u64;
         self.pool.clear_cache();
+    }
+
+    /// Take every waiting request `pick` chooses out of the ready line and
+    /// the queue (in that order); the others keep their places.
+    fn take_waiting(&mut self, pick: impl Fn(&Seq) -> bool) -> Vec<Seq> {
+        let (mut taken, kept): (Vec<Seq>, Vec<Seq>) = self.ready.drain(..).partition(&pick);
+        self.ready = kept.into();
+        let mut ids = Vec::new();
+        self.queue.for_each(|_, e| {
+            if pick(&e.payload) {
+                ids.push(e.id);
+            }
+        });
+        taken.extend(
+            ids.into_iter()
+                .filter_map(|id| self.queue.remove_id(id))
+                .map(|e| e.payload),
+        );
+        taken
     }
 
     /// End every request that has not started with `error()`; sequences
@@ -250,17 +262,7 @@ impl<'m> Scheduler<'m> {
         error: impl Fn() -> TextError,
         sink: &mut dyn DeltaSink,
     ) {
-        let (resuming, fresh): (Vec<Seq>, Vec<Seq>) =
-            self.ready.drain(..).partition(|s| s.admitted != 0);
-        self.ready = resuming.into();
-        let mut ids = Vec::new();
-        self.queue.for_each(|_, e| ids.push(e.id));
-        let queued = ids
-            .into_iter()
-            .filter_map(|id| self.queue.remove_id(id))
-            .map(|e| e.payload);
-        let all: Vec<Seq> = fresh.into_iter().chain(queued).collect();
-        for s in all {
+        for s in self.take_waiting(|s| s.admitted == 0) {
             self.stats.finished += 1;
             sink.send(s.id, Err(error()));
         }
@@ -530,20 +532,7 @@ impl<'m> Scheduler<'m> {
                 i += 1;
             }
         }
-        let (gone, kept): (Vec<Seq>, Vec<Seq>) = self.ready.drain(..).partition(cancelled);
-        self.ready = kept.into();
-        let mut ids = Vec::new();
-        self.queue.for_each(|_, e| {
-            if cancelled(&e.payload) {
-                ids.push(e.id);
-            }
-        });
-        let queued = ids
-            .into_iter()
-            .filter_map(|id| self.queue.remove_id(id))
-            .map(|e| e.payload);
-        let all: Vec<Seq> = gone.into_iter().chain(queued).collect();
-        for s in all {
+        for s in self.take_waiting(cancelled) {
             self.end(
                 s,
                 FinishReason::Cancelled,

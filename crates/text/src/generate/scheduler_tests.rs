@@ -243,25 +243,47 @@ fn preempted_sequences_are_recomputed_and_stream_without_gaps() {
     assert_eq!((kv.used, kv.sequences), (0, 0));
 }
 
+/// `n` greedy requests (seeded where `seed` says) of `system` followed by
+/// `tail(i)`.
+fn after_prefix(
+    system: &[u32],
+    n: u32,
+    tail: impl Fn(u32) -> Vec<u32>,
+    max_new: usize,
+    seed: impl Fn(u32) -> Option<u64>,
+) -> Vec<Spec> {
+    (0..n)
+        .map(|i| Spec {
+            prompt: [system, &tail(i)[..]].concat(),
+            max_new,
+            seed: seed(i),
+        })
+        .collect()
+}
+
+/// A scheduler with prefix caching, 64 blocks of 4 and 4 running at most.
+fn caching<'m>(t: &'m Tiny, step_tokens: usize) -> Scheduler<'m> {
+    let config = SchedulerConfig {
+        prefix_caching: true,
+        step_tokens,
+        ..config(64, 4)
+    };
+    Scheduler::new(&t.model, config).unwrap()
+}
+
+/// Every request got the tokens it gets alone.
+fn assert_each_alone(t: &Tiny, specs: &[Spec], out: &Collect) {
+    for (i, spec) in specs.iter().enumerate() {
+        assert_eq!(out.tokens[i], alone(t, spec), "request {i}");
+    }
+}
+
 #[test]
 fn a_shared_prefix_is_computed_once() {
     let t = tiny_model();
     let system: Vec<u32> = (10..30).collect();
-    let specs: Vec<Spec> = (0..4u32)
-        .map(|i| Spec {
-            prompt: system.iter().copied().chain([40 + i, 50 + i]).collect(),
-            max_new: 6,
-            seed: None,
-        })
-        .collect();
-    let mut s = Scheduler::new(
-        &t.model,
-        SchedulerConfig {
-            prefix_caching: true,
-            ..config(64, 4)
-        },
-    )
-    .unwrap();
+    let specs = after_prefix(&system, 4, |i| vec![40 + i, 50 + i], 6, |_| None);
+    let mut s = caching(&t, 24);
     let mut out = Collect::new(specs.len());
     submit(&mut s, &t, 0, &specs[0]);
     while s.step(&mut out).unwrap() {}
@@ -275,9 +297,7 @@ fn a_shared_prefix_is_computed_once() {
     assert_eq!(stats.cached_tokens, 3 * 20, "{stats:?}");
     assert_eq!(stats.prefill_tokens, 22 + 3 * 2, "{stats:?}");
     assert!(s.kv_stats().hit_rate() > 0.7);
-    for (i, spec) in specs.iter().enumerate() {
-        assert_eq!(out.tokens[i], alone(&t, spec), "request {i}");
-    }
+    assert_each_alone(&t, &specs, &out);
 }
 
 #[test]
@@ -285,21 +305,14 @@ fn a_part_filled_prefix_block_is_reused() {
     let t = tiny_model();
     // 22 shared tokens: five whole blocks of 4 and two more.
     let system: Vec<u32> = (10..32).collect();
-    let specs: Vec<Spec> = (0..3u32)
-        .map(|i| Spec {
-            prompt: system.iter().copied().chain([40 + i, 50 + i, 60]).collect(),
-            max_new: 5,
-            seed: (i == 2).then_some(9),
-        })
-        .collect();
-    let mut s = Scheduler::new(
-        &t.model,
-        SchedulerConfig {
-            prefix_caching: true,
-            ..config(64, 4)
-        },
-    )
-    .unwrap();
+    let specs = after_prefix(
+        &system,
+        3,
+        |i| vec![40 + i, 50 + i, 60],
+        5,
+        |i| (i == 2).then_some(9),
+    );
+    let mut s = caching(&t, 24);
     let mut out = Collect::new(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         submit(&mut s, &t, i, spec);
@@ -309,38 +322,22 @@ fn a_part_filled_prefix_block_is_reused() {
     assert_eq!(stats.cached_tokens, 2 * 22, "{stats:?}");
     assert_eq!(stats.prefill_tokens, 25 + 2 * 3, "{stats:?}");
     assert_eq!(s.kv_stats().partial_tokens, 2 * 2);
-    for (i, spec) in specs.iter().enumerate() {
-        assert_eq!(out.tokens[i], alone(&t, spec), "request {i}");
-    }
+    assert_each_alone(&t, &specs, &out);
 }
 
 #[test]
 fn requests_arriving_together_wait_for_a_shared_prefix_in_flight() {
     let t = tiny_model();
     let system: Vec<u32> = (10..30).collect();
-    let mut specs: Vec<Spec> = (0..4u32)
-        .map(|i| Spec {
-            prompt: system.iter().copied().chain([40 + i, 50 + i]).collect(),
-            max_new: 6,
-            seed: None,
-        })
-        .collect();
+    let mut specs = after_prefix(&system, 4, |i| vec![40 + i, 50 + i], 6, |_| None);
     // Another prompt, sharing nothing, is not held back.
     specs.push(Spec {
         prompt: (60..80).collect(),
         max_new: 6,
         seed: None,
     });
-    let mut s = Scheduler::new(
-        &t.model,
-        SchedulerConfig {
-            prefix_caching: true,
-            // The first prompt takes two steps to prefill.
-            step_tokens: 12,
-            ..config(64, 4)
-        },
-    )
-    .unwrap();
+    // The first prompt takes two steps to prefill.
+    let mut s = caching(&t, 12);
     let mut out = Collect::new(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         submit(&mut s, &t, i, spec);
@@ -349,9 +346,7 @@ fn requests_arriving_together_wait_for_a_shared_prefix_in_flight() {
     let stats = s.stats();
     assert_eq!(stats.cached_tokens, 3 * 20, "{stats:?}");
     assert_eq!(stats.prefill_tokens, 22 + 3 * 2 + 20, "{stats:?}");
-    for (i, spec) in specs.iter().enumerate() {
-        assert_eq!(out.tokens[i], alone(&t, spec), "request {i}");
-    }
+    assert_each_alone(&t, &specs, &out);
 }
 
 #[test]
