@@ -1,38 +1,72 @@
-//! Image pipelines on candle: Stable Diffusion and friends.
+//! Image pipelines on candle: Stable Diffusion from a diffusers folder.
 //!
-//! `switchyard-diffusion` will own text-to-image, image-to-image and
-//! inpainting pipelines loaded from diffusers folders, the `Scheduler` trait
-//! and its DDIM / Euler / Euler Ancestral / DPM++ 2M implementations, LoRA,
-//! VAE slicing and tiling, and image pre- and post-processing. It does not
-//! queue or batch requests by itself: the batcher hands it compatible batches.
+//! [`StableDiffusion::load`] reads the folder a user downloads from the
+//! Hugging Face hub for SD 1.x, SD 2.x or SD-Turbo (for example
+//! `stable-diffusion-v1-5/stable-diffusion-v1-5`, `stabilityai/sd-turbo`):
 //!
-//! For now the crate holds its error type; the pipelines arrive with their issue.
+//! ```text
+//! model_index.json
+//! unet/config.json           unet/diffusion_pytorch_model[.fp16].safetensors
+//! vae/config.json            vae/diffusion_pytorch_model[.fp16].safetensors
+//! text_encoder/config.json   text_encoder/model[.fp16].safetensors
+//! tokenizer/vocab.json       tokenizer/merges.txt   (or tokenizer/tokenizer.json)
+//! scheduler/scheduler_config.json
+//! ```
+//!
+//! Point it at the folder holding `model_index.json` (in the hub cache, the
+//! `snapshots/<revision>/` folder). Sharded weights
+//! (`*.safetensors.index.json`) load too; PyTorch `.bin` weights are refused
+//! with a typed error. SDXL folders (a second text encoder) are refused for
+//! now.
+//!
+//! [`StableDiffusion::text_to_image`] runs a batch of compatible requests
+//! (equal [`BatchKey`]) as one UNet batch, with classifier-free guidance
+//! when the scale is above 1; each image's noise comes from its own seed.
+//! Samplers ([`SchedulerKind`]): DDIM, Euler, Euler ancestral, DPM++ 2M (with
+//! Karras sigmas), behind the small [`Scheduler`] trait. The crate does not
+//! queue requests: the batcher hands it compatible batches.
 //!
 //! # Example
 //!
-//! ```
-//! use switchyard_diffusion::DiffusionError;
+//! A tiny pipeline with random weights (the test kit writes it in the
+//! diffusers layout), two images in one batch:
 //!
-//! let err = DiffusionError::InvalidInput { field: "width", reason: "must be a multiple of 8".into() };
-//! assert_eq!(err.to_string(), "invalid width: must be a multiple of 8");
+//! ```
+//! use switchyard_diffusion::{LoadOptions, RunOptions, StableDiffusion, TextToImage};
+//! use switchyard_testkit::tiny::{self, TinyStableDiffusion};
+//!
+//! let dir = tempfile::tempdir()?;
+//! tiny::write_stable_diffusion(dir.path(), &TinyStableDiffusion::default(), 7)?;
+//! let sd = StableDiffusion::load(dir.path(), &LoadOptions::default())?;
+//!
+//! let request = TextToImage {
+//!     width: 32,
+//!     height: 32,
+//!     steps: 2,
+//!     images: 2,
+//!     seed: 42,
+//!     ..TextToImage::new("a red train in a switchyard")
+//! };
+//! let images = sd.text_to_image(&[request], RunOptions::default())?;
+//! assert_eq!(images.len(), 2);
+//! assert_eq!(images[1].seed, 43);
+//! assert_eq!(images[0].image.dimensions(), (32, 32));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
-/// Errors from the image pipelines.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DiffusionError {
-    /// A request parameter is out of range.
-    #[error("invalid {field}: {reason}")]
-    InvalidInput {
-        /// The parameter's name.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
+mod clip;
+mod config;
+mod error;
+mod noise;
+mod pipeline;
+mod request;
+pub mod scheduler;
 
-/// Result with [`DiffusionError`].
-pub type Result<T, E = DiffusionError> = std::result::Result<T, E>;
+pub use clip::{ClipTextEncoder, ClipTokenizer};
+pub use error::{DiffusionError, Result};
+pub use pipeline::{GeneratedImage, LoadOptions, RunOptions, StableDiffusion, StepProgress};
+pub use request::{BatchKey, MAX_IMAGES, MAX_SIDE, TextToImage};
+pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind};

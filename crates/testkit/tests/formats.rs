@@ -232,3 +232,46 @@ fn bert_folder_loads_with_candle_bert_and_its_tokenizer() {
     let values: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
     assert!(values.iter().all(|x| x.is_finite()));
 }
+
+#[test]
+fn tiny_stable_diffusion_is_deterministic_and_uses_diffusers_names() {
+    use switchyard_testkit::tiny::{TinyStableDiffusion, write_stable_diffusion};
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let spec = TinyStableDiffusion::default();
+    write_stable_diffusion(a.path(), &spec, 5).unwrap();
+    write_stable_diffusion(b.path(), &spec, 5).unwrap();
+    for file in [
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.path().join(file)).unwrap(),
+            std::fs::read(b.path().join(file)).unwrap(),
+        );
+        assert!(
+            !x.is_empty() && x == y,
+            "{file} differs between equal seeds"
+        );
+    }
+    let names = |file: &str| {
+        let tensors =
+            candle_core::safetensors::load(a.path().join(file), &candle_core::Device::Cpu).unwrap();
+        tensors
+            .into_keys()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let unet = names("unet/diffusion_pytorch_model.safetensors");
+    assert!(unet.contains("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"));
+    assert!(unet.contains("conv_in.weight") && unet.contains("time_embedding.linear_1.weight"));
+    let vae = names("vae/diffusion_pytorch_model.safetensors");
+    assert!(vae.contains("decoder.mid_block.attentions.0.to_q.weight"));
+    assert!(vae.contains("quant_conv.weight") && vae.contains("post_quant_conv.weight"));
+    let text = names("text_encoder/model.safetensors");
+    assert!(text.contains("text_model.encoder.layers.1.self_attn.q_proj.weight"));
+    assert!(text.contains("text_model.final_layer_norm.weight"));
+}

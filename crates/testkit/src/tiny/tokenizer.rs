@@ -17,8 +17,57 @@ pub const CHAT_TEMPLATE: &str = "{% for message in messages %}\
 {{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}\
 {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+/// Learns up to `merges` BPE merges from words (as symbol sequences, with
+/// their counts): each round merges the most frequent adjacent pair, ties to
+/// the smallest pair, and stops when no pair occurs twice. Deterministic.
+pub(crate) fn learn_merges(
+    word_counts: BTreeMap<Vec<String>, usize>,
+    merges: usize,
+) -> Vec<(String, String)> {
+    let mut words: Vec<(Vec<String>, usize)> = word_counts.into_iter().collect();
+    let mut learned = Vec::new();
+    for _ in 0..merges {
+        let mut pairs: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for (symbols, count) in &words {
+            for w in symbols.windows(2) {
+                *pairs.entry((w[0].as_str(), w[1].as_str())).or_default() += count;
+            }
+        }
+        // Most frequent pair; ties go to the smallest pair (BTreeMap order).
+        let Some(((a, b), count)) = pairs.into_iter().fold(
+            None,
+            |best: Option<((&str, &str), usize)>, (pair, n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((pair, n)),
+            },
+        ) else {
+            break;
+        };
+        if count < 2 {
+            break;
+        }
+        let (a, b) = (a.to_owned(), b.to_owned());
+        for (symbols, _) in &mut words {
+            let mut merged = Vec::with_capacity(symbols.len());
+            let mut i = 0;
+            while i < symbols.len() {
+                if i + 1 < symbols.len() && symbols[i] == a && symbols[i + 1] == b {
+                    merged.push(format!("{a}{b}"));
+                    i += 2;
+                } else {
+                    merged.push(symbols[i].clone());
+                    i += 1;
+                }
+            }
+            *symbols = merged;
+        }
+        learned.push((a, b));
+    }
+    learned
+}
+
 /// GPT-2's byte-to-character table: every byte maps to one printable char.
-fn byte_chars() -> [char; 256] {
+pub(crate) fn byte_chars() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut extra = 0u32;
     for b in 0u32..256 {
@@ -72,49 +121,7 @@ impl TinyBpe {
                 .collect();
             *word_counts.entry(symbols).or_default() += 1;
         }
-        let mut words: Vec<(Vec<String>, usize)> = word_counts.into_iter().collect();
-        let mut learned = Vec::new();
-        for _ in 0..merges {
-            let mut pairs: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-            for (symbols, count) in &words {
-                for w in symbols.windows(2) {
-                    *pairs.entry((w[0].as_str(), w[1].as_str())).or_default() += count;
-                }
-            }
-            // Most frequent pair; ties go to the smallest pair (BTreeMap order).
-            let Some(((a, b), count)) =
-                pairs
-                    .into_iter()
-                    .fold(
-                        None,
-                        |best: Option<((&str, &str), usize)>, (pair, n)| match best {
-                            Some((_, m)) if m >= n => best,
-                            _ => Some((pair, n)),
-                        },
-                    )
-            else {
-                break;
-            };
-            if count < 2 {
-                break;
-            }
-            let (a, b) = (a.to_owned(), b.to_owned());
-            for (symbols, _) in &mut words {
-                let mut merged = Vec::with_capacity(symbols.len());
-                let mut i = 0;
-                while i < symbols.len() {
-                    if i + 1 < symbols.len() && symbols[i] == a && symbols[i + 1] == b {
-                        merged.push(format!("{a}{b}"));
-                        i += 2;
-                    } else {
-                        merged.push(symbols[i].clone());
-                        i += 1;
-                    }
-                }
-                *symbols = merged;
-            }
-            learned.push((a, b));
-        }
+        let learned = learn_merges(word_counts, merges);
         let mut tokens: Vec<String> = Self::SPECIALS.iter().map(|s| s.to_string()).collect();
         tokens.extend(chars.iter().map(|c| c.to_string()));
         for (a, b) in &learned {

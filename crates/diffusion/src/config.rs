@@ -1,0 +1,323 @@
+//! The diffusers folder's JSON configs, read into candle-transformers'
+//! model configs.
+//!
+//! Only the fields that change the architecture are read; the rest of a
+//! diffusers config (versions, sample sizes, ...) is ignored. Fields whose
+//! values candle-transformers' models cannot honour are refused with
+//! [`DiffusionError::Unsupported`] rather than loaded wrongly.
+
+use std::path::{Path, PathBuf};
+
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModelConfig,
+};
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{DiffusionError, Result};
+
+/// Reads and parses one JSON file.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| DiffusionError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| config_error(path, e.to_string()))
+}
+
+pub(crate) fn config_error(path: &Path, reason: impl Into<String>) -> DiffusionError {
+    DiffusionError::Config {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// A value diffusers writes either once for all blocks or once per block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn for_blocks(&self, n: usize, path: &Path, field: &str) -> Result<Vec<usize>> {
+        match self {
+            Self::One(v) => Ok(vec![*v; n]),
+            Self::Each(v) if v.len() == n => Ok(v.clone()),
+            Self::Each(v) => Err(config_error(
+                path,
+                format!("{field} has {} entries for {n} blocks", v.len()),
+            )),
+        }
+    }
+}
+
+fn one() -> PerBlock {
+    PerBlock::One(1)
+}
+fn eight() -> PerBlock {
+    PerBlock::One(8)
+}
+fn default_true() -> bool {
+    true
+}
+fn four() -> usize {
+    4
+}
+fn two() -> usize {
+    2
+}
+fn groups() -> usize {
+    32
+}
+fn eps() -> f64 {
+    1e-5
+}
+
+/// `unet/config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct UnetJson {
+    #[serde(default = "four")]
+    pub(crate) in_channels: usize,
+    #[serde(default = "four")]
+    pub(crate) out_channels: usize,
+    block_out_channels: Vec<usize>,
+    down_block_types: Vec<String>,
+    up_block_types: Vec<String>,
+    #[serde(default = "two")]
+    layers_per_block: usize,
+    #[serde(default = "eight")]
+    attention_head_dim: PerBlock,
+    #[serde(default)]
+    num_attention_heads: Option<PerBlock>,
+    #[serde(default = "one")]
+    transformer_layers_per_block: PerBlock,
+    cross_attention_dim: usize,
+    #[serde(default = "groups")]
+    norm_num_groups: usize,
+    #[serde(default = "eps")]
+    norm_eps: f64,
+    #[serde(default = "default_true")]
+    flip_sin_to_cos: bool,
+    #[serde(default)]
+    freq_shift: f64,
+    #[serde(default = "one_usize")]
+    downsample_padding: usize,
+    #[serde(default = "one_f64")]
+    mid_block_scale_factor: f64,
+    #[serde(default)]
+    center_input_sample: bool,
+    #[serde(default)]
+    use_linear_projection: bool,
+    #[serde(default)]
+    addition_embed_type: Option<String>,
+    #[serde(default)]
+    class_embed_type: Option<String>,
+    #[serde(default)]
+    mid_block_type: Option<String>,
+    #[serde(default)]
+    time_embedding_type: Option<String>,
+}
+
+fn one_usize() -> usize {
+    1
+}
+fn one_f64() -> f64 {
+    1.0
+}
+
+impl UnetJson {
+    /// The candle-transformers config, or why this UNet cannot be built.
+    pub(crate) fn to_candle(&self, path: &Path) -> Result<UNet2DConditionModelConfig> {
+        if let Some(kind) = &self.addition_embed_type {
+            return Err(DiffusionError::Unsupported(format!(
+                "UNet addition_embed_type {kind:?} (SDXL's added text/time conditioning and \
+                 second text encoder); SD 1.x, 2.x and SD-Turbo folders load"
+            )));
+        }
+        for (field, value) in [
+            ("class_embed_type", &self.class_embed_type),
+            ("time_embedding_type", &self.time_embedding_type),
+        ] {
+            match value.as_deref() {
+                None | Some("positional") => {}
+                Some(other) => {
+                    return Err(DiffusionError::Unsupported(format!(
+                        "UNet {field} {other:?}"
+                    )));
+                }
+            }
+        }
+        if let Some(mid) = self.mid_block_type.as_deref()
+            && mid != "UNetMidBlock2DCrossAttn"
+        {
+            return Err(DiffusionError::Unsupported(format!(
+                "UNet mid block {mid:?}"
+            )));
+        }
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(config_error(
+                path,
+                "block_out_channels, down_block_types and up_block_types need one entry per block",
+            ));
+        }
+        // diffusers' `attention_head_dim` holds the head count of SD 1.x/2.x
+        // (a historical misnomer, kept by candle-transformers);
+        // `num_attention_heads`, when set, is the same number named right.
+        let heads = match &self.num_attention_heads {
+            Some(h) => h.for_blocks(n, path, "num_attention_heads")?,
+            None => self
+                .attention_head_dim
+                .for_blocks(n, path, "attention_head_dim")?,
+        };
+        let layers = self.transformer_layers_per_block.for_blocks(
+            n,
+            path,
+            "transformer_layers_per_block",
+        )?;
+        let mut blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let cross = match self.down_block_types[i].as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => {
+                    return Err(DiffusionError::Unsupported(format!(
+                        "UNet down block {other:?}"
+                    )));
+                }
+            };
+            let mirror = match self.up_block_types[n - 1 - i].as_str() {
+                "CrossAttnUpBlock2D" => true,
+                "UpBlock2D" => false,
+                other => {
+                    return Err(DiffusionError::Unsupported(format!(
+                        "UNet up block {other:?}"
+                    )));
+                }
+            };
+            if cross != mirror {
+                return Err(DiffusionError::Unsupported(
+                    "UNet up blocks that do not mirror the down blocks".into(),
+                ));
+            }
+            if !self.block_out_channels[i].is_multiple_of(self.norm_num_groups) {
+                return Err(config_error(
+                    path,
+                    format!(
+                        "block_out_channels[{i}] = {} does not divide into {} norm groups",
+                        self.block_out_channels[i], self.norm_num_groups
+                    ),
+                ));
+            }
+            blocks.push(BlockConfig {
+                out_channels: self.block_out_channels[i],
+                use_cross_attn: cross.then_some(layers[i]),
+                attention_head_dim: heads[i],
+            });
+        }
+        Ok(UNet2DConditionModelConfig {
+            center_input_sample: self.center_input_sample,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            blocks,
+            layers_per_block: self.layers_per_block,
+            downsample_padding: self.downsample_padding,
+            mid_block_scale_factor: self.mid_block_scale_factor,
+            norm_num_groups: self.norm_num_groups,
+            norm_eps: self.norm_eps,
+            cross_attention_dim: self.cross_attention_dim,
+            sliced_attention_size: None,
+            use_linear_projection: self.use_linear_projection,
+        })
+    }
+}
+
+/// `vae/config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct VaeJson {
+    block_out_channels: Vec<usize>,
+    #[serde(default = "one_usize")]
+    layers_per_block: usize,
+    #[serde(default = "four")]
+    pub(crate) latent_channels: usize,
+    #[serde(default = "groups")]
+    norm_num_groups: usize,
+    #[serde(default = "default_scaling")]
+    pub(crate) scaling_factor: f64,
+    #[serde(default)]
+    shift_factor: Option<f64>,
+    #[serde(default = "default_true")]
+    use_quant_conv: bool,
+    #[serde(default = "default_true")]
+    use_post_quant_conv: bool,
+}
+
+fn default_scaling() -> f64 {
+    0.18215
+}
+
+impl VaeJson {
+    pub(crate) fn to_candle(&self, path: &Path) -> Result<AutoEncoderKLConfig> {
+        if self.shift_factor.is_some_and(|s| s != 0.0) {
+            return Err(DiffusionError::Unsupported(
+                "a VAE with a shift_factor (SD3 / Flux latents)".into(),
+            ));
+        }
+        if self.block_out_channels.is_empty() {
+            return Err(config_error(path, "block_out_channels is empty"));
+        }
+        Ok(AutoEncoderKLConfig {
+            block_out_channels: self.block_out_channels.clone(),
+            layers_per_block: self.layers_per_block,
+            latent_channels: self.latent_channels,
+            norm_num_groups: self.norm_num_groups,
+            use_quant_conv: self.use_quant_conv,
+            use_post_quant_conv: self.use_post_quant_conv,
+        })
+    }
+
+    /// How many pixels one latent covers on a side: each VAE block after
+    /// the first halves the size (8 for every released SD VAE).
+    pub(crate) fn scale_factor(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// The weight files of one component folder: a single safetensors file, its
+/// `fp16` variant, or the shards a `.safetensors.index.json` lists.
+pub(crate) fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+    for name in [
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors"),
+    ] {
+        let path = dir.join(&name);
+        if path.is_file() {
+            return Ok(vec![path]);
+        }
+    }
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    if index.is_file() {
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: std::collections::BTreeMap<String, String>,
+        }
+        let parsed: Index = read_json(&index)?;
+        let mut files: Vec<PathBuf> = parsed.weight_map.values().map(|f| dir.join(f)).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    if dir.join(format!("{stem}.bin")).is_file() {
+        return Err(DiffusionError::Unsupported(format!(
+            "{}: PyTorch pickle weights ({stem}.bin); save the model as safetensors",
+            dir.display()
+        )));
+    }
+    Err(DiffusionError::Io {
+        path: dir.join(format!("{stem}.safetensors")),
+        reason: "no safetensors weights in this folder".into(),
+    })
+}
