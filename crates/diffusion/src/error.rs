@@ -39,6 +39,13 @@ pub enum DiffusionError {
     /// A tensor operation of the model failed (shape, dtype, device).
     #[error("model: {0}")]
     Model(String),
+    /// A LoRA file could not be read or does not hold low-rank pairs.
+    #[error("LoRA {0}")]
+    Lora(String),
+    /// An input image could not be decoded (corrupt, unsupported, or over
+    /// the limits).
+    #[error("input image: {0}")]
+    Image(String),
     /// The request's cancellation token fired; nothing was returned.
     #[error("cancelled")]
     Cancelled,

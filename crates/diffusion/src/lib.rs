@@ -19,12 +19,33 @@
 //! with a typed error. SDXL folders (a second text encoder) are refused for
 //! now.
 //!
-//! [`StableDiffusion::text_to_image`] runs a batch of compatible requests
-//! (equal [`BatchKey`]) as one UNet batch, with classifier-free guidance
-//! when the scale is above 1; each image's noise comes from its own seed.
-//! Samplers ([`SchedulerKind`]): DDIM, Euler, Euler ancestral, DPM++ 2M (with
-//! Karras sigmas), behind the small [`Scheduler`] trait. The crate does not
-//! queue requests: the batcher hands it compatible batches.
+//! Pipelines, all through [`StableDiffusion::generate`] (or the typed
+//! [`StableDiffusion::text_to_image`], [`StableDiffusion::image_to_image`],
+//! [`StableDiffusion::inpaint`]):
+//!
+//! - **text-to-image** from seeded noise;
+//! - **image-to-image**: the input is encoded (the VAE posterior's mean)
+//!   and noised to `strength`; the last `floor(steps x strength)` steps run,
+//!   so strength 0 returns the input through the VAE;
+//! - **inpainting**: with an inpainting UNet (9 input channels) the mask and
+//!   masked image condition every step; with an ordinary UNet the unmasked
+//!   latents are blended back after every step. By default the unmasked
+//!   pixels are pasted back after decoding, so they are exactly the input.
+//!
+//! A batch of compatible requests (equal [`BatchKey`]: pipeline, size,
+//! steps, first step, sampler, guidance on/off) runs as one UNet batch, with
+//! classifier-free guidance when the scale is above 1; each image's noise
+//! comes from its own seed, so a batched image equals the same request run
+//! alone. Samplers ([`SchedulerKind`]): DDIM, Euler, Euler ancestral, DPM++
+//! 2M (with Karras sigmas), behind the small [`Scheduler`] trait. The crate
+//! does not queue requests: the batcher hands it compatible batches, and
+//! [`DiffusionRequest::cost`] tells it what each weighs.
+//!
+//! [`Lora`] adapters (kohya or diffusers/PEFT files) merge into the UNet and
+//! text encoder with [`StableDiffusion::set_loras`], several at once with
+//! their own scales, and unapply exactly; what cannot be merged is listed in
+//! the [`LoraReport`]. Input images from outside bytes go through
+//! [`decode_image`] / [`decode_mask`] with decompression-bomb limits.
 //!
 //! # Example
 //!
@@ -60,13 +81,24 @@
 mod clip;
 mod config;
 mod error;
+mod generate;
+mod input;
+mod lora;
 mod noise;
 mod pipeline;
 mod request;
 pub mod scheduler;
+mod vae;
+mod weights;
 
 pub use clip::{ClipTextEncoder, ClipTokenizer};
 pub use error::{DiffusionError, Result};
-pub use pipeline::{GeneratedImage, LoadOptions, RunOptions, StableDiffusion, StepProgress};
-pub use request::{BatchKey, MAX_IMAGES, MAX_SIDE, TextToImage};
+pub use input::{decode_image, decode_mask};
+pub use lora::{Lora, LoraComponent, LoraReport};
+pub use pipeline::{
+    Denoised, GeneratedImage, ImageOrigin, LoadOptions, RunOptions, StableDiffusion, StepProgress,
+};
+pub use request::{
+    BatchKey, DiffusionRequest, ImageToImage, Inpaint, MAX_IMAGES, MAX_SIDE, Mode, TextToImage,
+};
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind};

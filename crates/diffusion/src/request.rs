@@ -1,5 +1,7 @@
 //! Requests, their validation, and the key that says which can share a batch.
 
+use image::{GrayImage, RgbImage};
+
 use crate::error::{Result, invalid};
 use crate::scheduler::SchedulerKind;
 
@@ -48,10 +50,27 @@ impl Default for TextToImage {
     }
 }
 
-/// Requests with equal keys run as one UNet batch: same size, steps,
-/// sampler, and guidance on or off (the scale itself may differ per image).
+/// Which pipeline a request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// From noise.
+    TextToImage,
+    /// From a noised input image.
+    ImageToImage,
+    /// Repaint the masked part of an input image.
+    Inpaint,
+}
+
+/// Requests with equal keys run as one UNet batch: same pipeline, size,
+/// steps, first step, sampler, and guidance on or off (the scale itself may
+/// differ per image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BatchKey {
+    /// The pipeline.
+    pub mode: Mode,
+    /// The step the walk starts at: 0 from noise, later for image-to-image
+    /// and inpainting below strength 1.
+    pub first_step: usize,
     /// Width in pixels.
     pub width: usize,
     /// Height in pixels.
@@ -77,6 +96,8 @@ impl TextToImage {
     /// The batch key, given the model's default sampler.
     pub fn batch_key(&self, default: SchedulerKind) -> BatchKey {
         BatchKey {
+            mode: Mode::TextToImage,
+            first_step: 0,
             width: self.width,
             height: self.height,
             steps: self.steps,
@@ -88,8 +109,12 @@ impl TextToImage {
     /// The batcher's cost of this request: pixels x steps x images, doubled
     /// with guidance (two UNet rows per image).
     pub fn cost(&self) -> u64 {
+        self.cost_of_steps(self.steps)
+    }
+
+    fn cost_of_steps(&self, steps: usize) -> u64 {
         let rows = if self.guidance_scale > 1.0 { 2 } else { 1 };
-        (self.width * self.height * self.steps * self.images * rows) as u64
+        (self.width * self.height * steps.max(1) * self.images * rows) as u64
     }
 
     /// Checks every field; `vae_scale` is the model's pixels per latent.
@@ -114,6 +139,197 @@ impl TextToImage {
         }
         if self.images == 0 || self.images > MAX_IMAGES {
             return Err(invalid("images", format!("must be 1..={MAX_IMAGES}")));
+        }
+        Ok(())
+    }
+}
+
+/// An image-to-image request: the input image is encoded, noised to
+/// `strength` and denoised under the prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageToImage {
+    /// Prompt, size (must equal the image's), steps, guidance, seed, images.
+    pub params: TextToImage,
+    /// The starting image.
+    pub image: RgbImage,
+    /// How much to change it, 0..=1: the last `floor(steps x strength)`
+    /// steps run (diffusers' rule). 0 returns the input through the VAE; 1
+    /// keeps only its composition.
+    pub strength: f64,
+}
+
+impl ImageToImage {
+    /// A request to redraw `image` under `prompt` at `strength`, with the
+    /// other defaults of [`TextToImage`] and the image's size.
+    pub fn new(prompt: impl Into<String>, image: RgbImage, strength: f64) -> Self {
+        Self {
+            params: sized(prompt.into(), &image),
+            image,
+            strength,
+        }
+    }
+}
+
+/// An inpainting request: the masked part of the image is repainted, the
+/// rest kept. With an inpainting UNet (9 input channels) the mask and the
+/// masked image condition every step; with an ordinary UNet the unmasked
+/// latents are blended back after every step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inpaint {
+    /// Prompt, size (must equal the image's), steps, guidance, seed, images.
+    pub params: TextToImage,
+    /// The image to repaint.
+    pub image: RgbImage,
+    /// White (>= 128) where to repaint, black where to keep; the image's
+    /// size. A latent cell is repainted when any of its pixels is.
+    pub mask: GrayImage,
+    /// As for [`ImageToImage::strength`]; at 1 (the default) the masked
+    /// region starts from pure noise.
+    pub strength: f64,
+    /// Paste the original pixels back outside the mask after decoding, so
+    /// the kept region is exactly the input (the VAE round trip otherwise
+    /// shifts it slightly). Default on.
+    pub keep_unmasked: bool,
+}
+
+impl Inpaint {
+    /// A request to repaint the white part of `mask` in `image` under
+    /// `prompt`, at strength 1, keeping the unmasked pixels.
+    pub fn new(prompt: impl Into<String>, image: RgbImage, mask: GrayImage) -> Self {
+        Self {
+            params: sized(prompt.into(), &image),
+            image,
+            mask,
+            strength: 1.0,
+            keep_unmasked: true,
+        }
+    }
+}
+
+fn sized(prompt: String, image: &RgbImage) -> TextToImage {
+    TextToImage {
+        width: image.width() as usize,
+        height: image.height() as usize,
+        ..TextToImage::new(prompt)
+    }
+}
+
+/// Any request the diffusion pipelines run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiffusionRequest {
+    /// From noise.
+    TextToImage(TextToImage),
+    /// From an image.
+    ImageToImage(ImageToImage),
+    /// Repaint a masked region.
+    Inpaint(Inpaint),
+}
+
+impl From<TextToImage> for DiffusionRequest {
+    fn from(r: TextToImage) -> Self {
+        Self::TextToImage(r)
+    }
+}
+
+impl From<ImageToImage> for DiffusionRequest {
+    fn from(r: ImageToImage) -> Self {
+        Self::ImageToImage(r)
+    }
+}
+
+impl From<Inpaint> for DiffusionRequest {
+    fn from(r: Inpaint) -> Self {
+        Self::Inpaint(r)
+    }
+}
+
+/// The first of `steps` steps that runs at `strength`: the last
+/// `floor(steps x strength)` run, as in diffusers.
+pub(crate) fn first_step(steps: usize, strength: f64) -> usize {
+    let run = ((steps as f64 * strength).floor() as usize).min(steps);
+    steps - run
+}
+
+impl DiffusionRequest {
+    /// Prompt, size, steps, guidance, seed and images.
+    pub fn params(&self) -> &TextToImage {
+        match self {
+            Self::TextToImage(r) => r,
+            Self::ImageToImage(r) => &r.params,
+            Self::Inpaint(r) => &r.params,
+        }
+    }
+
+    /// The pipeline it runs.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::TextToImage(_) => Mode::TextToImage,
+            Self::ImageToImage(_) => Mode::ImageToImage,
+            Self::Inpaint(_) => Mode::Inpaint,
+        }
+    }
+
+    /// The strength (1 for text-to-image).
+    pub fn strength(&self) -> f64 {
+        match self {
+            Self::TextToImage(_) => 1.0,
+            Self::ImageToImage(r) => r.strength,
+            Self::Inpaint(r) => r.strength,
+        }
+    }
+
+    /// The input image, if any.
+    pub fn image(&self) -> Option<&RgbImage> {
+        match self {
+            Self::TextToImage(_) => None,
+            Self::ImageToImage(r) => Some(&r.image),
+            Self::Inpaint(r) => Some(&r.image),
+        }
+    }
+
+    /// The batch key, given the model's default sampler.
+    pub fn batch_key(&self, default: SchedulerKind) -> BatchKey {
+        let params = self.params();
+        BatchKey {
+            mode: self.mode(),
+            first_step: first_step(params.steps, self.strength()),
+            ..params.batch_key(default)
+        }
+    }
+
+    /// The batcher's cost: pixels x steps that run x images, doubled with
+    /// guidance.
+    pub fn cost(&self) -> u64 {
+        let params = self.params();
+        params.cost_of_steps(params.steps - first_step(params.steps, self.strength()))
+    }
+
+    /// Checks every field; `vae_scale` is the model's pixels per latent.
+    pub fn validate(&self, vae_scale: usize) -> Result<()> {
+        let params = self.params();
+        params.validate(vae_scale)?;
+        let strength = self.strength();
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(invalid("strength", format!("{strength} must lie in 0..=1")));
+        }
+        let size = (params.width as u32, params.height as u32);
+        if let Some(image) = self.image()
+            && image.dimensions() != size
+        {
+            let (w, h) = image.dimensions();
+            return Err(invalid(
+                "image",
+                format!("is {w}x{h} but the request asks {}x{}", size.0, size.1),
+            ));
+        }
+        if let Self::Inpaint(r) = self
+            && r.mask.dimensions() != size
+        {
+            let (w, h) = r.mask.dimensions();
+            return Err(invalid(
+                "mask",
+                format!("is {w}x{h} but the image is {}x{}", size.0, size.1),
+            ));
         }
         Ok(())
     }

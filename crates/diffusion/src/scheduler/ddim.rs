@@ -10,8 +10,6 @@ use crate::error::Result;
 pub struct Ddim {
     alphas_cumprod: Vec<f64>,
     timesteps: Vec<f64>,
-    /// Training steps between two inference steps.
-    stride: usize,
     prediction: Prediction,
     /// The "previous" alpha of the last step.
     final_alpha: f64,
@@ -40,7 +38,6 @@ impl Ddim {
         Self {
             alphas_cumprod,
             timesteps,
-            stride: train / steps,
             prediction,
             final_alpha,
         }
@@ -71,11 +68,14 @@ impl Scheduler for Ddim {
         sample: &Tensor,
         _noise: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let t = self.timesteps[i] as usize;
-        let alpha = self.alphas_cumprod[t];
-        let prev = match t.checked_sub(self.stride) {
-            Some(p) => self.alphas_cumprod[p],
-            None => self.final_alpha,
+        // The next step's level (for leading spacing the same as diffusers'
+        // `t - train / steps`; for trailing and linspace it also lands the
+        // last step exactly on the final alpha).
+        let alpha = self.alpha_at(i);
+        let prev = if i + 1 < self.timesteps.len() {
+            self.alpha_at(i + 1)
+        } else {
+            self.final_alpha
         };
         let (x0, eps) = vp_prediction(self.prediction, output, sample, alpha)?;
         Ok(((x0 * prev.sqrt())? + (eps * (1.0 - prev).sqrt())?)?)

@@ -1,0 +1,155 @@
+//! The VAE: images to latents and back, and the tensors of images and masks.
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
+use image::{GrayImage, RgbImage};
+
+use crate::config::{VaeJson, read_json, weight_files};
+use crate::error::{DiffusionError, Result};
+use crate::weights::{self, Patch};
+
+/// The autoencoder of a diffusers folder (`vae/`).
+#[derive(Debug)]
+pub(crate) struct Vae {
+    model: AutoEncoderKL,
+    /// Pixels per latent on a side.
+    pub(crate) scale: usize,
+    /// Channels of a latent (4 for SD 1.x / 2.x).
+    pub(crate) latent_channels: usize,
+    scaling_factor: f64,
+    dtype: DType,
+}
+
+/// Makes the encoder's posterior a point at its mean. candle-transformers
+/// returns the posterior with private fields and only a `sample()` drawn
+/// from the global generator, which would make image-to-image depend on
+/// more than its seed; with the log-variance rows zeroed and their bias at
+/// -1000 the standard deviation is exactly 0, so `sample()` is the mean
+/// (diffusers' `argmax` latents). Decoding does not use these tensors.
+struct MeanPosterior {
+    prefix: &'static str,
+    latent_channels: usize,
+}
+
+impl Patch for MeanPosterior {
+    fn touches(&self, name: &str) -> bool {
+        name.strip_prefix(self.prefix)
+            .is_some_and(|rest| rest == ".weight" || rest == ".bias")
+    }
+
+    fn apply(&self, name: &str, stored: &Tensor) -> candle_core::Result<Tensor> {
+        let n = self.latent_channels;
+        let mean = stored.narrow(0, 0, n)?;
+        let logvar = stored.narrow(0, n, stored.dim(0)? - n)?;
+        let replaced = if name.ends_with(".bias") {
+            (logvar.zeros_like()? - 1000.0)?
+        } else {
+            logvar.zeros_like()?
+        };
+        Tensor::cat(&[&mean, &replaced], 0)
+    }
+}
+
+impl Vae {
+    /// Loads `dir` (a `vae/` folder).
+    pub(crate) fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let json: VaeJson = read_json(&config_path)?;
+        let config = json.to_candle(&config_path)?;
+        let patch = MeanPosterior {
+            prefix: if config.use_quant_conv {
+                "quant_conv"
+            } else {
+                "encoder.conv_out"
+            },
+            latent_channels: json.latent_channels,
+        };
+        let vb = weights::open(
+            &weight_files(dir, "diffusion_pytorch_model")?,
+            dtype,
+            device,
+            Some(Box::new(patch)),
+        )?;
+        let model = AutoEncoderKL::new(vb, 3, 3, config).map_err(|e| DiffusionError::Config {
+            path: dir.to_path_buf(),
+            reason: format!("weights do not match config.json: {e}"),
+        })?;
+        Ok(Self {
+            model,
+            scale: json.scale_factor(),
+            latent_channels: json.latent_channels,
+            scaling_factor: json.scaling_factor,
+            dtype,
+        })
+    }
+
+    /// Pixels `[n, 3, H, W]` in -1..=1 to scaled latents `[n, c, H/s, W/s]`
+    /// (F32), the posterior's mean.
+    pub(crate) fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
+        let posterior = self.model.encode(&pixels.to_dtype(self.dtype)?)?;
+        Ok((posterior.sample()?.to_dtype(DType::F32)? * self.scaling_factor)?)
+    }
+
+    /// Scaled latents `[n, c, h, w]` to RGB images.
+    pub(crate) fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        let scaled = (latents / self.scaling_factor)?.to_dtype(self.dtype)?;
+        let pixels = self.model.decode(&scaled)?.to_dtype(DType::F32)?;
+        let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+        let pixels = (pixels * 255.0)?.round()?.to_dtype(DType::U8)?;
+        let (n, _, h, w) = pixels.dims4()?;
+        (0..n)
+            .map(|i| {
+                let hwc = pixels
+                    .get(i)?
+                    .permute((1, 2, 0))?
+                    .flatten_all()?
+                    .to_vec1::<u8>()?;
+                RgbImage::from_raw(w as u32, h as u32, hwc)
+                    .ok_or_else(|| DiffusionError::Model("decoded image has the wrong size".into()))
+            })
+            .collect()
+    }
+}
+
+/// Images as `[n, 3, H, W]` F32 in -1..=1 (all the same size).
+pub(crate) fn image_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor> {
+    let rows = images
+        .iter()
+        .map(|image| {
+            let (w, h) = image.dimensions();
+            let hwc = Tensor::from_slice(image.as_raw(), (h as usize, w as usize, 3), device)?;
+            hwc.permute((2, 0, 1))?.to_dtype(DType::F32)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(((Tensor::stack(&rows, 0)? / 127.5)? - 1.0)?)
+}
+
+/// Masks as `[n, 1, H, W]` F32: 1 where a pixel is >= 128 (repaint), else 0.
+pub(crate) fn mask_tensor(masks: &[&GrayImage], device: &Device) -> Result<Tensor> {
+    let rows = masks
+        .iter()
+        .map(|mask| {
+            let (w, h) = mask.dimensions();
+            let bits: Vec<f32> = mask
+                .as_raw()
+                .iter()
+                .map(|&v| f32::from(u8::from(v >= 128)))
+                .collect();
+            Tensor::from_vec(bits, (1, h as usize, w as usize), device)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// A pixel mask `[n, 1, H, W]` at latent resolution: a latent cell is 1
+/// when any pixel of its `scale` x `scale` block is.
+pub(crate) fn latent_mask(mask: &Tensor, scale: usize) -> Result<Tensor> {
+    if scale == 1 {
+        return Ok(mask.clone());
+    }
+    let (n, c, h, w) = mask.dims4()?;
+    let blocks = mask.reshape((n, c, h / scale, scale, w / scale, scale))?;
+    Ok(blocks.max(D::Minus1)?.max(3)?)
+}
