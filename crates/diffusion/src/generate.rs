@@ -11,7 +11,7 @@ use crate::pipeline::{
     Denoised, GeneratedImage, ImageOrigin, RunOptions, StableDiffusion, StepProgress,
 };
 use crate::request::{BatchKey, DiffusionRequest, ImageToImage, Inpaint, Mode, TextToImage};
-use crate::vae::{image_tensor, latent_mask, mask_tensor};
+use crate::vae::{image_tensor, latent_mask, mask_tensor, preview};
 
 /// What an inpainting batch needs at every step.
 struct InpaintState {
@@ -33,7 +33,7 @@ impl StableDiffusion {
         run: RunOptions<'_>,
     ) -> Result<Vec<GeneratedImage>> {
         let batch = self.denoise(requests, run)?;
-        let images = self.vae.decode(&batch.latents)?;
+        let images = self.vae.decode(&batch.latents, &self.memory)?;
         Ok(batch
             .origins
             .into_iter()
@@ -141,7 +141,7 @@ impl StableDiffusion {
             _ => Some(image_tensor(&images, device)?),
         };
         let init = match &pixels {
-            Some(pixels) => Some(per_image(&self.vae.encode(pixels)?)?),
+            Some(pixels) => Some(per_image(&self.vae.encode(pixels, &self.memory)?)?),
             None => None,
         };
         let inpaint = match (&pixels, key.mode) {
@@ -204,11 +204,17 @@ impl StableDiffusion {
                 let repaint = state.mask.broadcast_as(latents.shape())?;
                 latents = repaint.where_cond(&latents, &kept)?;
             }
+            let progress = StepProgress {
+                step: i + 1 - first,
+                total: total - first,
+            };
             if let Some(callback) = run.on_step.as_mut() {
-                callback(StepProgress {
-                    step: i + 1 - first,
-                    total: total - first,
-                });
+                callback(progress);
+            }
+            if let Some(callback) = run.on_preview.as_mut()
+                && let Some(previews) = preview(&latents)?
+            {
+                callback(progress, &previews);
             }
         }
         Ok(Denoised { latents, origins })
@@ -234,8 +240,8 @@ impl StableDiffusion {
         let conditioning = if self.is_inpainting() {
             // The masked image is grey (0) where it will be repainted.
             let masked = pixels.broadcast_mul(&(1.0 - &pixel_mask)?)?;
-            let extra =
-                Tensor::cat(&[&mask, &self.vae.encode(&masked)?], 1)?.index_select(rows, 0)?;
+            let extra = Tensor::cat(&[&mask, &self.vae.encode(&masked, &self.memory)?], 1)?
+                .index_select(rows, 0)?;
             let extra = if key.guided {
                 Tensor::cat(&[&extra, &extra], 0)?
             } else {

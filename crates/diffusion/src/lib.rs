@@ -84,10 +84,12 @@ mod error;
 mod generate;
 mod input;
 mod lora;
+mod memory;
 mod noise;
 mod pipeline;
 mod request;
 pub mod scheduler;
+mod tiling;
 mod vae;
 mod weights;
 
@@ -95,8 +97,10 @@ pub use clip::{ClipTextEncoder, ClipTokenizer};
 pub use error::{DiffusionError, Result};
 pub use input::{decode_image, decode_mask};
 pub use lora::{Lora, LoraComponent, LoraReport};
+pub use memory::{MemoryOptions, VaeTiling};
 pub use pipeline::{
-    Denoised, GeneratedImage, ImageOrigin, LoadOptions, RunOptions, StableDiffusion, StepProgress,
+    Denoised, GeneratedImage, ImageOrigin, LoadOptions, PreviewCallback, RunOptions,
+    StableDiffusion, StepProgress,
 };
 pub use request::{
     BatchKey, DiffusionRequest, ImageToImage, Inpaint, MAX_IMAGES, MAX_SIDE, Mode, TextToImage,

@@ -10,6 +10,7 @@ use switchyard_core::CancellationToken;
 use crate::clip::{ClipTextEncoder, ClipTextJson, ClipTokenizer};
 use crate::config::{UnetJson, read_json, weight_files};
 use crate::error::{DiffusionError, Result};
+use crate::memory::MemoryOptions;
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::vae::{Vae, image_tensor};
 use crate::weights::{self, Patch};
@@ -42,6 +43,9 @@ pub struct StepProgress {
     pub total: usize,
 }
 
+/// Receives each step's previews, one per image of the batch.
+pub type PreviewCallback<'a> = dyn FnMut(StepProgress, &[RgbImage]) + 'a;
+
 /// Progress reporting and cancellation for one run.
 #[derive(Default)]
 pub struct RunOptions<'a> {
@@ -50,6 +54,10 @@ pub struct RunOptions<'a> {
     /// Checked before every step; when it fires the run returns
     /// [`DiffusionError::Cancelled`] and drops its tensors.
     pub cancel: Option<CancellationToken>,
+    /// Called after every step with a rough preview of each image of the
+    /// batch (latent resolution, from a linear latent-to-RGB fit: no VAE
+    /// pass). Not called for latents other than SD's 4 channels.
+    pub on_preview: Option<&'a mut PreviewCallback<'a>>,
 }
 
 impl std::fmt::Debug for RunOptions<'_> {
@@ -57,6 +65,7 @@ impl std::fmt::Debug for RunOptions<'_> {
         f.debug_struct("RunOptions")
             .field("on_step", &self.on_step.is_some())
             .field("cancel", &self.cancel)
+            .field("on_preview", &self.on_preview.is_some())
             .finish()
     }
 }
@@ -108,6 +117,7 @@ pub struct StableDiffusion {
     pub(crate) scheduler: SchedulerConfig,
     /// Whether LoRA deltas are merged into (UNet, text encoder).
     pub(crate) lora_active: (bool, bool),
+    pub(crate) memory: MemoryOptions,
 }
 
 /// Where the UNet loads from, kept to rebuild it (with LoRA deltas merged,
@@ -224,6 +234,7 @@ impl StableDiffusion {
             vae,
             scheduler,
             lora_active: (false, false),
+            memory: MemoryOptions::default(),
         })
     }
 
@@ -253,15 +264,30 @@ impl StableDiffusion {
         self.vae.scale
     }
 
+    /// Sets the VAE's memory-saving options (checked first).
+    pub fn set_memory_options(&mut self, options: MemoryOptions) -> Result<()> {
+        if let Some(tiling) = options.vae_tiling {
+            tiling.validate()?;
+        }
+        self.memory = options;
+        Ok(())
+    }
+
+    /// The VAE's memory-saving options.
+    pub fn memory_options(&self) -> MemoryOptions {
+        self.memory
+    }
+
     /// The VAE's scaled latents `[1, c, h / s, w / s]` (F32) of an image,
     /// the posterior's mean (what image-to-image starts from).
     pub fn encode_image(&self, image: &RgbImage) -> Result<Tensor> {
-        self.vae.encode(&image_tensor(&[image], &self.device)?)
+        self.vae
+            .encode(&image_tensor(&[image], &self.device)?, &self.memory)
     }
 
     /// Decodes scaled latents `[n, c, h, w]` (from [`StableDiffusion::denoise`]
     /// or [`StableDiffusion::encode_image`]) to images.
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
-        self.vae.decode(latents)
+        self.vae.decode(latents, &self.memory)
     }
 }

@@ -8,6 +8,7 @@ use image::{GrayImage, RgbImage};
 
 use crate::config::{VaeJson, read_json, weight_files};
 use crate::error::{DiffusionError, Result};
+use crate::memory::{MemoryOptions, VaeTiling};
 use crate::weights::{self, Patch};
 
 /// The autoencoder of a diffusers folder (`vae/`).
@@ -86,31 +87,102 @@ impl Vae {
     }
 
     /// Pixels `[n, 3, H, W]` in -1..=1 to scaled latents `[n, c, H/s, W/s]`
-    /// (F32), the posterior's mean.
-    pub(crate) fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// (F32), the posterior's mean; one image at a time with
+    /// `options.vae_slicing`.
+    pub(crate) fn encode(&self, pixels: &Tensor, options: &MemoryOptions) -> Result<Tensor> {
+        if options.vae_slicing && pixels.dim(0)? > 1 {
+            let rows = (0..pixels.dim(0)?)
+                .map(|i| self.encode_plain(&pixels.narrow(0, i, 1)?))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::cat(&rows, 0)?);
+        }
+        self.encode_plain(pixels)
+    }
+
+    fn encode_plain(&self, pixels: &Tensor) -> Result<Tensor> {
         let posterior = self.model.encode(&pixels.to_dtype(self.dtype)?)?;
         Ok((posterior.sample()?.to_dtype(DType::F32)? * self.scaling_factor)?)
     }
 
-    /// Scaled latents `[n, c, h, w]` to RGB images.
-    pub(crate) fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
-        let scaled = (latents / self.scaling_factor)?.to_dtype(self.dtype)?;
-        let pixels = self.model.decode(&scaled)?.to_dtype(DType::F32)?;
-        let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-        let pixels = (pixels * 255.0)?.round()?.to_dtype(DType::U8)?;
-        let (n, _, h, w) = pixels.dims4()?;
-        (0..n)
-            .map(|i| {
-                let hwc = pixels
-                    .get(i)?
-                    .permute((1, 2, 0))?
-                    .flatten_all()?
-                    .to_vec1::<u8>()?;
-                RgbImage::from_raw(w as u32, h as u32, hwc)
-                    .ok_or_else(|| DiffusionError::Model("decoded image has the wrong size".into()))
-            })
-            .collect()
+    /// Scaled latents `[n, c, h, w]` to RGB images, one image at a time
+    /// with `options.vae_slicing`, in blended tiles with `options.vae_tiling`.
+    pub(crate) fn decode(
+        &self,
+        latents: &Tensor,
+        options: &MemoryOptions,
+    ) -> Result<Vec<RgbImage>> {
+        let pixels = if options.vae_slicing {
+            let rows = (0..latents.dim(0)?)
+                .map(|i| self.decode_pixels(&latents.narrow(0, i, 1)?, options.vae_tiling))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&rows, 0)?
+        } else {
+            self.decode_pixels(latents, options.vae_tiling)?
+        };
+        to_images(&pixels)
     }
+
+    /// Scaled latents to pixels `[n, 3, H, W]` in about -1..=1 (F32).
+    fn decode_pixels(&self, latents: &Tensor, tiling: Option<VaeTiling>) -> Result<Tensor> {
+        match tiling {
+            Some(tiling) => crate::tiling::decode_tiled(latents, tiling, self.scale, |tile| {
+                self.decode_plain(tile)
+            }),
+            None => self.decode_plain(latents),
+        }
+    }
+
+    fn decode_plain(&self, latents: &Tensor) -> Result<Tensor> {
+        let scaled = (latents / self.scaling_factor)?.to_dtype(self.dtype)?;
+        Ok(self.model.decode(&scaled)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Pixels `[n, 3, H, W]` in -1..=1 to 8-bit images.
+fn to_images(pixels: &Tensor) -> Result<Vec<RgbImage>> {
+    let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+    let pixels = (pixels * 255.0)?.round()?.to_dtype(DType::U8)?;
+    let (n, _, h, w) = pixels.dims4()?;
+    (0..n)
+        .map(|i| {
+            let hwc = pixels
+                .get(i)?
+                .permute((1, 2, 0))?
+                .flatten_all()?
+                .to_vec1::<u8>()?;
+            RgbImage::from_raw(w as u32, h as u32, hwc)
+                .ok_or_else(|| DiffusionError::Model("decoded image has the wrong size".into()))
+        })
+        .collect()
+}
+
+/// SD 1.x / 2.x latent channels to RGB, a linear fit (the widely used
+/// "latent2rgb" factors): a preview for the price of one small matmul.
+const PREVIEW_FACTORS: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
+
+/// Rough RGB previews of scaled 4-channel latents, at latent resolution;
+/// `None` for latents of another channel count.
+pub(crate) fn preview(latents: &Tensor) -> Result<Option<Vec<RgbImage>>> {
+    let (n, c, h, w) = latents.dims4()?;
+    if c != PREVIEW_FACTORS.len() {
+        return Ok(None);
+    }
+    let factors = Tensor::new(&PREVIEW_FACTORS, latents.device())?;
+    // [n, c, h*w] -> [n, h*w, c] @ [c, 3] -> [n, 3, h, w]
+    let flat = latents
+        .reshape((n, c, h * w))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let rgb = flat
+        .broadcast_matmul(&factors)?
+        .transpose(1, 2)?
+        .reshape((n, 3, h, w))?;
+    Ok(Some(to_images(&rgb)?))
 }
 
 /// Images as `[n, 3, H, W]` F32 in -1..=1 (all the same size).

@@ -70,6 +70,7 @@ fn steps_of(sd: &StableDiffusion, request: DiffusionRequest) -> Vec<StepProgress
         RunOptions {
             on_step: Some(&mut on_step),
             cancel: None,
+            on_preview: None,
         },
     )
     .unwrap();
@@ -278,6 +279,7 @@ fn cancellation_stops_image_to_image_and_inpainting() {
             RunOptions {
                 on_step: Some(&mut cancel_after_one),
                 cancel: Some(token.clone()),
+                on_preview: None,
             },
         );
         assert_eq!(result.unwrap_err(), DiffusionError::Cancelled);

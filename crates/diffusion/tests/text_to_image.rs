@@ -189,6 +189,7 @@ fn progress_is_reported_and_cancellation_stops_the_run() {
         RunOptions {
             on_step: Some(&mut on_step),
             cancel: None,
+            on_preview: None,
         },
     )
     .unwrap();
@@ -210,6 +211,7 @@ fn progress_is_reported_and_cancellation_stops_the_run() {
         RunOptions {
             on_step: Some(&mut cancel_after_one),
             cancel: Some(token.clone()),
+            on_preview: None,
         },
     );
     assert_eq!(result.unwrap_err(), DiffusionError::Cancelled);
