@@ -33,6 +33,7 @@
 
 pub mod batch_suites;
 pub mod decode_suite;
+pub mod diffusion_suite;
 pub mod embed_suite;
 pub mod kernels_suite;
 pub mod llama_server;

@@ -71,6 +71,11 @@ pub const ALL: &[Suite] = &[
         run: crate::serve_suite::text_serve,
     },
     Suite {
+        name: "diffusion",
+        about: "tiny SD 64x64: 4 requests batched vs one by one; per-step cost vs candle's UNet directly",
+        run: crate::diffusion_suite::diffusion,
+    },
+    Suite {
         name: "kernels",
         about: "quantized matmul GB/s and GOP/s on SmolLM2's shapes, m = 1..32, vs candle's QMatMul",
         run: crate::kernels_suite::kernels,

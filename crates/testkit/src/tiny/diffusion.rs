@@ -377,24 +377,28 @@ fn write_weights(
     candle_core::safetensors::save(&tensors, path).map_err(tensor_err("safetensors"))
 }
 
-fn unet_config(spec: &TinyStableDiffusion) -> UNet2DConditionModelConfig {
-    UNet2DConditionModelConfig {
-        blocks: spec
-            .unet_channels
-            .iter()
-            .zip(&spec.cross_attention)
-            .zip(&spec.heads)
-            .map(|((&out_channels, &cross), &heads)| BlockConfig {
-                out_channels,
-                use_cross_attn: cross.then_some(1),
-                attention_head_dim: heads,
-            })
-            .collect(),
-        layers_per_block: spec.layers_per_block,
-        cross_attention_dim: spec.text_hidden,
-        use_linear_projection: spec.use_linear_projection,
-        norm_num_groups: 32,
-        ..UNet2DConditionModelConfig::default()
+impl TinyStableDiffusion {
+    /// The UNet's config as candle-transformers takes it (for benchmarks
+    /// that call its UNet directly on the written weights).
+    pub fn candle_unet_config(&self) -> UNet2DConditionModelConfig {
+        UNet2DConditionModelConfig {
+            blocks: self
+                .unet_channels
+                .iter()
+                .zip(&self.cross_attention)
+                .zip(&self.heads)
+                .map(|((&out_channels, &cross), &heads)| BlockConfig {
+                    out_channels,
+                    use_cross_attn: cross.then_some(1),
+                    attention_head_dim: heads,
+                })
+                .collect(),
+            layers_per_block: self.layers_per_block,
+            cross_attention_dim: self.text_hidden,
+            use_linear_projection: self.use_linear_projection,
+            norm_num_groups: 32,
+            ..UNet2DConditionModelConfig::default()
+        }
     }
 }
 
@@ -408,7 +412,14 @@ pub fn write_stable_diffusion(dir: &Path, spec: &TinyStableDiffusion, seed: u64)
     write_json(&dir.join("model_index.json"), &spec.model_index_json())?;
 
     let unet = record("unet", |vb| {
-        UNet2DConditionModel::new(vb, spec.unet_in_channels, 4, false, unet_config(spec)).map(drop)
+        UNet2DConditionModel::new(
+            vb,
+            spec.unet_in_channels,
+            4,
+            false,
+            spec.candle_unet_config(),
+        )
+        .map(drop)
     })?;
     write_json(&dir.join("unet/config.json"), &spec.unet_config_json())?;
     let unet_path = dir.join("unet/diffusion_pytorch_model.safetensors");

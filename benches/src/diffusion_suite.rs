@@ -1,0 +1,165 @@
+//! The `diffusion` suite: a tiny Stable Diffusion (real architecture, random
+//! weights, written in the diffusers layout by the test kit) through the
+//! pipeline. Batched vs one-by-one requests, and the pipeline's cost per
+//! denoising step against candle-transformers' UNet called directly on the
+//! same weights.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use switchyard::diffusion::{LoadOptions, RunOptions, StableDiffusion, TextToImage};
+use switchyard_testkit::tiny::{self, TinyStableDiffusion};
+
+use crate::suites::SuiteResult;
+use crate::{Report, median, time_runs};
+
+/// Pixels on a side: 32 x 32 latents with the tiny two-block VAE.
+const SIDE: usize = 64;
+
+/// A temporary folder removed on drop.
+struct TempFolder(PathBuf);
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn request(prompt: &str, seed: u64, steps: usize, side: usize) -> TextToImage {
+    TextToImage {
+        width: side,
+        height: side,
+        steps,
+        seed,
+        guidance_scale: 7.5,
+        ..TextToImage::new(prompt)
+    }
+}
+
+/// candle-transformers' UNet loaded from the folder's weights the plain way.
+fn raw_unet(dir: &Path, spec: &TinyStableDiffusion) -> SuiteResult<UNet2DConditionModel> {
+    let bytes = std::fs::read(dir.join("unet/diffusion_pytorch_model.safetensors"))?;
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)?;
+    Ok(UNet2DConditionModel::new(
+        vb,
+        spec.unet_in_channels,
+        4,
+        false,
+        spec.candle_unet_config(),
+    )?)
+}
+
+/// `diffusion`.
+pub fn diffusion() -> SuiteResult {
+    let dir = TempFolder(
+        std::env::temp_dir().join(format!("switchyard-diffusion-bench-{}", std::process::id())),
+    );
+    let spec = TinyStableDiffusion::default();
+    tiny::write_stable_diffusion(&dir.0, &spec, 1)?;
+    let sd = StableDiffusion::load(&dir.0, &LoadOptions::default())?;
+    let mut report = Report::new("diffusion");
+
+    // 4 requests (different prompts and seeds, same size/steps/sampler),
+    // at the tests' size and at twice that.
+    let steps = 4;
+    let prompts = [
+        "a red train in a switchyard",
+        "a blue locomotive at dawn",
+        "freight cars in the snow",
+        "a signal box at night",
+    ];
+    let runs = 7;
+    println!("4 requests, {steps} steps, guidance 7.5 (UNet batch 8 vs 4 x 2), median of {runs}:");
+    for side in [SIDE / 2, SIDE] {
+        let requests: Vec<TextToImage> = prompts
+            .iter()
+            .zip(1u64..)
+            .map(|(prompt, seed)| request(prompt, seed, steps, side))
+            .collect();
+        let mut batched: Vec<f64> = time_runs(1, runs, || {
+            sd.text_to_image(&requests, RunOptions::default()).map(drop)
+        })?
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+        let mut alone: Vec<f64> = time_runs(1, runs, || {
+            requests.iter().try_for_each(|r| {
+                sd.text_to_image(std::slice::from_ref(r), RunOptions::default())
+                    .map(drop)
+            })
+        })?
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+        let (batched, alone) = (median(&mut batched), median(&mut alone));
+        let ratio = alone / batched;
+        println!(
+            "  {side}x{side}: batched {batched:>8.1} ms, one by one {alone:>8.1} ms  ({ratio:.2}x)"
+        );
+        report.figure(
+            &format!("batched_4_requests_{side}px_ms"),
+            batched,
+            "ms (median)",
+        );
+        report.figure(
+            &format!("one_by_one_4_requests_{side}px_ms"),
+            alone,
+            "ms (median)",
+        );
+        report.goal(
+            &format!("batched_vs_one_by_one_{side}px"),
+            ">= 1.5x: 4 requests batched vs run one by one (CPU)",
+            ratio,
+            ratio >= 1.5,
+        );
+    }
+
+    // Per-step cost: the time between two step callbacks of the pipeline
+    // (scale input, UNet, guidance, sampler step) against one direct UNet
+    // forward at the same batch (2: one request with guidance), the two
+    // measured in alternation so host noise hits both alike.
+    let unet = raw_unet(&dir.0, &spec)?;
+    let latents = Tensor::randn(0f32, 1.0, (2, 4, SIDE / 2, SIDE / 2), &Device::Cpu)?;
+    let context = Tensor::randn(0f32, 1.0, (2, 77, spec.text_hidden), &Device::Cpu)?;
+    let steps = 9;
+    let r = request("a red train in a switchyard", 7, steps, SIDE).into();
+    let (mut pipeline, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let mut marks = Vec::new();
+        let mut on_step = |_| marks.push(Instant::now());
+        sd.denoise(
+            std::slice::from_ref(&r),
+            RunOptions {
+                on_step: Some(&mut on_step),
+                ..RunOptions::default()
+            },
+        )?;
+        pipeline.extend(marks.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3));
+        for _ in 1..steps {
+            let start = Instant::now();
+            unet.forward(&latents, 500.0, &context)?;
+            raw.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (per_step, raw) = (median(&mut pipeline), median(&mut raw));
+    let overhead = per_step / raw - 1.0;
+    println!(
+        "per denoising step, {SIDE}x{SIDE} (1 request, guidance on = UNet batch 2), median of {}:",
+        pipeline.len()
+    );
+    println!("  pipeline    {per_step:>9.3} ms  (between step callbacks)");
+    println!("  raw UNet    {raw:>9.3} ms  (candle-transformers forward)");
+    println!("  overhead    {:>9.1} %", overhead * 100.0);
+    report.figure("pipeline_ms_per_step", per_step, "ms (median)");
+    report.figure("raw_unet_ms_per_forward", raw, "ms (median)");
+    report.goal(
+        "per_step_overhead",
+        "<= 5% over calling the candle-transformers UNet directly",
+        overhead * 100.0,
+        overhead <= 0.05,
+    );
+    Ok(report)
+}
