@@ -163,6 +163,7 @@ impl StableDiffusion {
                 .cancel
                 .as_ref()
                 .is_some_and(CancellationToken::is_cancelled)
+                || run.cancel_when.is_some_and(|cancelled| cancelled())
             {
                 return Err(DiffusionError::Cancelled);
             }

@@ -82,6 +82,7 @@ mod clip;
 mod config;
 mod error;
 mod generate;
+mod handler;
 mod input;
 mod lora;
 mod memory;
@@ -95,6 +96,7 @@ mod weights;
 
 pub use clip::{ClipTextEncoder, ClipTokenizer};
 pub use error::{DiffusionError, Result};
+pub use handler::DiffusionHandler;
 pub use input::{decode_image, decode_mask};
 pub use lora::{Lora, LoraComponent, LoraReport};
 pub use memory::{MemoryOptions, VaeTiling};

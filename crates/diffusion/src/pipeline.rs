@@ -54,6 +54,10 @@ pub struct RunOptions<'a> {
     /// Checked before every step; when it fires the run returns
     /// [`DiffusionError::Cancelled`] and drops its tensors.
     pub cancel: Option<CancellationToken>,
+    /// Also checked before every step; returning true cancels like
+    /// [`RunOptions::cancel`] (a batcher passes "every request of the batch
+    /// was cancelled").
+    pub cancel_when: Option<&'a (dyn Fn() -> bool + Sync)>,
     /// Called after every step with a rough preview of each image of the
     /// batch (latent resolution, from a linear latent-to-RGB fit: no VAE
     /// pass). Not called for latents other than SD's 4 channels.
@@ -65,6 +69,7 @@ impl std::fmt::Debug for RunOptions<'_> {
         f.debug_struct("RunOptions")
             .field("on_step", &self.on_step.is_some())
             .field("cancel", &self.cancel)
+            .field("cancel_when", &self.cancel_when.is_some())
             .field("on_preview", &self.on_preview.is_some())
             .finish()
     }

@@ -71,6 +71,7 @@ fn steps_of(sd: &StableDiffusion, request: DiffusionRequest) -> Vec<StepProgress
             on_step: Some(&mut on_step),
             cancel: None,
             on_preview: None,
+            cancel_when: None,
         },
     )
     .unwrap();
@@ -280,6 +281,7 @@ fn cancellation_stops_image_to_image_and_inpainting() {
                 on_step: Some(&mut cancel_after_one),
                 cancel: Some(token.clone()),
                 on_preview: None,
+                cancel_when: None,
             },
         );
         assert_eq!(result.unwrap_err(), DiffusionError::Cancelled);

@@ -190,6 +190,7 @@ fn progress_is_reported_and_cancellation_stops_the_run() {
             on_step: Some(&mut on_step),
             cancel: None,
             on_preview: None,
+            cancel_when: None,
         },
     )
     .unwrap();
@@ -212,6 +213,7 @@ fn progress_is_reported_and_cancellation_stops_the_run() {
             on_step: Some(&mut cancel_after_one),
             cancel: Some(token.clone()),
             on_preview: None,
+            cancel_when: None,
         },
     );
     assert_eq!(result.unwrap_err(), DiffusionError::Cancelled);
