@@ -63,7 +63,10 @@ fn damaged_files_of_every_format_are_corrupt_not_panics() {
         for cut in (8..good.len()).step_by(good.len() / 7 + 1) {
             let result = decode(&good[..cut], &ImageLimits::default());
             let lenient = matches!(format, ImageFormat::Jpeg { .. }) && cut > 200;
-            assert!(result.is_err() || lenient, "{format:?} cut at {cut} decoded");
+            assert!(
+                result.is_err() || lenient,
+                "{format:?} cut at {cut} decoded"
+            );
         }
         let mut flipped = good.clone();
         for i in (16..flipped.len()).step_by(5) {
