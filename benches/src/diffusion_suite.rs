@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
-use switchyard::diffusion::{LoadOptions, RunOptions, StableDiffusion, TextToImage};
+use switchyard_diffusion::{LoadOptions, RunOptions, StableDiffusion, TextToImage};
 use switchyard_testkit::tiny::{self, TinyStableDiffusion};
 
 use crate::suites::SuiteResult;
