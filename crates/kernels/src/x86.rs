@@ -163,7 +163,43 @@ unsafe fn tile<
                 }
             }
             let xoff = s * SUB;
-            if NIB {
+            if NIB && !D::SPLIT {
+                // The products of a whole sub-block add up in 16-bit lanes:
+                // `maddubs` gives pairs of at most 2 x 15 x 128 and a
+                // sub-block of 32 values sums eight of them (30720 < 2^15),
+                // so one widening `madd` per sub-block replaces one per
+                // product (integer sums: the same result, fewer
+                // multiplier-port instructions).
+                const { assert!(SUB <= 32) };
+                let mask = _mm256_set1_epi8(0x0F);
+                let mut acc16 = [[_mm256_setzero_si256(); C]; R];
+                for p in 0..SUB / 8 {
+                    let mut lo = [_mm256_setzero_si256(); C];
+                    let mut hi = [_mm256_setzero_si256(); C];
+                    for j in 0..C {
+                        let v = _mm256_loadu_si256(recs[j].add(l.q_at + 32 * p).cast());
+                        lo[j] = _mm256_and_si256(v, mask);
+                        hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    }
+                    for (r, acc) in acc16.iter_mut().enumerate() {
+                        let xr = x.q.as_ptr().cast::<u8>().add((r0 + r) * k + xoff + 8 * p);
+                        let (x0, x1) = (splat4(xr), splat4(xr.add(4)));
+                        for j in 0..C {
+                            let both = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo[j], x0),
+                                _mm256_maddubs_epi16(hi[j], x1),
+                            );
+                            acc[j] = _mm256_add_epi16(acc[j], both);
+                        }
+                    }
+                }
+                let ones = _mm256_set1_epi16(1);
+                for (iacc, acc16) in iacc.iter_mut().zip(&acc16) {
+                    for j in 0..C {
+                        iacc[j] = _mm256_madd_epi16(acc16[j], ones);
+                    }
+                }
+            } else if NIB {
                 let mask = _mm256_set1_epi8(0x0F);
                 for p in 0..SUB / 8 {
                     let mut lo = [_mm256_setzero_si256(); C];

@@ -196,3 +196,50 @@ fn this_cpu_reports_its_paths() {
         }
     }
 }
+
+/// The largest 4-bit products a sub-block can hold: every nibble 15 and
+/// every activation at +-127 (constant rows quantize to exactly that), so
+/// a path that sums products in narrow lanes would overflow here first.
+#[test]
+fn saturated_nibbles_and_activations_match_scalar() {
+    for format in [QuantFormat::Q4_0, QuantFormat::Q4_1] {
+        // f16 1.0 scale (and for Q4_1 a zero offset), then 16 bytes of 0xFF.
+        let mut block = vec![0x00, 0x3C];
+        if format == QuantFormat::Q4_1 {
+            block.extend([0x00, 0x00]);
+        }
+        block.extend([0xFF; 16]);
+        let (n, k) = (16, 64);
+        let data: Vec<u8> = block.repeat(n * k / 32);
+        let w = PackedMatrix::from_gguf(format, n, k, &data).expect("pack");
+        for (m, value) in [(1, 1.0f32), (5, -1.0), (8, 3.5)] {
+            let mut x = QuantizedRows::new();
+            x.quantize(&vec![value; m * k], m, k).expect("quantize");
+            let mut scalar = vec![0f32; m * n];
+            matmul_with(Isa::Scalar, &w, &x, &mut scalar, &Inline).expect("scalar");
+            let wv = if format == QuantFormat::Q4_0 {
+                7.0
+            } else {
+                15.0
+            };
+            let expected = wv * value * k as f32;
+            assert!(
+                scalar
+                    .iter()
+                    .all(|v| (v - expected).abs() <= expected.abs() * 1e-3),
+                "{format}: {} vs {expected}",
+                scalar[0]
+            );
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; m * n];
+                matmul_with(isa, &w, &x, &mut out, &Inline).expect("matmul");
+                assert!(
+                    out.iter()
+                        .zip(&scalar)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa} differs from scalar for saturated {format} m={m}"
+                );
+            }
+        }
+    }
+}
