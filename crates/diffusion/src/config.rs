@@ -42,7 +42,7 @@ pub(crate) enum PerBlock {
 }
 
 impl PerBlock {
-    fn for_blocks(&self, n: usize, path: &Path, field: &str) -> Result<Vec<usize>> {
+    pub(crate) fn for_blocks(&self, n: usize, path: &Path, field: &str) -> Result<Vec<usize>> {
         match self {
             Self::One(v) => Ok(vec![*v; n]),
             Self::Each(v) if v.len() == n => Ok(v.clone()),
@@ -54,25 +54,45 @@ impl PerBlock {
     }
 }
 
-fn one() -> PerBlock {
+/// Attention heads and transformer depth per block. diffusers'
+/// `attention_head_dim` holds the head count of SD 1.x/2.x (a historical
+/// misnomer, kept by candle-transformers); `num_attention_heads`, when set,
+/// is the same number named right.
+pub(crate) fn heads_and_layers(
+    num_attention_heads: Option<&PerBlock>,
+    attention_head_dim: &PerBlock,
+    transformer_layers_per_block: &PerBlock,
+    n: usize,
+    path: &Path,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let heads = match num_attention_heads {
+        Some(h) => h.for_blocks(n, path, "num_attention_heads")?,
+        None => attention_head_dim.for_blocks(n, path, "attention_head_dim")?,
+    };
+    let layers =
+        transformer_layers_per_block.for_blocks(n, path, "transformer_layers_per_block")?;
+    Ok((heads, layers))
+}
+
+pub(crate) fn one() -> PerBlock {
     PerBlock::One(1)
 }
-fn eight() -> PerBlock {
+pub(crate) fn eight() -> PerBlock {
     PerBlock::One(8)
 }
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
-fn four() -> usize {
+pub(crate) fn four() -> usize {
     4
 }
-fn two() -> usize {
+pub(crate) fn two() -> usize {
     2
 }
-fn groups() -> usize {
+pub(crate) fn groups() -> usize {
     32
 }
-fn eps() -> f64 {
+pub(crate) fn eps() -> f64 {
     1e-5
 }
 
@@ -83,18 +103,18 @@ pub(crate) struct UnetJson {
     pub(crate) in_channels: usize,
     #[serde(default = "four")]
     pub(crate) out_channels: usize,
-    block_out_channels: Vec<usize>,
+    pub(crate) block_out_channels: Vec<usize>,
     down_block_types: Vec<String>,
     up_block_types: Vec<String>,
     #[serde(default = "two")]
-    layers_per_block: usize,
+    pub(crate) layers_per_block: usize,
     #[serde(default = "eight")]
     attention_head_dim: PerBlock,
     #[serde(default)]
     num_attention_heads: Option<PerBlock>,
     #[serde(default = "one")]
     transformer_layers_per_block: PerBlock,
-    cross_attention_dim: usize,
+    pub(crate) cross_attention_dim: usize,
     #[serde(default = "groups")]
     norm_num_groups: usize,
     #[serde(default = "eps")]
@@ -121,10 +141,10 @@ pub(crate) struct UnetJson {
     time_embedding_type: Option<String>,
 }
 
-fn one_usize() -> usize {
+pub(crate) fn one_usize() -> usize {
     1
 }
-fn one_f64() -> f64 {
+pub(crate) fn one_f64() -> f64 {
     1.0
 }
 
@@ -164,19 +184,12 @@ impl UnetJson {
                 "block_out_channels, down_block_types and up_block_types need one entry per block",
             ));
         }
-        // diffusers' `attention_head_dim` holds the head count of SD 1.x/2.x
-        // (a historical misnomer, kept by candle-transformers);
-        // `num_attention_heads`, when set, is the same number named right.
-        let heads = match &self.num_attention_heads {
-            Some(h) => h.for_blocks(n, path, "num_attention_heads")?,
-            None => self
-                .attention_head_dim
-                .for_blocks(n, path, "attention_head_dim")?,
-        };
-        let layers = self.transformer_layers_per_block.for_blocks(
+        let (heads, layers) = heads_and_layers(
+            self.num_attention_heads.as_ref(),
+            &self.attention_head_dim,
+            &self.transformer_layers_per_block,
             n,
             path,
-            "transformer_layers_per_block",
         )?;
         let mut blocks = Vec::with_capacity(n);
         for i in 0..n {

@@ -5,6 +5,7 @@ use candle_core::{DType, Tensor};
 use image::{GrayImage, RgbImage};
 use switchyard_core::{CancellationToken, SplitMix64};
 
+use crate::controlnet::ControlInput;
 use crate::error::{DiffusionError, Result, invalid};
 use crate::noise::batch_noise;
 use crate::pipeline::{
@@ -117,6 +118,7 @@ impl StableDiffusion {
             device,
         )?;
         let guidance = per_image(&guidance)?;
+        let controls = self.control_inputs(requests, &rows, key.guided)?;
         let context = self.encode_prompts(requests, &rows, key.guided)?;
         let mut scheduler = self.scheduler.build(key.scheduler, key.steps)?;
         let total = scheduler.timesteps().len();
@@ -171,13 +173,22 @@ impl StableDiffusion {
             if key.guided {
                 input = Tensor::cat(&[&input, &input], 0)?;
             }
+            let t = scheduler.timesteps()[i];
+            // ControlNets see the latents only, not an inpainting UNet's
+            // mask channels (as in diffusers).
+            let residuals = ControlInput::run_all(&controls, &input, t, &context)?;
             if let Some(conditioning) = inpaint.as_ref().and_then(|s| s.conditioning.as_ref()) {
                 input = Tensor::cat(&[&input, conditioning], 1)?;
             }
-            let t = scheduler.timesteps()[i];
             let output = self
                 .unet
-                .forward(&input.to_dtype(self.dtype)?, t, &context)?
+                .forward_with_additional_residuals(
+                    &input.to_dtype(self.dtype)?,
+                    t,
+                    &context,
+                    residuals.as_ref().map(|r| r.down.as_slice()),
+                    residuals.as_ref().map(|r| &r.mid),
+                )?
                 .to_dtype(DType::F32)?;
             let output = if key.guided {
                 let n = origins.len();

@@ -41,6 +41,14 @@
 //! does not queue requests: the batcher hands it compatible batches, and
 //! [`DiffusionRequest::cost`] tells it what each weighs.
 //!
+//! [`ControlNet`]s (a diffusers `ControlNetModel` folder: `config.json` and
+//! `diffusion_pytorch_model[.fp16].safetensors`, for example
+//! `lllyasviel/control_v11p_sd15_canny`) attach to a pipeline by name with
+//! [`StableDiffusion::load_controlnet`]; a request's [`Control`]s name them,
+//! each with its conditioning image and scale, and their residuals add up.
+//! They work with every pipeline above; scale 0 gives exactly the plain
+//! pipeline's output.
+//!
 //! [`Lora`] adapters (kohya or diffusers/PEFT files) merge into the UNet and
 //! text encoder with [`StableDiffusion::set_loras`], several at once with
 //! their own scales, and unapply exactly; what cannot be merged is listed in
@@ -80,6 +88,7 @@
 
 mod clip;
 mod config;
+mod controlnet;
 mod error;
 mod generate;
 mod handler;
@@ -95,6 +104,7 @@ mod vae;
 mod weights;
 
 pub use clip::{ClipTextEncoder, ClipTokenizer};
+pub use controlnet::{ControlNet, ControlResiduals};
 pub use error::{DiffusionError, Result};
 pub use handler::DiffusionHandler;
 pub use input::{decode_image, decode_mask};
@@ -105,6 +115,7 @@ pub use pipeline::{
     StableDiffusion, StepProgress,
 };
 pub use request::{
-    BatchKey, DiffusionRequest, ImageToImage, Inpaint, MAX_IMAGES, MAX_SIDE, Mode, TextToImage,
+    BatchKey, Control, DiffusionRequest, ImageToImage, Inpaint, MAX_CONTROLS, MAX_IMAGES, MAX_SIDE,
+    Mode, TextToImage,
 };
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind};

@@ -9,6 +9,7 @@ use switchyard_core::CancellationToken;
 
 use crate::clip::{ClipTextEncoder, ClipTextJson, ClipTokenizer};
 use crate::config::{UnetJson, read_json, weight_files};
+use crate::controlnet::ControlNet;
 use crate::error::{DiffusionError, Result};
 use crate::memory::MemoryOptions;
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
@@ -123,6 +124,8 @@ pub struct StableDiffusion {
     /// Whether LoRA deltas are merged into (UNet, text encoder).
     pub(crate) lora_active: (bool, bool),
     pub(crate) memory: MemoryOptions,
+    /// Attached ControlNets by name, in attachment order.
+    pub(crate) controlnets: Vec<(String, ControlNet)>,
 }
 
 /// Where the UNet loads from, kept to rebuild it (with LoRA deltas merged,
@@ -240,6 +243,7 @@ impl StableDiffusion {
             scheduler,
             lora_active: (false, false),
             memory: MemoryOptions::default(),
+            controlnets: Vec::new(),
         })
     }
 

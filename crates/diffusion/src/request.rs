@@ -9,6 +9,35 @@ use crate::scheduler::SchedulerKind;
 pub const MAX_SIDE: usize = 4096;
 /// The most images one request may ask for.
 pub const MAX_IMAGES: usize = 16;
+/// The most ControlNets one request may use at once.
+pub const MAX_CONTROLS: usize = 8;
+
+/// One ControlNet's guidance for a request: which attached ControlNet, its
+/// conditioning image, and how strongly its residuals count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    /// The name the ControlNet was attached under
+    /// ([`crate::StableDiffusion::attach_controlnet`]).
+    pub controlnet: String,
+    /// The conditioning image (edges, depth map, pose, ...); resized to the
+    /// request's size with Lanczos3 when it differs, as diffusers does.
+    pub image: RgbImage,
+    /// The conditioning scale: the ControlNet's residuals are multiplied
+    /// by it (0 leaves the plain pipeline's output, 1 is full strength).
+    pub scale: f64,
+}
+
+impl Control {
+    /// Guidance by the ControlNet attached as `controlnet` from `image`, at
+    /// scale 1.
+    pub fn new(controlnet: impl Into<String>, image: RgbImage) -> Self {
+        Self {
+            controlnet: controlnet.into(),
+            image,
+            scale: 1.0,
+        }
+    }
+}
 
 /// A text-to-image request.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +61,8 @@ pub struct TextToImage {
     pub images: usize,
     /// The sampler; `None` uses the folder's default.
     pub scheduler: Option<SchedulerKind>,
+    /// ControlNets guiding every step, their residuals summed (empty: none).
+    pub controls: Vec<Control>,
 }
 
 impl Default for TextToImage {
@@ -46,6 +77,7 @@ impl Default for TextToImage {
             seed: 0,
             images: 1,
             scheduler: None,
+            controls: Vec::new(),
         }
     }
 }
@@ -81,6 +113,9 @@ pub struct BatchKey {
     pub scheduler: SchedulerKind,
     /// Whether classifier-free guidance runs (doubling the UNet batch).
     pub guided: bool,
+    /// The ControlNets used, in order: a hash of their names, 0 for none
+    /// (the scales and images may differ per request).
+    pub controls: u64,
 }
 
 impl TextToImage {
@@ -103,18 +138,21 @@ impl TextToImage {
             steps: self.steps,
             scheduler: self.scheduler.unwrap_or(default),
             guided: self.guidance_scale > 1.0,
+            controls: controls_hash(&self.controls),
         }
     }
 
     /// The batcher's cost of this request: pixels x steps x images, doubled
-    /// with guidance (two UNet rows per image).
+    /// with guidance (two UNet rows per image), and half as much again for
+    /// each ControlNet (an encoder half the UNet's size).
     pub fn cost(&self) -> u64 {
         self.cost_of_steps(self.steps)
     }
 
     fn cost_of_steps(&self, steps: usize) -> u64 {
         let rows = if self.guidance_scale > 1.0 { 2 } else { 1 };
-        (self.width * self.height * steps.max(1) * self.images * rows) as u64
+        let plain = self.width * self.height * steps.max(1) * self.images * rows;
+        (plain * (2 + self.controls.len()) / 2) as u64
     }
 
     /// Checks every field; `vae_scale` is the model's pixels per latent.
@@ -140,8 +178,56 @@ impl TextToImage {
         if self.images == 0 || self.images > MAX_IMAGES {
             return Err(invalid("images", format!("must be 1..={MAX_IMAGES}")));
         }
+        if self.controls.len() > MAX_CONTROLS {
+            return Err(invalid(
+                "controls",
+                format!(
+                    "{} ControlNets; at most {MAX_CONTROLS}",
+                    self.controls.len()
+                ),
+            ));
+        }
+        for control in &self.controls {
+            if control.controlnet.is_empty() {
+                return Err(invalid("controls", "a control names no ControlNet"));
+            }
+            if !control.scale.is_finite() {
+                return Err(invalid(
+                    "controls",
+                    format!(
+                        "scale {} of {:?} is not finite",
+                        control.scale, control.controlnet
+                    ),
+                ));
+            }
+            let (w, h) = control.image.dimensions();
+            if w == 0 || h == 0 || (w as usize) > MAX_SIDE || (h as usize) > MAX_SIDE {
+                return Err(invalid(
+                    "controls",
+                    format!(
+                        "the image of {:?} is {w}x{h}; sides must be 1..={MAX_SIDE}",
+                        control.controlnet
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// FNV-1a over the names, each closed by a 0xFF byte (never in UTF-8).
+fn controls_hash(controls: &[Control]) -> u64 {
+    if controls.is_empty() {
+        return 0;
+    }
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in controls
+        .iter()
+        .flat_map(|c| c.controlnet.bytes().chain([0xFF]))
+    {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash | 1
 }
 
 /// An image-to-image request: the input image is encoded, noised to

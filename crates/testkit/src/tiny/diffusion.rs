@@ -309,7 +309,7 @@ impl SimpleBackend for &Recorder {
 }
 
 /// Builds a model over a [`Recorder`] and returns what it asked for, by name.
-fn record(
+pub(super) fn record(
     what: &str,
     build: impl FnOnce(VarBuilder<'_>) -> candle_core::Result<()>,
 ) -> Result<Vec<(String, Shape, Init)>> {
@@ -358,7 +358,7 @@ fn values(rng: &mut SplitMix64, shape: &Shape, init: &Init) -> Vec<f32> {
 }
 
 /// Writes one safetensors file with values for every recorded tensor.
-fn write_weights(
+pub(super) fn write_weights(
     path: &Path,
     wanted: &[(String, Shape, Init)],
     dtype: DType,

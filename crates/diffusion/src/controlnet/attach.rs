@@ -1,0 +1,214 @@
+//! Attaching ControlNets to a pipeline, and running them at a step.
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use image::{DynamicImage, RgbImage};
+use switchyard_image::{Filter, resize};
+
+use super::{ControlNet, ControlResiduals};
+use crate::error::{DiffusionError, Result, invalid};
+use crate::pipeline::StableDiffusion;
+use crate::request::DiffusionRequest;
+
+impl StableDiffusion {
+    /// Loads the ControlNet in `dir` with the pipeline's device and dtype
+    /// and attaches it as `name` (see [`StableDiffusion::attach_controlnet`]).
+    pub fn load_controlnet(&mut self, name: &str, dir: &Path) -> Result<()> {
+        let controlnet = ControlNet::load(dir, self.dtype, &self.device)?;
+        self.attach_controlnet(name, controlnet)
+    }
+
+    /// Attaches `controlnet` under `name`, for requests whose
+    /// [`crate::Control`]s name it, replacing one of the same name. It must
+    /// mirror this pipeline's UNet (block widths, layers, text width, latent
+    /// channels), map images to latents at the VAE's scale, and share the
+    /// pipeline's dtype; otherwise nothing changes and the error says why.
+    pub fn attach_controlnet(&mut self, name: &str, controlnet: ControlNet) -> Result<()> {
+        if name.is_empty() {
+            return Err(invalid("name", "a ControlNet needs a name"));
+        }
+        let unet = &self.unet_source.json;
+        let mismatch = |what: String| {
+            Err(DiffusionError::Config {
+                path: controlnet.dir().join("config.json"),
+                reason: format!("does not fit this pipeline: {what}"),
+            })
+        };
+        if controlnet.block_out_channels() != unet.block_out_channels.as_slice()
+            || controlnet.layers_per_block() != unet.layers_per_block
+        {
+            return mismatch(format!(
+                "blocks {:?} x {} layers, the UNet's {:?} x {}",
+                controlnet.block_out_channels(),
+                controlnet.layers_per_block(),
+                unet.block_out_channels,
+                unet.layers_per_block
+            ));
+        }
+        if controlnet.cross_attention_dim() != unet.cross_attention_dim {
+            return mismatch(format!(
+                "text width {}, the UNet's {}",
+                controlnet.cross_attention_dim(),
+                unet.cross_attention_dim
+            ));
+        }
+        if controlnet.in_channels() != self.vae.latent_channels {
+            return mismatch(format!(
+                "{} input channels for {} latent channels",
+                controlnet.in_channels(),
+                self.vae.latent_channels
+            ));
+        }
+        if controlnet.conditioning_scale_factor() != self.vae.scale {
+            return mismatch(format!(
+                "its image embedding shrinks by {}, the VAE by {}",
+                controlnet.conditioning_scale_factor(),
+                self.vae.scale
+            ));
+        }
+        if controlnet.dtype() != self.dtype {
+            return mismatch(format!(
+                "{:?} weights in a {:?} pipeline",
+                controlnet.dtype(),
+                self.dtype
+            ));
+        }
+        match self.controlnets.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = controlnet,
+            None => self.controlnets.push((name.to_owned(), controlnet)),
+        }
+        Ok(())
+    }
+
+    /// Detaches and returns the ControlNet called `name`.
+    pub fn detach_controlnet(&mut self, name: &str) -> Option<ControlNet> {
+        let at = self.controlnets.iter().position(|(n, _)| n == name)?;
+        Some(self.controlnets.remove(at).1)
+    }
+
+    /// The names of the attached ControlNets, in attachment order.
+    pub fn controlnet_names(&self) -> Vec<&str> {
+        self.controlnets.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// The batch's ControlNet inputs, checked: every request names the same
+    /// ControlNets in the same order, and each is attached.
+    pub(crate) fn control_inputs(
+        &self,
+        requests: &[DiffusionRequest],
+        rows: &Tensor,
+        guided: bool,
+    ) -> Result<Vec<ControlInput<'_>>> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<&str> = first
+            .params()
+            .controls
+            .iter()
+            .map(|c| c.controlnet.as_str())
+            .collect();
+        for request in requests {
+            let own = request
+                .params()
+                .controls
+                .iter()
+                .map(|c| c.controlnet.as_str());
+            if !own.eq(names.iter().copied()) {
+                return Err(invalid(
+                    "controls",
+                    "a batch must use the same ControlNets in the same order",
+                ));
+            }
+        }
+        let (width, height) = (first.params().width, first.params().height);
+        let double = |t: Tensor| -> candle_core::Result<Tensor> {
+            let t = t.index_select(rows, 0)?;
+            if guided {
+                Tensor::cat(&[&t, &t], 0)
+            } else {
+                Ok(t)
+            }
+        };
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, &name)| {
+                let Some((_, model)) = self.controlnets.iter().find(|(n, _)| n == name) else {
+                    return Err(invalid(
+                        "controls",
+                        format!("no ControlNet named {name:?} is attached"),
+                    ));
+                };
+                let mut images = Vec::with_capacity(requests.len());
+                let mut scales = Vec::with_capacity(requests.len());
+                for request in requests {
+                    let control = &request.params().controls[k];
+                    images.push(control_pixels(&control.image, width, height, &self.device)?);
+                    scales.push(control.scale as f32);
+                }
+                let n = scales.len();
+                let scale = Tensor::from_vec(scales, (n, 1, 1, 1), &self.device)?;
+                Ok(ControlInput {
+                    model,
+                    image: double(Tensor::stack(&images, 0)?)?,
+                    scale: double(scale)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One ControlNet's inputs for a whole batch, one row per UNet row.
+pub(crate) struct ControlInput<'a> {
+    model: &'a ControlNet,
+    /// `[rows, 3, H, W]` in 0..=1.
+    image: Tensor,
+    /// `[rows, 1, 1, 1]`.
+    scale: Tensor,
+}
+
+impl ControlInput<'_> {
+    /// The summed residuals of every ControlNet at one step, `None` for none.
+    pub(crate) fn run_all(
+        inputs: &[Self],
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+    ) -> Result<Option<ControlResiduals>> {
+        let mut sum: Option<ControlResiduals> = None;
+        for input in inputs {
+            let r = input
+                .model
+                .forward(sample, timestep, context, &input.image, &input.scale)?;
+            sum = Some(match sum {
+                Some(s) => s.add(&r)?,
+                None => r,
+            });
+        }
+        Ok(sum)
+    }
+}
+
+/// `[3, height, width]` F32 in 0..=1, resized with Lanczos3 if needed.
+fn control_pixels(
+    image: &RgbImage,
+    width: usize,
+    height: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let (w, h) = (width as u32, height as u32);
+    let resized;
+    let image = if image.dimensions() == (w, h) {
+        image
+    } else {
+        let dynamic = DynamicImage::ImageRgb8(image.clone());
+        resized = resize(&dynamic, w, h, Filter::Lanczos3)
+            .map_err(|e| DiffusionError::Image(e.to_string()))?
+            .to_rgb8();
+        &resized
+    };
+    let hwc = Tensor::from_slice(image.as_raw(), (height, width, 3), device)?;
+    Ok((hwc.permute((2, 0, 1))?.to_dtype(DType::F32)? / 255.0)?)
+}
