@@ -21,8 +21,9 @@ use crate::weights::{self, Patch};
 pub struct LoadOptions {
     /// The device every component runs on.
     pub device: Device,
-    /// Weight dtype; `None` picks F32 on CPU (candle's CPU convolutions want
-    /// it) and F16 elsewhere.
+    /// Compute and weight dtype (weights on disk are converted): F32, F16,
+    /// or BF16 on an accelerator. `None` picks F32 on the CPU (its
+    /// convolutions are fastest there) and F16 elsewhere.
     pub dtype: Option<DType>,
 }
 
@@ -32,6 +33,24 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
         }
+    }
+}
+
+/// Refuses compute dtypes the device's kernels lack: F32, F16 and BF16 run
+/// on accelerators; the CPU has F32 and F16 (candle's CPU matmul has no
+/// BF16 kernel; BF16 weights on disk load fine into either).
+pub(crate) fn check_compute_dtype(dtype: DType, device: &Device) -> Result<()> {
+    match dtype {
+        DType::F32 | DType::F16 => Ok(()),
+        DType::BF16 if !device.is_cpu() => Ok(()),
+        DType::BF16 => Err(DiffusionError::Unsupported(
+            "BF16 compute on the CPU (candle's CPU matmul has no BF16 kernel); load BF16 \
+             weights with dtype F16 or F32"
+                .into(),
+        )),
+        other => Err(DiffusionError::Unsupported(format!(
+            "{other:?} compute; use F32, F16 or (on an accelerator) BF16"
+        ))),
     }
 }
 
@@ -196,6 +215,7 @@ impl StableDiffusion {
         } else {
             DType::F16
         });
+        check_compute_dtype(dtype, &device)?;
 
         let text_dir = dir.join("text_encoder");
         let config_path = text_dir.join("config.json");

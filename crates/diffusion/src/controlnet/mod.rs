@@ -145,6 +145,7 @@ impl ControlNet {
     /// Loads the ControlNet in `dir` onto `device` with `dtype` weights
     /// (use the pipeline's: [`crate::StableDiffusion::load_controlnet`] does).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        crate::pipeline::check_compute_dtype(dtype, device)?;
         let config_path = dir.join("config.json");
         let json: ControlNetJson = read_json(&config_path)?;
         let spec = json.spec(&config_path)?;
