@@ -26,7 +26,8 @@ trait Dot {
     /// (integer sums, so the result is the same); it needs the 32 registers
     /// of AVX-512. (8-bit tiles measured no gain from it.)
     const SPLIT: bool;
-    /// `acc + sum(w * x)` for unsigned `w <= 15` and signed `x`.
+    /// `acc + sum(w * x)` for unsigned `w <= 15` and signed `x`. (Only
+    /// SPLIT dots use it; the others sum 4-bit products in 16-bit lanes.)
     unsafe fn dot_u4(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
     /// `acc + sum(w * x)` for signed `w`; `x` signed, `xu = x + 128`.
     unsafe fn dot_i8(acc: __m256i, w: __m256i, x: __m256i, xu: __m256i) -> __m256i;
@@ -171,16 +172,9 @@ unsafe fn tile<
                 // product (integer sums: the same result, fewer
                 // multiplier-port instructions).
                 const { assert!(SUB <= 32) };
-                let mask = _mm256_set1_epi8(0x0F);
                 let mut acc16 = [[_mm256_setzero_si256(); C]; R];
                 for p in 0..SUB / 8 {
-                    let mut lo = [_mm256_setzero_si256(); C];
-                    let mut hi = [_mm256_setzero_si256(); C];
-                    for j in 0..C {
-                        let v = _mm256_loadu_si256(recs[j].add(l.q_at + 32 * p).cast());
-                        lo[j] = _mm256_and_si256(v, mask);
-                        hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                    }
+                    let (lo, hi) = nibbles::<C>(&recs, l.q_at + 32 * p);
                     for (r, acc) in acc16.iter_mut().enumerate() {
                         let xr = x.q.as_ptr().cast::<u8>().add((r0 + r) * k + xoff + 8 * p);
                         let (x0, x1) = (splat4(xr), splat4(xr.add(4)));
@@ -200,26 +194,15 @@ unsafe fn tile<
                     }
                 }
             } else if NIB {
-                let mask = _mm256_set1_epi8(0x0F);
+                // SPLIT dots: the low and high nibbles accumulate apart.
                 for p in 0..SUB / 8 {
-                    let mut lo = [_mm256_setzero_si256(); C];
-                    let mut hi = [_mm256_setzero_si256(); C];
-                    for j in 0..C {
-                        let v = _mm256_loadu_si256(recs[j].add(l.q_at + 32 * p).cast());
-                        lo[j] = _mm256_and_si256(v, mask);
-                        hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                    }
+                    let (lo, hi) = nibbles::<C>(&recs, l.q_at + 32 * p);
                     for r in 0..R {
                         let xr = x.q.as_ptr().cast::<u8>().add((r0 + r) * k + xoff + 8 * p);
                         let (x0, x1) = (splat4(xr), splat4(xr.add(4)));
                         for j in 0..C {
-                            if D::SPLIT {
-                                iacc[r][j] = D::dot_u4(iacc[r][j], lo[j], x0);
-                                iacc2[r][j] = D::dot_u4(iacc2[r][j], hi[j], x1);
-                            } else {
-                                let a = D::dot_u4(iacc[r][j], lo[j], x0);
-                                iacc[r][j] = D::dot_u4(a, hi[j], x1);
-                            }
+                            iacc[r][j] = D::dot_u4(iacc[r][j], lo[j], x0);
+                            iacc2[r][j] = D::dot_u4(iacc2[r][j], hi[j], x1);
                         }
                     }
                 }
@@ -278,6 +261,27 @@ unsafe fn tile<
                 out.write_group(r0 + r, g0 + j, &vals);
             }
         }
+    }
+}
+
+/// The low and high nibbles of 32 packed bytes at `at` in each of `C`
+/// weight records, as unsigned bytes.
+#[inline(always)]
+unsafe fn nibbles<const C: usize>(
+    recs: &[*const u8; C],
+    at: usize,
+) -> ([__m256i; C], [__m256i; C]) {
+    // SAFETY: the caller's records hold 32 packed bytes at `at`.
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut lo = [_mm256_setzero_si256(); C];
+        let mut hi = [_mm256_setzero_si256(); C];
+        for j in 0..C {
+            let v = _mm256_loadu_si256(recs[j].add(at).cast());
+            lo[j] = _mm256_and_si256(v, mask);
+            hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+        }
+        (lo, hi)
     }
 }
 
