@@ -36,13 +36,13 @@ pub(crate) fn config_error(path: &Path, reason: impl Into<String>) -> DiffusionE
 /// A value diffusers writes either once for all blocks or once per block.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub(crate) enum PerBlock {
+enum PerBlock {
     One(usize),
     Each(Vec<usize>),
 }
 
 impl PerBlock {
-    pub(crate) fn for_blocks(&self, n: usize, path: &Path, field: &str) -> Result<Vec<usize>> {
+    fn for_blocks(&self, n: usize, path: &Path, field: &str) -> Result<Vec<usize>> {
         match self {
             Self::One(v) => Ok(vec![*v; n]),
             Self::Each(v) if v.len() == n => Ok(v.clone()),
@@ -58,7 +58,7 @@ impl PerBlock {
 /// `attention_head_dim` holds the head count of SD 1.x/2.x (a historical
 /// misnomer, kept by candle-transformers); `num_attention_heads`, when set,
 /// is the same number named right.
-pub(crate) fn heads_and_layers(
+fn heads_and_layers(
     num_attention_heads: Option<&PerBlock>,
     attention_head_dim: &PerBlock,
     transformer_layers_per_block: &PerBlock,
@@ -74,38 +74,37 @@ pub(crate) fn heads_and_layers(
     Ok((heads, layers))
 }
 
-pub(crate) fn one() -> PerBlock {
+fn one() -> PerBlock {
     PerBlock::One(1)
 }
-pub(crate) fn eight() -> PerBlock {
+fn eight() -> PerBlock {
     PerBlock::One(8)
 }
-pub(crate) fn default_true() -> bool {
+fn default_true() -> bool {
     true
 }
-pub(crate) fn four() -> usize {
+fn four() -> usize {
     4
 }
-pub(crate) fn two() -> usize {
+fn two() -> usize {
     2
 }
-pub(crate) fn groups() -> usize {
+fn groups() -> usize {
     32
 }
-pub(crate) fn eps() -> f64 {
+fn eps() -> f64 {
     1e-5
 }
 
-/// `unet/config.json`.
+/// The fields a UNet and a ControlNet share: the time embedding, the
+/// input convolution, the down blocks and the mid block. Both configs
+/// flatten it in, so the two read and check them the same way.
 #[derive(Debug, Clone, Deserialize)]
-pub(crate) struct UnetJson {
+pub(crate) struct EncoderJson {
     #[serde(default = "four")]
     pub(crate) in_channels: usize,
-    #[serde(default = "four")]
-    pub(crate) out_channels: usize,
     pub(crate) block_out_channels: Vec<usize>,
     down_block_types: Vec<String>,
-    up_block_types: Vec<String>,
     #[serde(default = "two")]
     pub(crate) layers_per_block: usize,
     #[serde(default = "eight")]
@@ -116,72 +115,82 @@ pub(crate) struct UnetJson {
     transformer_layers_per_block: PerBlock,
     pub(crate) cross_attention_dim: usize,
     #[serde(default = "groups")]
-    norm_num_groups: usize,
+    pub(crate) norm_num_groups: usize,
     #[serde(default = "eps")]
-    norm_eps: f64,
+    pub(crate) norm_eps: f64,
     #[serde(default = "default_true")]
-    flip_sin_to_cos: bool,
+    pub(crate) flip_sin_to_cos: bool,
     #[serde(default)]
-    freq_shift: f64,
+    pub(crate) freq_shift: f64,
     #[serde(default = "one_usize")]
-    downsample_padding: usize,
+    pub(crate) downsample_padding: usize,
     #[serde(default = "one_f64")]
-    mid_block_scale_factor: f64,
+    pub(crate) mid_block_scale_factor: f64,
     #[serde(default)]
-    center_input_sample: bool,
-    #[serde(default)]
-    use_linear_projection: bool,
+    pub(crate) use_linear_projection: bool,
     #[serde(default)]
     addition_embed_type: Option<String>,
     #[serde(default)]
     class_embed_type: Option<String>,
     #[serde(default)]
     mid_block_type: Option<String>,
-    #[serde(default)]
-    time_embedding_type: Option<String>,
 }
 
-pub(crate) fn one_usize() -> usize {
-    1
-}
-pub(crate) fn one_f64() -> f64 {
-    1.0
+/// The checked down-block layout of an [`EncoderJson`].
+#[derive(Debug, Clone)]
+pub(crate) struct EncoderLayout {
+    /// Attention heads per block.
+    pub(crate) heads: Vec<usize>,
+    /// Transformer depth per block.
+    pub(crate) layers: Vec<usize>,
+    /// Whether each down block has cross-attention.
+    pub(crate) cross: Vec<bool>,
 }
 
-impl UnetJson {
-    /// The candle-transformers config, or why this UNet cannot be built.
-    pub(crate) fn to_candle(&self, path: &Path) -> Result<UNet2DConditionModelConfig> {
+impl EncoderJson {
+    /// Checks the shared fields of `what` ("UNet", "ControlNet") and lays
+    /// out its down blocks.
+    pub(crate) fn layout(&self, path: &Path, what: &str) -> Result<EncoderLayout> {
         if let Some(kind) = &self.addition_embed_type {
             return Err(DiffusionError::Unsupported(format!(
-                "UNet addition_embed_type {kind:?} (SDXL's added text/time conditioning and \
+                "{what} addition_embed_type {kind:?} (SDXL's added text/time conditioning and \
                  second text encoder); SD 1.x, 2.x and SD-Turbo folders load"
             )));
         }
-        for (field, value) in [
-            ("class_embed_type", &self.class_embed_type),
-            ("time_embedding_type", &self.time_embedding_type),
-        ] {
-            match value.as_deref() {
-                None | Some("positional") => {}
-                Some(other) => {
-                    return Err(DiffusionError::Unsupported(format!(
-                        "UNet {field} {other:?}"
-                    )));
-                }
-            }
+        if let Some(kind) = &self.class_embed_type {
+            return Err(DiffusionError::Unsupported(format!(
+                "{what} class_embed_type {kind:?}"
+            )));
         }
         if let Some(mid) = self.mid_block_type.as_deref()
             && mid != "UNetMidBlock2DCrossAttn"
         {
             return Err(DiffusionError::Unsupported(format!(
-                "UNet mid block {mid:?}"
+                "{what} mid block {mid:?}"
             )));
         }
         let n = self.block_out_channels.len();
-        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+        if n == 0 || self.down_block_types.len() != n {
             return Err(config_error(
                 path,
-                "block_out_channels, down_block_types and up_block_types need one entry per block",
+                "block_out_channels and down_block_types need one entry per block",
+            ));
+        }
+        if self.layers_per_block == 0 {
+            return Err(config_error(path, "layers_per_block must be at least 1"));
+        }
+        if let Some((i, c)) = self
+            .block_out_channels
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !c.is_multiple_of(self.norm_num_groups))
+        {
+            return Err(config_error(
+                path,
+                format!(
+                    "block_out_channels[{i}] = {c} does not divide into {} norm groups",
+                    self.norm_num_groups
+                ),
             ));
         }
         let (heads, layers) = heads_and_layers(
@@ -191,17 +200,69 @@ impl UnetJson {
             n,
             path,
         )?;
+        let cross = self
+            .down_block_types
+            .iter()
+            .map(|kind| match kind.as_str() {
+                "CrossAttnDownBlock2D" => Ok(true),
+                "DownBlock2D" => Ok(false),
+                other => Err(DiffusionError::Unsupported(format!(
+                    "{what} down block {other:?}"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EncoderLayout {
+            heads,
+            layers,
+            cross,
+        })
+    }
+}
+
+/// `unet/config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct UnetJson {
+    #[serde(flatten)]
+    pub(crate) encoder: EncoderJson,
+    #[serde(default = "four")]
+    pub(crate) out_channels: usize,
+    up_block_types: Vec<String>,
+    #[serde(default)]
+    center_input_sample: bool,
+    #[serde(default)]
+    time_embedding_type: Option<String>,
+}
+
+fn one_usize() -> usize {
+    1
+}
+fn one_f64() -> f64 {
+    1.0
+}
+
+impl UnetJson {
+    /// The candle-transformers config, or why this UNet cannot be built.
+    pub(crate) fn to_candle(&self, path: &Path) -> Result<UNet2DConditionModelConfig> {
+        let e = &self.encoder;
+        let layout = e.layout(path, "UNet")?;
+        if let Some(kind) = self
+            .time_embedding_type
+            .as_deref()
+            .filter(|&k| k != "positional")
+        {
+            return Err(DiffusionError::Unsupported(format!(
+                "UNet time_embedding_type {kind:?}"
+            )));
+        }
+        let n = e.block_out_channels.len();
+        if self.up_block_types.len() != n {
+            return Err(config_error(
+                path,
+                "block_out_channels, down_block_types and up_block_types need one entry per block",
+            ));
+        }
         let mut blocks = Vec::with_capacity(n);
         for i in 0..n {
-            let cross = match self.down_block_types[i].as_str() {
-                "CrossAttnDownBlock2D" => true,
-                "DownBlock2D" => false,
-                other => {
-                    return Err(DiffusionError::Unsupported(format!(
-                        "UNet down block {other:?}"
-                    )));
-                }
-            };
             let mirror = match self.up_block_types[n - 1 - i].as_str() {
                 "CrossAttnUpBlock2D" => true,
                 "UpBlock2D" => false,
@@ -211,39 +272,30 @@ impl UnetJson {
                     )));
                 }
             };
-            if cross != mirror {
+            if layout.cross[i] != mirror {
                 return Err(DiffusionError::Unsupported(
                     "UNet up blocks that do not mirror the down blocks".into(),
                 ));
             }
-            if !self.block_out_channels[i].is_multiple_of(self.norm_num_groups) {
-                return Err(config_error(
-                    path,
-                    format!(
-                        "block_out_channels[{i}] = {} does not divide into {} norm groups",
-                        self.block_out_channels[i], self.norm_num_groups
-                    ),
-                ));
-            }
             blocks.push(BlockConfig {
-                out_channels: self.block_out_channels[i],
-                use_cross_attn: cross.then_some(layers[i]),
-                attention_head_dim: heads[i],
+                out_channels: e.block_out_channels[i],
+                use_cross_attn: layout.cross[i].then_some(layout.layers[i]),
+                attention_head_dim: layout.heads[i],
             });
         }
         Ok(UNet2DConditionModelConfig {
             center_input_sample: self.center_input_sample,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
+            flip_sin_to_cos: e.flip_sin_to_cos,
+            freq_shift: e.freq_shift,
             blocks,
-            layers_per_block: self.layers_per_block,
-            downsample_padding: self.downsample_padding,
-            mid_block_scale_factor: self.mid_block_scale_factor,
-            norm_num_groups: self.norm_num_groups,
-            norm_eps: self.norm_eps,
-            cross_attention_dim: self.cross_attention_dim,
+            layers_per_block: e.layers_per_block,
+            downsample_padding: e.downsample_padding,
+            mid_block_scale_factor: e.mid_block_scale_factor,
+            norm_num_groups: e.norm_num_groups,
+            norm_eps: e.norm_eps,
+            cross_attention_dim: e.cross_attention_dim,
             sliced_attention_size: None,
-            use_linear_projection: self.use_linear_projection,
+            use_linear_projection: e.use_linear_projection,
         })
     }
 }

@@ -167,7 +167,7 @@ impl UnetSource {
         let vb = weights::open(&self.files, dtype, device, patch)?;
         UNet2DConditionModel::new(
             vb,
-            self.json.in_channels,
+            self.json.encoder.in_channels,
             self.json.out_channels,
             false,
             config,
@@ -232,13 +232,14 @@ impl StableDiffusion {
         let vae = Vae::load(&dir.join("vae"), dtype, &device)?;
         let latent = vae.latent_channels;
         if unet_json.out_channels != latent
-            || (unet_json.in_channels != latent && unet_json.in_channels != 2 * latent + 1)
+            || (unet_json.encoder.in_channels != latent
+                && unet_json.encoder.in_channels != 2 * latent + 1)
         {
             return Err(DiffusionError::Config {
                 path: unet_dir.join("config.json"),
                 reason: format!(
                     "a UNet of {} -> {} channels does not fit a VAE of {latent} latent channels",
-                    unet_json.in_channels, unet_json.out_channels
+                    unet_json.encoder.in_channels, unet_json.out_channels
                 ),
             });
         }
@@ -285,7 +286,7 @@ impl StableDiffusion {
 
     /// Whether the UNet is an inpainting one (9 input channels).
     pub fn is_inpainting(&self) -> bool {
-        self.unet_source.json.in_channels == 2 * self.vae.latent_channels + 1
+        self.unet_source.json.encoder.in_channels == 2 * self.vae.latent_channels + 1
     }
 
     /// Image pixels per latent on a side (8 for every released SD VAE).

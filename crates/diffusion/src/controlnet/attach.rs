@@ -28,7 +28,7 @@ impl StableDiffusion {
         if name.is_empty() {
             return Err(invalid("name", "a ControlNet needs a name"));
         }
-        let unet = &self.unet_source.json;
+        let unet = &self.unet_source.json.encoder;
         let mismatch = |what: String| {
             Err(DiffusionError::Config {
                 path: controlnet.dir().join("config.json"),
@@ -150,9 +150,12 @@ impl StableDiffusion {
                 }
                 let n = scales.len();
                 let scale = Tensor::from_vec(scales, (n, 1, 1, 1), &self.device)?;
+                // Embedded once per batch (it does not change between
+                // steps), and once per request rather than per guided row.
+                let embedded = model.embed_condition(&Tensor::stack(&images, 0)?)?;
                 Ok(ControlInput {
                     model,
-                    image: double(Tensor::stack(&images, 0)?)?,
+                    embedded: double(embedded)?,
                     scale: double(scale)?,
                 })
             })
@@ -163,8 +166,8 @@ impl StableDiffusion {
 /// One ControlNet's inputs for a whole batch, one row per UNet row.
 pub(crate) struct ControlInput<'a> {
     model: &'a ControlNet,
-    /// `[rows, 3, H, W]` in 0..=1.
-    image: Tensor,
+    /// The conditioning images' embedding, one row per UNet row.
+    embedded: Tensor,
     /// `[rows, 1, 1, 1]`.
     scale: Tensor,
 }
@@ -179,9 +182,13 @@ impl ControlInput<'_> {
     ) -> Result<Option<ControlResiduals>> {
         let mut sum: Option<ControlResiduals> = None;
         for input in inputs {
-            let r = input
-                .model
-                .forward(sample, timestep, context, &input.image, &input.scale)?;
+            let r = input.model.forward_embedded(
+                sample,
+                timestep,
+                context,
+                &input.embedded,
+                &input.scale,
+            )?;
             sum = Some(match sum {
                 Some(s) => s.add(&r)?,
                 None => r,

@@ -7,10 +7,7 @@ use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
 };
 use serde::Deserialize;
 
-use crate::config::{
-    PerBlock, config_error, default_true, eight, eps, four, groups, heads_and_layers, one, one_f64,
-    one_usize, two,
-};
+use crate::config::{EncoderJson, EncoderLayout, config_error};
 use crate::error::{DiffusionError, Result};
 
 fn three() -> usize {
@@ -29,47 +26,17 @@ fn rgb() -> String {
 /// network are read; values this crate cannot honour are refused.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct ControlNetJson {
-    #[serde(default = "four")]
-    pub(crate) in_channels: usize,
+    /// The fields shared with the UNet it mirrors.
+    #[serde(flatten)]
+    pub(crate) encoder: EncoderJson,
     #[serde(default = "three")]
     pub(crate) conditioning_channels: usize,
-    pub(crate) block_out_channels: Vec<usize>,
-    down_block_types: Vec<String>,
-    #[serde(default = "two")]
-    pub(crate) layers_per_block: usize,
-    #[serde(default = "eight")]
-    attention_head_dim: PerBlock,
-    #[serde(default)]
-    num_attention_heads: Option<PerBlock>,
-    #[serde(default = "one")]
-    transformer_layers_per_block: PerBlock,
-    pub(crate) cross_attention_dim: usize,
-    #[serde(default = "groups")]
-    pub(crate) norm_num_groups: usize,
-    #[serde(default = "eps")]
-    pub(crate) norm_eps: f64,
-    #[serde(default = "default_true")]
-    pub(crate) flip_sin_to_cos: bool,
-    #[serde(default)]
-    pub(crate) freq_shift: f64,
-    #[serde(default = "one_usize")]
-    downsample_padding: usize,
-    #[serde(default = "one_f64")]
-    mid_block_scale_factor: f64,
-    #[serde(default)]
-    use_linear_projection: bool,
     #[serde(default = "embedding_channels")]
     pub(crate) conditioning_embedding_out_channels: Vec<usize>,
     #[serde(default = "rgb")]
     controlnet_conditioning_channel_order: String,
     #[serde(default)]
     pub(crate) global_pool_conditions: bool,
-    #[serde(default)]
-    addition_embed_type: Option<String>,
-    #[serde(default)]
-    class_embed_type: Option<String>,
-    #[serde(default)]
-    mid_block_type: Option<String>,
     #[serde(default)]
     only_cross_attention: serde_json::Value,
 }
@@ -95,23 +62,12 @@ pub(crate) struct ControlNetSpec {
 impl ControlNetJson {
     /// Checks the config and lays out the blocks.
     pub(crate) fn spec(&self, path: &Path) -> Result<ControlNetSpec> {
-        for (field, value) in [
-            ("addition_embed_type", &self.addition_embed_type),
-            ("class_embed_type", &self.class_embed_type),
-        ] {
-            if let Some(v) = value {
-                return Err(DiffusionError::Unsupported(format!(
-                    "ControlNet {field} {v:?} (SDXL-style added conditioning)"
-                )));
-            }
-        }
-        if let Some(mid) = self.mid_block_type.as_deref()
-            && mid != "UNetMidBlock2DCrossAttn"
-        {
-            return Err(DiffusionError::Unsupported(format!(
-                "ControlNet mid block {mid:?}"
-            )));
-        }
+        let e = &self.encoder;
+        let EncoderLayout {
+            heads,
+            layers,
+            cross,
+        } = e.layout(path, "ControlNet")?;
         let only_cross = match &self.only_cross_attention {
             serde_json::Value::Bool(b) => *b,
             serde_json::Value::Array(v) => v.iter().any(|b| b.as_bool() == Some(true)),
@@ -132,73 +88,40 @@ impl ControlNetJson {
                 ));
             }
         };
-        let n = self.block_out_channels.len();
-        if n == 0 || self.down_block_types.len() != n {
-            return Err(config_error(
-                path,
-                "block_out_channels and down_block_types need one entry per block",
-            ));
-        }
         if self.conditioning_embedding_out_channels.is_empty() {
             return Err(config_error(
                 path,
                 "conditioning_embedding_out_channels is empty",
             ));
         }
-        if self.layers_per_block == 0 {
-            return Err(config_error(path, "layers_per_block must be at least 1"));
-        }
-        if let Some(c) = self
-            .block_out_channels
-            .iter()
-            .find(|c| !c.is_multiple_of(self.norm_num_groups))
-        {
-            return Err(config_error(
-                path,
-                format!(
-                    "{c} channels do not divide into {} groups",
-                    self.norm_num_groups
-                ),
-            ));
-        }
-        let (heads, layers) = heads_and_layers(
-            self.num_attention_heads.as_ref(),
-            &self.attention_head_dim,
-            &self.transformer_layers_per_block,
-            n,
-            path,
-        )?;
+        let n = e.block_out_channels.len();
         let mut down = Vec::with_capacity(n);
-        let mut residual_channels = vec![self.block_out_channels[0]];
+        let mut residual_channels = vec![e.block_out_channels[0]];
         for i in 0..n {
             let basic = DownBlock2DConfig {
-                num_layers: self.layers_per_block,
-                resnet_eps: self.norm_eps,
-                resnet_groups: self.norm_num_groups,
+                num_layers: e.layers_per_block,
+                resnet_eps: e.norm_eps,
+                resnet_groups: e.norm_num_groups,
                 add_downsample: i + 1 < n,
-                downsample_padding: self.downsample_padding,
+                downsample_padding: e.downsample_padding,
                 ..Default::default()
             };
-            let out = self.block_out_channels[i];
-            residual_channels.extend(std::iter::repeat_n(out, self.layers_per_block));
+            let out = e.block_out_channels[i];
+            residual_channels.extend(std::iter::repeat_n(out, e.layers_per_block));
             if i + 1 < n {
                 residual_channels.push(out);
             }
-            down.push(match self.down_block_types[i].as_str() {
-                "DownBlock2D" => DownBlockSpec::Basic(basic),
-                "CrossAttnDownBlock2D" => DownBlockSpec::CrossAttn(CrossAttnDownBlock2DConfig {
+            down.push(if cross[i] {
+                DownBlockSpec::CrossAttn(CrossAttnDownBlock2DConfig {
                     downblock: basic,
                     attn_num_head_channels: heads[i],
-                    cross_attention_dim: self.cross_attention_dim,
+                    cross_attention_dim: e.cross_attention_dim,
                     sliced_attention_size: None,
-                    use_linear_projection: self.use_linear_projection,
+                    use_linear_projection: e.use_linear_projection,
                     transformer_layers_per_block: layers[i],
-                }),
-                other => {
-                    return Err(DiffusionError::Unsupported(format!(
-                        "ControlNet down block {other:?}"
-                    )));
-                }
+                })
+            } else {
+                DownBlockSpec::Basic(basic)
             });
         }
         // As candle-transformers' UNet: the mid block takes the last
@@ -208,12 +131,12 @@ impl ControlNetJson {
             _ => 1,
         };
         let mid = UNetMidBlock2DCrossAttnConfig {
-            resnet_eps: self.norm_eps,
-            output_scale_factor: self.mid_block_scale_factor,
-            cross_attn_dim: self.cross_attention_dim,
+            resnet_eps: e.norm_eps,
+            output_scale_factor: e.mid_block_scale_factor,
+            cross_attn_dim: e.cross_attention_dim,
             attn_num_head_channels: heads[n - 1],
-            resnet_groups: Some(self.norm_num_groups),
-            use_linear_projection: self.use_linear_projection,
+            resnet_groups: Some(e.norm_num_groups),
+            use_linear_projection: e.use_linear_projection,
             transformer_layers_per_block: mid_layers,
             ..Default::default()
         };

@@ -65,7 +65,13 @@ impl CondEmbedding {
             blocks.push(conv2d(c_in, c_out, 3, halve, vb_blocks.pp(2 * i + 1))?);
         }
         let last = channels[channels.len() - 1];
-        let conv_out = conv2d(last, json.block_out_channels[0], 3, same, vb.pp("conv_out"))?;
+        let conv_out = conv2d(
+            last,
+            json.encoder.block_out_channels[0],
+            3,
+            same,
+            vb.pp("conv_out"),
+        )?;
         Ok(Self {
             conv_in,
             blocks,
@@ -164,15 +170,16 @@ impl ControlNet {
         spec: ControlNetSpec,
         dtype: DType,
     ) -> candle_core::Result<Self> {
-        let channels = &json.block_out_channels;
+        let channels = &json.encoder.block_out_channels;
         let first = channels[0];
         let time_dim = first * 4;
         let same = Conv2dConfig {
             padding: 1,
             ..Default::default()
         };
-        let conv_in = conv2d(json.in_channels, first, 3, same, vb.pp("conv_in"))?;
-        let time_proj = Timesteps::new(first, json.flip_sin_to_cos, json.freq_shift);
+        let conv_in = conv2d(json.encoder.in_channels, first, 3, same, vb.pp("conv_in"))?;
+        let time_proj =
+            Timesteps::new(first, json.encoder.flip_sin_to_cos, json.encoder.freq_shift);
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), first, time_dim)?;
         let cond_embedding = CondEmbedding::new(vb.pp("controlnet_cond_embedding"), &json)?;
         let vb_down = vb.pp("down_blocks");
@@ -240,17 +247,17 @@ impl ControlNet {
     /// Latent channels it reads (the UNet's 4; an inpainting UNet's extra
     /// channels are not shown to it, as in diffusers).
     pub fn in_channels(&self) -> usize {
-        self.json.in_channels
+        self.json.encoder.in_channels
     }
 
     /// Channels of the UNet blocks it mirrors.
     pub fn block_out_channels(&self) -> &[usize] {
-        &self.json.block_out_channels
+        &self.json.encoder.block_out_channels
     }
 
     /// ResNet layers per down block of the UNet it mirrors.
     pub fn layers_per_block(&self) -> usize {
-        self.json.layers_per_block
+        self.json.encoder.layers_per_block
     }
 
     /// Pixels per feature cell of the conditioning embedding on a side: it
@@ -261,12 +268,29 @@ impl ControlNet {
 
     /// Width of the text conditioning it attends to.
     pub fn cross_attention_dim(&self) -> usize {
-        self.json.cross_attention_dim
+        self.json.encoder.cross_attention_dim
     }
 
     /// Its weights' dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The conditioning images' embedding, `[rows, c0, h, w]` at the
+    /// latents' size, in the weights' dtype.
+    ///
+    /// `cond` holds the conditioning images `[rows, 3, h x s, w x s]`, RGB in
+    /// 0..=1 (as diffusers' control image processor makes them). The
+    /// embedding does not depend on the step, so a pipeline computes it once
+    /// per batch and passes it to [`ControlNet::forward_embedded`] at every
+    /// step.
+    pub fn embed_condition(&self, cond: &Tensor) -> Result<Tensor> {
+        let cond = if self.spec.bgr {
+            cond.flip(&[1])?
+        } else {
+            cond.clone()
+        };
+        Ok(self.cond_embedding.forward(&cond.to_dtype(self.dtype)?)?)
     }
 
     /// The residuals for a UNet step.
@@ -279,7 +303,8 @@ impl ControlNet {
     /// - `scale`: the conditioning scale of each row, `[rows, 1, 1, 1]`.
     ///
     /// Everything is computed in the weights' dtype; the residuals come back
-    /// in it.
+    /// in it. Equal to [`ControlNet::embed_condition`] followed by
+    /// [`ControlNet::forward_embedded`].
     pub fn forward(
         &self,
         sample: &Tensor,
@@ -288,20 +313,29 @@ impl ControlNet {
         cond: &Tensor,
         scale: &Tensor,
     ) -> Result<ControlResiduals> {
+        let embedded = self.embed_condition(cond)?;
+        self.forward_embedded(sample, timestep, context, &embedded, scale)
+    }
+
+    /// The residuals for a UNet step from an already embedded condition
+    /// (see [`ControlNet::embed_condition`]); the other arguments are those
+    /// of [`ControlNet::forward`].
+    pub fn forward_embedded(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        embedded: &Tensor,
+        scale: &Tensor,
+    ) -> Result<ControlResiduals> {
         let dtype = self.dtype;
         let (rows, _, _, _) = sample.dims4()?;
         let emb = (Tensor::ones(rows, dtype, sample.device())? * timestep)?;
         let emb = self
             .time_embedding
             .forward(&self.time_proj.forward(&emb)?)?;
-        let cond = if self.spec.bgr {
-            cond.flip(&[1])?
-        } else {
-            cond.clone()
-        };
-        let cond = self.cond_embedding.forward(&cond.to_dtype(dtype)?)?;
         let context = context.to_dtype(dtype)?;
-        let mut x = (self.conv_in.forward(&sample.to_dtype(dtype)?)? + cond)?;
+        let mut x = (self.conv_in.forward(&sample.to_dtype(dtype)?)? + embedded)?;
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             let (next, states) = match block {
