@@ -8,11 +8,21 @@ use switchyard_core::{CancellationToken, SplitMix64};
 use crate::controlnet::ControlInput;
 use crate::error::{DiffusionError, Result, invalid};
 use crate::noise::batch_noise;
+use crate::offload::Resident;
 use crate::pipeline::{
     Denoised, GeneratedImage, ImageOrigin, RunOptions, StableDiffusion, StepProgress,
 };
 use crate::request::{BatchKey, DiffusionRequest, ImageToImage, Inpaint, Mode, TextToImage};
 use crate::vae::{image_tensor, latent_mask, mask_tensor, preview};
+
+/// Offers a component for release when a stage ends, however it ends.
+struct StageEnd<'a, T>(&'a StableDiffusion, &'a Resident<T>);
+
+impl<T> Drop for StageEnd<'_, T> {
+    fn drop(&mut self) {
+        self.0.after_stage(self.1);
+    }
+}
 
 /// What an inpainting batch needs at every step.
 struct InpaintState {
@@ -119,7 +129,10 @@ impl StableDiffusion {
         )?;
         let guidance = per_image(&guidance)?;
         let controls = self.control_inputs(requests, &rows, key.guided)?;
-        let context = self.encode_prompts(requests, &rows, key.guided)?;
+        let context = {
+            let _done = StageEnd(self, &self.text_encoder);
+            self.encode_prompts(requests, &rows, key.guided)?
+        };
         let mut scheduler = self.scheduler.build(key.scheduler, key.steps)?;
         let total = scheduler.timesteps().len();
         let first = key.first_step;
@@ -160,6 +173,10 @@ impl StableDiffusion {
             _ => (&noise * scheduler.init_noise_sigma())?,
         };
 
+        // Declared first, dropped last: the UNet is released (if the policy
+        // says so) after this run's reference is gone, on every way out.
+        let _done = StageEnd(self, &self.unet);
+        let unet = self.unet()?;
         for i in first..total {
             if run
                 .cancel
@@ -180,8 +197,7 @@ impl StableDiffusion {
             if let Some(conditioning) = inpaint.as_ref().and_then(|s| s.conditioning.as_ref()) {
                 input = Tensor::cat(&[&input, conditioning], 1)?;
             }
-            let output = self
-                .unet
+            let output = unet
                 .forward_with_additional_residuals(
                     &input.to_dtype(self.dtype)?,
                     t,
@@ -316,7 +332,7 @@ impl StableDiffusion {
         }
         let seq = self.tokenizer.max_len();
         let ids = Tensor::from_vec(ids, (ids_len(requests, guided), seq), &self.device)?;
-        let encoded = self.text_encoder.forward(&ids)?;
+        let encoded = self.text_encoder()?.forward(&ids)?;
         let r = requests.len();
         let context = if guided {
             let positive = encoded.narrow(0, 0, r)?.index_select(rows, 0)?;

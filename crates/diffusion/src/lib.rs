@@ -49,6 +49,13 @@
 //! They work with every pipeline above; scale 0 gives exactly the plain
 //! pipeline's output.
 //!
+//! Memory: [`MemoryOptions`] slices and tiles the VAE; [`Offload`]
+//! releases the text encoder after encoding and the UNet after denoising
+//! (always, or only while a `switchyard-vram` monitor reports pressure,
+//! [`PressureTrigger`]) and rebuilds them from their memory-mapped files,
+//! LoRA deltas included, when a run next needs them;
+//! [`StableDiffusion::release_weights`] does it on demand.
+//!
 //! [`Lora`] adapters (kohya or diffusers/PEFT files) merge into the UNet and
 //! text encoder with [`StableDiffusion::set_loras`], several at once with
 //! their own scales, and unapply exactly; what cannot be merged is listed in
@@ -96,6 +103,7 @@ mod input;
 mod lora;
 mod memory;
 mod noise;
+mod offload;
 mod pipeline;
 mod request;
 pub mod scheduler;
@@ -110,6 +118,7 @@ pub use handler::DiffusionHandler;
 pub use input::{decode_image, decode_mask};
 pub use lora::{Lora, LoraComponent, LoraReport};
 pub use memory::{MemoryOptions, VaeTiling};
+pub use offload::{Offload, PressureTrigger, Residency};
 pub use pipeline::{
     Denoised, GeneratedImage, ImageOrigin, LoadOptions, PreviewCallback, RunOptions,
     StableDiffusion, StepProgress,

@@ -1,6 +1,7 @@
 //! Loading a diffusers folder, and the types a run takes and returns.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
@@ -11,7 +12,9 @@ use crate::clip::{ClipTextEncoder, ClipTextJson, ClipTokenizer};
 use crate::config::{UnetJson, read_json, weight_files};
 use crate::controlnet::ControlNet;
 use crate::error::{DiffusionError, Result};
+use crate::lora::LoraPatch;
 use crate::memory::MemoryOptions;
+use crate::offload::{Offload, Residency, Resident};
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::vae::{Vae, image_tensor};
 use crate::weights::{self, Patch};
@@ -134,15 +137,18 @@ pub struct StableDiffusion {
     pub(crate) device: Device,
     pub(crate) dtype: DType,
     pub(crate) tokenizer: ClipTokenizer,
-    pub(crate) text_encoder: ClipTextEncoder,
+    pub(crate) text_encoder: Resident<ClipTextEncoder>,
     pub(crate) text_source: TextEncoderSource,
-    pub(crate) unet: UNet2DConditionModel,
+    pub(crate) unet: Resident<UNet2DConditionModel>,
     pub(crate) unet_source: UnetSource,
     pub(crate) vae: Vae,
     pub(crate) scheduler: SchedulerConfig,
-    /// Whether LoRA deltas are merged into (UNet, text encoder).
-    pub(crate) lora_active: (bool, bool),
+    /// The LoRA deltas merged into the UNet and the text encoder (kept to
+    /// merge them again when a released component is rebuilt).
+    pub(crate) unet_patch: Option<Arc<LoraPatch>>,
+    pub(crate) text_patch: Option<Arc<LoraPatch>>,
     pub(crate) memory: MemoryOptions,
+    pub(crate) offload: Offload,
     /// Attached ControlNets by name, in attachment order.
     pub(crate) controlnets: Vec<(String, ControlNet)>,
 }
@@ -161,7 +167,7 @@ impl UnetSource {
         &self,
         dtype: DType,
         device: &Device,
-        patch: Option<Box<dyn Patch>>,
+        patch: Option<Arc<dyn Patch>>,
     ) -> Result<UNet2DConditionModel> {
         let config = self.json.to_candle(&self.dir.join("config.json"))?;
         let vb = weights::open(&self.files, dtype, device, patch)?;
@@ -192,7 +198,7 @@ impl TextEncoderSource {
         &self,
         dtype: DType,
         device: &Device,
-        patch: Option<Box<dyn Patch>>,
+        patch: Option<Arc<dyn Patch>>,
     ) -> Result<ClipTextEncoder> {
         let vb = weights::open(&self.files, dtype, device, patch)?;
         ClipTextEncoder::new(&self.json, &self.config_path, vb)
@@ -256,14 +262,16 @@ impl StableDiffusion {
             device,
             dtype,
             tokenizer,
-            text_encoder,
+            text_encoder: Resident::new(text_encoder),
             text_source,
-            unet,
+            unet: Resident::new(unet),
             unet_source,
             vae,
             scheduler,
-            lora_active: (false, false),
+            unet_patch: None,
+            text_patch: None,
             memory: MemoryOptions::default(),
+            offload: Offload::Never,
             controlnets: Vec::new(),
         })
     }
@@ -308,6 +316,58 @@ impl StableDiffusion {
         self.memory
     }
 
+    /// Sets when the text encoder's and the UNet's weights are released
+    /// after use (see [`Offload`]); a released component is rebuilt from
+    /// its files, with the active LoRA deltas, when a run next needs it.
+    pub fn set_offload(&mut self, offload: Offload) {
+        self.offload = offload;
+    }
+
+    /// The offload policy.
+    pub fn offload(&self) -> &Offload {
+        &self.offload
+    }
+
+    /// Which components hold their weights now.
+    pub fn residency(&self) -> Residency {
+        Residency {
+            text_encoder: self.text_encoder.is_loaded(),
+            unet: self.unet.is_loaded(),
+        }
+    }
+
+    /// Releases the text encoder's and the UNet's weights now (an engine
+    /// making room under memory pressure); runs in progress keep theirs
+    /// until they end, and the next run rebuilds them. Returns whether
+    /// anything was held.
+    pub fn release_weights(&self) -> bool {
+        let text = self.text_encoder.release();
+        self.unet.release() | text
+    }
+
+    /// The text encoder, rebuilt first if it was released.
+    pub(crate) fn text_encoder(&self) -> Result<Arc<ClipTextEncoder>> {
+        self.text_encoder.get(|| {
+            self.text_source
+                .build(self.dtype, &self.device, as_patch(&self.text_patch))
+        })
+    }
+
+    /// The UNet, rebuilt first if it was released.
+    pub(crate) fn unet(&self) -> Result<Arc<UNet2DConditionModel>> {
+        self.unet.get(|| {
+            self.unet_source
+                .build(self.dtype, &self.device, as_patch(&self.unet_patch))
+        })
+    }
+
+    /// Releases `component` after its stage when the offload policy says so.
+    pub(crate) fn after_stage<T>(&self, component: &Resident<T>) {
+        if self.offload.release_now() {
+            component.release();
+        }
+    }
+
     /// The VAE's scaled latents `[1, c, h / s, w / s]` (F32) of an image,
     /// the posterior's mean (what image-to-image starts from).
     pub fn encode_image(&self, image: &RgbImage) -> Result<Tensor> {
@@ -320,4 +380,8 @@ impl StableDiffusion {
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
         self.vae.decode(latents, &self.memory)
     }
+}
+
+fn as_patch(patch: &Option<Arc<LoraPatch>>) -> Option<Arc<dyn Patch>> {
+    patch.clone().map(|p| p as Arc<dyn Patch>)
 }

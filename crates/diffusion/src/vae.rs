@@ -71,7 +71,7 @@ impl Vae {
             &weight_files(dir, "diffusion_pytorch_model")?,
             dtype,
             device,
-            Some(Box::new(patch)),
+            Some(std::sync::Arc::new(patch)),
         )?;
         let model = AutoEncoderKL::new(vb, 3, 3, config).map_err(|e| DiffusionError::Config {
             path: dir.to_path_buf(),

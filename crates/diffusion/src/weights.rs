@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -30,7 +31,7 @@ pub(crate) fn open<'a>(
     files: &[PathBuf],
     dtype: DType,
     device: &Device,
-    patch: Option<Box<dyn Patch>>,
+    patch: Option<Arc<dyn Patch>>,
 ) -> Result<VarBuilder<'a>> {
     let mapped = map(files)?;
     let backend: Box<dyn SimpleBackend> = match patch {
@@ -67,7 +68,7 @@ pub(crate) fn tensor_shapes(files: &[PathBuf]) -> Result<HashMap<String, Vec<usi
 
 struct Patched {
     inner: MmapedSafetensors,
-    patch: Box<dyn Patch>,
+    patch: Arc<dyn Patch>,
 }
 
 impl Patched {

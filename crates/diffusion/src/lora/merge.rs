@@ -1,6 +1,7 @@
 //! Merging LoRA deltas into a rebuilt copy of the UNet and text encoder.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
@@ -34,6 +35,14 @@ impl LoraReport {
 #[derive(Default)]
 pub(crate) struct LoraPatch {
     deltas: HashMap<String, Vec<(LoraModule, f64)>>,
+}
+
+impl std::fmt::Debug for LoraPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoraPatch")
+            .field("weights", &self.deltas.len())
+            .finish()
+    }
 }
 
 impl LoraPatch {
@@ -167,14 +176,15 @@ impl StableDiffusion {
                 }
             }
         }
-        let boxed = |p: LoraPatch| (!p.is_empty()).then(|| Box::new(p) as Box<dyn Patch>);
-        let rebuild_unet = self.lora_active.0 || !unet_patch.is_empty();
-        let rebuild_text = self.lora_active.1 || !text_patch.is_empty();
-        let active = (!unet_patch.is_empty(), !text_patch.is_empty());
+        let shared = |p: LoraPatch| (!p.is_empty()).then(|| Arc::new(p));
+        let (unet_patch, text_patch) = (shared(unet_patch), shared(text_patch));
+        let as_dyn = |p: &Option<Arc<LoraPatch>>| p.clone().map(|p| p as Arc<dyn Patch>);
+        let rebuild_unet = self.unet_patch.is_some() || unet_patch.is_some();
+        let rebuild_text = self.text_patch.is_some() || text_patch.is_some();
         let unet = if rebuild_unet {
             Some(
                 self.unet_source
-                    .build(self.dtype, &self.device, boxed(unet_patch))?,
+                    .build(self.dtype, &self.device, as_dyn(&unet_patch))?,
             )
         } else {
             None
@@ -182,18 +192,19 @@ impl StableDiffusion {
         let text = if rebuild_text {
             Some(
                 self.text_source
-                    .build(self.dtype, &self.device, boxed(text_patch))?,
+                    .build(self.dtype, &self.device, as_dyn(&text_patch))?,
             )
         } else {
             None
         };
         if let Some(unet) = unet {
-            self.unet = unet;
+            self.unet.set(unet);
         }
         if let Some(text) = text {
-            self.text_encoder = text;
+            self.text_encoder.set(text);
         }
-        self.lora_active = active;
+        self.unet_patch = unet_patch;
+        self.text_patch = text_patch;
         Ok(report)
     }
 }

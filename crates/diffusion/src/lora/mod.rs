@@ -18,6 +18,8 @@
 
 mod merge;
 
+pub(crate) use merge::LoraPatch;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
