@@ -331,8 +331,11 @@ impl StableDiffusion {
             }
         }
         let seq = self.tokenizer.max_len();
-        let ids = Tensor::from_vec(ids, (ids_len(requests, guided), seq), &self.device)?;
-        let encoded = self.text_encoder()?.forward(&ids)?;
+        let ids = Tensor::from_vec(ids, (ids_len(requests, guided), seq), &self.text_device)?;
+        let encoded = self
+            .text_encoder()?
+            .forward(&ids)?
+            .to_device(&self.device)?;
         let r = requests.len();
         let context = if guided {
             let positive = encoded.narrow(0, 0, r)?.index_select(rows, 0)?;

@@ -54,7 +54,9 @@
 //! (always, or only while a `switchyard-vram` monitor reports pressure,
 //! [`PressureTrigger`]) and rebuilds them from their memory-mapped files,
 //! LoRA deltas included, when a run next needs them;
-//! [`StableDiffusion::release_weights`] does it on demand.
+//! [`StableDiffusion::release_weights`] does it on demand. [`Placement`]
+//! puts the text encoder and the VAE on other devices than the UNet
+//! (tensors move at the stage boundaries).
 //!
 //! [`Lora`] adapters (kohya or diffusers/PEFT files) merge into the UNet and
 //! text encoder with [`StableDiffusion::set_loras`], several at once with
@@ -120,7 +122,7 @@ pub use lora::{Lora, LoraComponent, LoraReport};
 pub use memory::{MemoryOptions, VaeTiling};
 pub use offload::{Offload, PressureTrigger, Residency};
 pub use pipeline::{
-    Denoised, GeneratedImage, ImageOrigin, LoadOptions, PreviewCallback, RunOptions,
+    Denoised, GeneratedImage, ImageOrigin, LoadOptions, Placement, PreviewCallback, RunOptions,
     StableDiffusion, StepProgress,
 };
 pub use request::{

@@ -22,12 +22,18 @@ use crate::weights::{self, Patch};
 /// Where and how to load the model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// The device every component runs on.
+    /// The device the UNet (and attached ControlNets) run on, and every
+    /// other component unless [`LoadOptions::placement`] says otherwise.
     pub device: Device,
     /// Compute and weight dtype (weights on disk are converted): F32, F16,
-    /// or BF16 on an accelerator. `None` picks F32 on the CPU (its
-    /// convolutions are fastest there) and F16 elsewhere.
+    /// or BF16 on an accelerator. `None` picks F32 when the UNet is on the
+    /// CPU (its convolutions are fastest there) and F16 elsewhere.
     pub dtype: Option<DType>,
+    /// Other devices for the text encoder and the VAE (ComfyUI's and
+    /// diffusers' per-component placement: a small GPU keeps the UNet, the
+    /// CPU encodes prompts and decodes). Tensors move between devices at
+    /// the stage boundaries.
+    pub placement: Placement,
 }
 
 impl Default for LoadOptions {
@@ -35,8 +41,19 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: None,
+            placement: Placement::default(),
         }
     }
+}
+
+/// Devices for the components other than the UNet; `None` means
+/// [`LoadOptions::device`].
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Where the text encoder runs.
+    pub text_encoder: Option<Device>,
+    /// Where the VAE encodes and decodes.
+    pub vae: Option<Device>,
 }
 
 /// Refuses compute dtypes the device's kernels lack: F32, F16 and BF16 run
@@ -134,7 +151,10 @@ pub struct ImageOrigin {
 #[derive(Debug)]
 pub struct StableDiffusion {
     dir: PathBuf,
+    /// The UNet's device.
     pub(crate) device: Device,
+    /// The text encoder's device.
+    pub(crate) text_device: Device,
     pub(crate) dtype: DType,
     pub(crate) tokenizer: ClipTokenizer,
     pub(crate) text_encoder: Resident<ClipTextEncoder>,
@@ -221,7 +241,13 @@ impl StableDiffusion {
         } else {
             DType::F16
         });
-        check_compute_dtype(dtype, &device)?;
+        let text_device = options.placement.text_encoder.clone();
+        let text_device = text_device.unwrap_or_else(|| device.clone());
+        let vae_device = options.placement.vae.clone();
+        let vae_device = vae_device.unwrap_or_else(|| device.clone());
+        for d in [&device, &text_device, &vae_device] {
+            check_compute_dtype(dtype, d)?;
+        }
 
         let text_dir = dir.join("text_encoder");
         let config_path = text_dir.join("config.json");
@@ -230,12 +256,12 @@ impl StableDiffusion {
             config_path,
             files: weight_files(&text_dir, "model")?,
         };
-        let text_encoder = text_source.build(dtype, &device, None)?;
+        let text_encoder = text_source.build(dtype, &text_device, None)?;
         let tokenizer = ClipTokenizer::load(&dir.join("tokenizer"), text_encoder.max_positions())?;
 
         let unet_dir = dir.join("unet");
         let unet_json: UnetJson = read_json(&unet_dir.join("config.json"))?;
-        let vae = Vae::load(&dir.join("vae"), dtype, &device)?;
+        let vae = Vae::load(&dir.join("vae"), dtype, &vae_device)?;
         let latent = vae.latent_channels;
         if unet_json.out_channels != latent
             || (unet_json.encoder.in_channels != latent
@@ -260,6 +286,7 @@ impl StableDiffusion {
         Ok(Self {
             dir: dir.to_path_buf(),
             device,
+            text_device,
             dtype,
             tokenizer,
             text_encoder: Resident::new(text_encoder),
@@ -274,6 +301,15 @@ impl StableDiffusion {
             offload: Offload::Never,
             controlnets: Vec::new(),
         })
+    }
+
+    /// Where the UNet, the text encoder and the VAE run.
+    pub fn devices(&self) -> [(&'static str, &Device); 3] {
+        [
+            ("unet", &self.device),
+            ("text_encoder", &self.text_device),
+            ("vae", &self.vae.device),
+        ]
     }
 
     /// The folder the pipeline came from.
@@ -349,7 +385,7 @@ impl StableDiffusion {
     pub(crate) fn text_encoder(&self) -> Result<Arc<ClipTextEncoder>> {
         self.text_encoder.get(|| {
             self.text_source
-                .build(self.dtype, &self.device, as_patch(&self.text_patch))
+                .build(self.dtype, &self.text_device, as_patch(&self.text_patch))
         })
     }
 

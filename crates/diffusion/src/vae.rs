@@ -21,6 +21,8 @@ pub(crate) struct Vae {
     pub(crate) latent_channels: usize,
     scaling_factor: f64,
     dtype: DType,
+    /// Where it runs; inputs move here and encoded latents move back.
+    pub(crate) device: Device,
 }
 
 /// Makes the encoder's posterior a point at its mean. candle-transformers
@@ -83,20 +85,26 @@ impl Vae {
             latent_channels: json.latent_channels,
             scaling_factor: json.scaling_factor,
             dtype,
+            device: device.clone(),
         })
     }
 
     /// Pixels `[n, 3, H, W]` in -1..=1 to scaled latents `[n, c, H/s, W/s]`
     /// (F32), the posterior's mean; one image at a time with
     /// `options.vae_slicing`.
+    /// The latents come back on the device `pixels` came from.
     pub(crate) fn encode(&self, pixels: &Tensor, options: &MemoryOptions) -> Result<Tensor> {
-        if options.vae_slicing && pixels.dim(0)? > 1 {
+        let home = pixels.device();
+        let pixels = pixels.to_device(&self.device)?;
+        let latents = if options.vae_slicing && pixels.dim(0)? > 1 {
             let rows = (0..pixels.dim(0)?)
                 .map(|i| self.encode_plain(&pixels.narrow(0, i, 1)?))
                 .collect::<Result<Vec<_>>>()?;
-            return Ok(Tensor::cat(&rows, 0)?);
-        }
-        self.encode_plain(pixels)
+            Tensor::cat(&rows, 0)?
+        } else {
+            self.encode_plain(&pixels)?
+        };
+        Ok(latents.to_device(home)?)
     }
 
     fn encode_plain(&self, pixels: &Tensor) -> Result<Tensor> {
@@ -111,6 +119,7 @@ impl Vae {
         latents: &Tensor,
         options: &MemoryOptions,
     ) -> Result<Vec<RgbImage>> {
+        let latents = &latents.to_device(&self.device)?;
         let pixels = if options.vae_slicing {
             let rows = (0..latents.dim(0)?)
                 .map(|i| self.decode_pixels(&latents.narrow(0, i, 1)?, options.vae_tiling))

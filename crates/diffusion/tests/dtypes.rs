@@ -15,6 +15,7 @@ fn load(dir: &std::path::Path, dtype: DType) -> StableDiffusion {
     let options = LoadOptions {
         device: Device::Cpu,
         dtype: Some(dtype),
+        ..LoadOptions::default()
     };
     let mut sd = StableDiffusion::load(&dir.join("sd"), &options).unwrap();
     sd.load_controlnet("edges", &dir.join("cn")).unwrap();
@@ -88,6 +89,7 @@ fn f16_and_bf16_compute_track_f32() {
         &LoadOptions {
             device: Device::Cpu,
             dtype: Some(DType::BF16),
+            ..LoadOptions::default()
         },
     );
     assert!(matches!(refused, Err(DiffusionError::Unsupported(_))));

@@ -1,6 +1,8 @@
-//! Offloading on a tiny folder: released components rebuild from their
-//! files (with the active LoRA deltas) and give the same images; the
-//! pressure policy follows the memory monitor.
+//! Offloading and placement on a tiny folder: released components rebuild
+//! from their files (with the active LoRA deltas) and give the same images;
+//! the pressure policy follows the memory monitor; components placed
+//! explicitly run where they are put. (This machine has one device, the
+//! CPU: moves between devices are exercised only as same-device moves.)
 
 // Test helpers unwrap: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use switchyard_core::{CancellationToken, DeviceId};
 use switchyard_diffusion::{
-    DiffusionError, LoadOptions, Lora, Offload, PressureTrigger, Residency, RunOptions,
+    DiffusionError, LoadOptions, Lora, Offload, Placement, PressureTrigger, Residency, RunOptions,
     StableDiffusion, TextToImage,
 };
 use switchyard_testkit::tiny::{self, TinyStableDiffusion};
@@ -151,4 +153,24 @@ fn a_cancelled_run_still_releases_under_always() {
     let err = sd.text_to_image(&[request], run).unwrap_err();
     assert!(matches!(err, DiffusionError::Cancelled), "{err}");
     assert_eq!(sd.residency(), RELEASED);
+}
+
+#[test]
+fn explicit_placement_runs_each_component_where_it_is_put() {
+    let (dir, sd) = folder();
+    let plain = images(&sd);
+    let options = LoadOptions {
+        placement: Placement {
+            text_encoder: Some(Device::Cpu),
+            vae: Some(Device::Cpu),
+        },
+        ..LoadOptions::default()
+    };
+    let placed = StableDiffusion::load(dir.path(), &options).unwrap();
+    for (component, device) in placed.devices() {
+        assert!(device.is_cpu(), "{component}");
+    }
+    let names: Vec<&str> = placed.devices().iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["unet", "text_encoder", "vae"]);
+    assert_eq!(images(&placed), plain);
 }

@@ -74,6 +74,13 @@ impl StableDiffusion {
                 self.dtype
             ));
         }
+        if !controlnet.device().same_device(&self.device) {
+            return mismatch(format!(
+                "weights on {:?}, the UNet on {:?}",
+                controlnet.device().location(),
+                self.device.location()
+            ));
+        }
         match self.controlnets.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = controlnet,
             None => self.controlnets.push((name.to_owned(), controlnet)),

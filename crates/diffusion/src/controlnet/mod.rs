@@ -137,6 +137,7 @@ pub struct ControlNet {
     json: ControlNetJson,
     spec: ControlNetSpec,
     dtype: DType,
+    device: Device,
     conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
@@ -228,6 +229,7 @@ impl ControlNet {
             json,
             spec,
             dtype,
+            device: vb.device().clone(),
             conv_in,
             time_proj,
             time_embedding,
@@ -274,6 +276,11 @@ impl ControlNet {
     /// Its weights' dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The device its weights are on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The conditioning images' embedding, `[rows, c0, h, w]` at the

@@ -192,7 +192,7 @@ impl StableDiffusion {
         let text = if rebuild_text {
             Some(
                 self.text_source
-                    .build(self.dtype, &self.device, as_dyn(&text_patch))?,
+                    .build(self.dtype, &self.text_device, as_dyn(&text_patch))?,
             )
         } else {
             None
