@@ -215,19 +215,18 @@ impl TextToImage {
     }
 }
 
-/// FNV-1a over the names, each closed by a 0xFF byte (never in UTF-8).
+/// A hash of the names in order (std's `str` hashing closes each name, so
+/// `["ab", "c"]` and `["a", "bc"]` differ); never 0, which means none.
 fn controls_hash(controls: &[Control]) -> u64 {
+    use std::hash::{Hash, Hasher};
     if controls.is_empty() {
         return 0;
     }
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for byte in controls
-        .iter()
-        .flat_map(|c| c.controlnet.bytes().chain([0xFF]))
-    {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for control in controls {
+        control.controlnet.hash(&mut hasher);
     }
-    hash | 1
+    hasher.finish() | 1
 }
 
 /// An image-to-image request: the input image is encoded, noised to
