@@ -219,6 +219,35 @@ impl EncoderJson {
     }
 }
 
+impl EncoderJson {
+    /// The candle-transformers config of the blocks laid out by
+    /// [`EncoderJson::layout`] (the UNet's up path mirrors them).
+    pub(crate) fn blocks_config(&self, layout: &EncoderLayout) -> UNet2DConditionModelConfig {
+        let blocks = (0..self.block_out_channels.len())
+            .map(|i| BlockConfig {
+                out_channels: self.block_out_channels[i],
+                use_cross_attn: layout.cross[i].then_some(layout.layers[i]),
+                attention_head_dim: layout.heads[i],
+            })
+            .collect();
+        UNet2DConditionModelConfig {
+            center_input_sample: false,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            blocks,
+            layers_per_block: self.layers_per_block,
+            downsample_padding: self.downsample_padding,
+            mid_block_scale_factor: self.mid_block_scale_factor,
+            norm_num_groups: self.norm_num_groups,
+            norm_eps: self.norm_eps,
+            cross_attention_dim: self.cross_attention_dim,
+            // This crate's UNet takes slicing per run, not from the config.
+            sliced_attention_size: None,
+            use_linear_projection: self.use_linear_projection,
+        }
+    }
+}
+
 /// `unet/config.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct UnetJson {
@@ -261,7 +290,6 @@ impl UnetJson {
                 "block_out_channels, down_block_types and up_block_types need one entry per block",
             ));
         }
-        let mut blocks = Vec::with_capacity(n);
         for i in 0..n {
             let mirror = match self.up_block_types[n - 1 - i].as_str() {
                 "CrossAttnUpBlock2D" => true,
@@ -277,25 +305,10 @@ impl UnetJson {
                     "UNet up blocks that do not mirror the down blocks".into(),
                 ));
             }
-            blocks.push(BlockConfig {
-                out_channels: e.block_out_channels[i],
-                use_cross_attn: layout.cross[i].then_some(layout.layers[i]),
-                attention_head_dim: layout.heads[i],
-            });
         }
         Ok(UNet2DConditionModelConfig {
             center_input_sample: self.center_input_sample,
-            flip_sin_to_cos: e.flip_sin_to_cos,
-            freq_shift: e.freq_shift,
-            blocks,
-            layers_per_block: e.layers_per_block,
-            downsample_padding: e.downsample_padding,
-            mid_block_scale_factor: e.mid_block_scale_factor,
-            norm_num_groups: e.norm_num_groups,
-            norm_eps: e.norm_eps,
-            cross_attention_dim: e.cross_attention_dim,
-            sliced_attention_size: None,
-            use_linear_projection: e.use_linear_projection,
+            ..e.blocks_config(&layout)
         })
     }
 }

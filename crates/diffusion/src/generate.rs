@@ -193,17 +193,18 @@ impl StableDiffusion {
             let t = scheduler.timesteps()[i];
             // ControlNets see the latents only, not an inpainting UNet's
             // mask channels (as in diffusers).
-            let residuals = ControlInput::run_all(&controls, &input, t, &context)?;
+            let slicing = self.memory.attention_slicing;
+            let residuals = ControlInput::run_all(&controls, &input, t, &context, slicing)?;
             if let Some(conditioning) = inpaint.as_ref().and_then(|s| s.conditioning.as_ref()) {
                 input = Tensor::cat(&[&input, conditioning], 1)?;
             }
             let output = unet
-                .forward_with_additional_residuals(
+                .forward(
                     &input.to_dtype(self.dtype)?,
                     t,
                     &context,
-                    residuals.as_ref().map(|r| r.down.as_slice()),
-                    residuals.as_ref().map(|r| &r.mid),
+                    residuals.as_ref().map(|r| (r.down.as_slice(), &r.mid)),
+                    slicing,
                 )?
                 .to_dtype(DType::F32)?;
             let output = if key.guided {

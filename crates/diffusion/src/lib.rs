@@ -49,7 +49,8 @@
 //! They work with every pipeline above; scale 0 gives exactly the plain
 //! pipeline's output.
 //!
-//! Memory: [`MemoryOptions`] slices and tiles the VAE; [`Offload`]
+//! Memory: [`MemoryOptions`] slices the UNet's attention
+//! ([`AttentionSlicing`]) and slices and tiles the VAE; [`Offload`]
 //! releases the text encoder after encoding and the UNet after denoising
 //! (always, or only while a `switchyard-vram` monitor reports pressure,
 //! [`PressureTrigger`]) and rebuilds them from their memory-mapped files,
@@ -110,6 +111,7 @@ mod pipeline;
 mod request;
 pub mod scheduler;
 mod tiling;
+mod unet;
 mod vae;
 mod weights;
 
@@ -119,7 +121,7 @@ pub use error::{DiffusionError, Result};
 pub use handler::DiffusionHandler;
 pub use input::{decode_image, decode_mask};
 pub use lora::{Lora, LoraComponent, LoraReport};
-pub use memory::{MemoryOptions, VaeTiling};
+pub use memory::{AttentionSlicing, MemoryOptions, VaeTiling};
 pub use offload::{Offload, PressureTrigger, Residency};
 pub use pipeline::{
     Denoised, GeneratedImage, ImageOrigin, LoadOptions, Placement, PreviewCallback, RunOptions,

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use image::RgbImage;
 use switchyard_core::CancellationToken;
 
@@ -16,6 +15,7 @@ use crate::lora::LoraPatch;
 use crate::memory::MemoryOptions;
 use crate::offload::{Offload, Residency, Resident};
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
+use crate::unet::Unet;
 use crate::vae::{Vae, image_tensor};
 use crate::weights::{self, Patch};
 
@@ -159,7 +159,7 @@ pub struct StableDiffusion {
     pub(crate) tokenizer: ClipTokenizer,
     pub(crate) text_encoder: Resident<ClipTextEncoder>,
     pub(crate) text_source: TextEncoderSource,
-    pub(crate) unet: Resident<UNet2DConditionModel>,
+    pub(crate) unet: Resident<Unet>,
     pub(crate) unet_source: UnetSource,
     pub(crate) vae: Vae,
     pub(crate) scheduler: SchedulerConfig,
@@ -188,15 +188,14 @@ impl UnetSource {
         dtype: DType,
         device: &Device,
         patch: Option<Arc<dyn Patch>>,
-    ) -> Result<UNet2DConditionModel> {
+    ) -> Result<Unet> {
         let config = self.json.to_candle(&self.dir.join("config.json"))?;
         let vb = weights::open(&self.files, dtype, device, patch)?;
-        UNet2DConditionModel::new(
+        Unet::new(
             vb,
             self.json.encoder.in_channels,
             self.json.out_channels,
-            false,
-            config,
+            &config,
         )
         .map_err(|e| DiffusionError::Config {
             path: self.dir.clone(),
@@ -338,16 +337,15 @@ impl StableDiffusion {
         self.vae.scale
     }
 
-    /// Sets the VAE's memory-saving options (checked first).
+    /// Sets the memory-saving options (checked first); they apply from
+    /// the next run.
     pub fn set_memory_options(&mut self, options: MemoryOptions) -> Result<()> {
-        if let Some(tiling) = options.vae_tiling {
-            tiling.validate()?;
-        }
+        options.validate()?;
         self.memory = options;
         Ok(())
     }
 
-    /// The VAE's memory-saving options.
+    /// The memory-saving options.
     pub fn memory_options(&self) -> MemoryOptions {
         self.memory
     }
@@ -390,7 +388,7 @@ impl StableDiffusion {
     }
 
     /// The UNet, rebuilt first if it was released.
-    pub(crate) fn unet(&self) -> Result<Arc<UNet2DConditionModel>> {
+    pub(crate) fn unet(&self) -> Result<Arc<Unet>> {
         self.unet.get(|| {
             self.unet_source
                 .build(self.dtype, &self.device, as_patch(&self.unet_patch))

@@ -7,8 +7,8 @@
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use switchyard_diffusion::{
-    Control, DiffusionError, DiffusionRequest, ImageToImage, Inpaint, LoadOptions, RunOptions,
-    StableDiffusion, TextToImage,
+    AttentionSlicing, Control, DiffusionError, DiffusionRequest, ImageToImage, Inpaint,
+    LoadOptions, MemoryOptions, RunOptions, StableDiffusion, TextToImage,
 };
 use switchyard_testkit::tiny::{self, TinyControlNet, TinyStableDiffusion};
 use tempfile::TempDir;
@@ -116,6 +116,38 @@ fn scale_zero_is_exactly_the_plain_pipeline_and_a_scale_changes_it() {
         &[t2i(request(5, vec![control("canny", 1.0, edges(0))]))],
     );
     assert_eq!(full, again, "deterministic");
+}
+
+#[test]
+fn sliced_attention_in_the_controlnet_and_unet_keeps_the_result() {
+    let spec = TinyStableDiffusion {
+        cross_attention: vec![true, true],
+        ..TinyStableDiffusion::default()
+    };
+    let (_dir, mut sd) = pipeline(&spec, &[("canny", TinyControlNet::default(), 3)]);
+    let run = |sd: &StableDiffusion| {
+        latents(
+            sd,
+            &[
+                t2i(request(5, vec![control("canny", 1.0, edges(0))])),
+                t2i(request(6, vec![control("canny", 0.5, edges(2))])),
+            ],
+        )
+    };
+    let whole = run(&sd);
+    for slicing in [AttentionSlicing::Max, AttentionSlicing::Size(3)] {
+        sd.set_memory_options(MemoryOptions {
+            attention_slicing: Some(slicing),
+            ..MemoryOptions::default()
+        })
+        .unwrap();
+        let sliced = run(&sd);
+        assert!(
+            worst(&whole, &sliced) <= 1e-5,
+            "{slicing:?} changed the latents by {}",
+            worst(&whole, &sliced)
+        );
+    }
 }
 
 #[test]

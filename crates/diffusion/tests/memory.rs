@@ -1,4 +1,5 @@
-//! VAE slicing and tiling, and per-step previews, on a tiny folder.
+//! Attention slicing, VAE slicing and tiling, and per-step previews, on a
+//! tiny folder.
 
 // Test helpers unwrap: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -6,8 +7,8 @@
 use candle_core::IndexOp;
 use image::RgbImage;
 use switchyard_diffusion::{
-    DiffusionError, LoadOptions, MemoryOptions, RunOptions, StableDiffusion, StepProgress,
-    TextToImage, VaeTiling,
+    AttentionSlicing, DiffusionError, LoadOptions, MemoryOptions, RunOptions, StableDiffusion,
+    StepProgress, TextToImage, VaeTiling,
 };
 use switchyard_testkit::tiny::{self, TinyStableDiffusion};
 use tempfile::TempDir;
@@ -33,6 +34,44 @@ fn request(width: usize, height: usize, images: usize) -> TextToImage {
 
 fn raw(images: Vec<RgbImage>) -> Vec<Vec<u8>> {
     images.into_iter().map(RgbImage::into_raw).collect()
+}
+
+#[test]
+fn attention_slicing_gives_the_same_images_and_a_zero_slice_is_refused() {
+    let (_dir, mut sd) = folder();
+    let run = |sd: &StableDiffusion| {
+        let out = sd
+            .text_to_image(&[request(32, 32, 2)], RunOptions::default())
+            .unwrap();
+        raw(out.into_iter().map(|g| g.image).collect())
+    };
+    let whole = run(&sd);
+    for slicing in [
+        AttentionSlicing::Auto,
+        AttentionSlicing::Max,
+        AttentionSlicing::Size(3),
+    ] {
+        let options = MemoryOptions {
+            attention_slicing: Some(slicing),
+            ..MemoryOptions::default()
+        };
+        sd.set_memory_options(options).unwrap();
+        assert_eq!(sd.memory_options(), options);
+        let sliced = run(&sd);
+        for (a, b) in whole.iter().zip(&sliced) {
+            let worst = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+            assert!(worst <= 1, "{slicing:?} changed a pixel by {worst}");
+        }
+    }
+    let zero = MemoryOptions {
+        attention_slicing: Some(AttentionSlicing::Size(0)),
+        ..MemoryOptions::default()
+    };
+    assert!(matches!(
+        sd.set_memory_options(zero),
+        Err(DiffusionError::InvalidInput { .. })
+    ));
+    assert_ne!(sd.memory_options(), zero, "a refused option is not kept");
 }
 
 #[test]
@@ -95,6 +134,7 @@ fn tiled_decoding_stitches_tiles_and_blends_their_overlaps() {
     sd.set_memory_options(MemoryOptions {
         vae_tiling: Some(tiling),
         vae_slicing: true,
+        ..MemoryOptions::default()
     })
     .unwrap();
     let tiled = sd.decode_latents(&latents).unwrap().remove(0);

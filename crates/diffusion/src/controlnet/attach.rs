@@ -186,6 +186,7 @@ impl ControlInput<'_> {
         sample: &Tensor,
         timestep: f64,
         context: &Tensor,
+        slicing: Option<crate::memory::AttentionSlicing>,
     ) -> Result<Option<ControlResiduals>> {
         let mut sum: Option<ControlResiduals> = None;
         for input in inputs {
@@ -195,6 +196,7 @@ impl ControlInput<'_> {
                 context,
                 &input.embedded,
                 &input.scale,
+                slicing,
             )?;
             sum = Some(match sum {
                 Some(s) => s.add(&r)?,

@@ -2,12 +2,10 @@
 
 use std::path::Path;
 
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    CrossAttnDownBlock2DConfig, DownBlock2DConfig, UNetMidBlock2DCrossAttnConfig,
-};
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
 use serde::Deserialize;
 
-use crate::config::{EncoderJson, EncoderLayout, config_error};
+use crate::config::{EncoderJson, config_error};
 use crate::error::{DiffusionError, Result};
 
 fn three() -> usize {
@@ -41,18 +39,11 @@ pub(crate) struct ControlNetJson {
     only_cross_attention: serde_json::Value,
 }
 
-/// One down block, as candle-transformers builds it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum DownBlockSpec {
-    Basic(DownBlock2DConfig),
-    CrossAttn(CrossAttnDownBlock2DConfig),
-}
-
 /// The checked architecture.
 #[derive(Debug, Clone)]
 pub(crate) struct ControlNetSpec {
-    pub(crate) down: Vec<DownBlockSpec>,
-    pub(crate) mid: UNetMidBlock2DCrossAttnConfig,
+    /// The blocks it copies from the UNet (its up path unused).
+    pub(crate) blocks: UNet2DConditionModelConfig,
     /// Channels of every residual, in the order the UNet adds them.
     pub(crate) residual_channels: Vec<usize>,
     /// The conditioning image's channels are in BGR order.
@@ -63,11 +54,7 @@ impl ControlNetJson {
     /// Checks the config and lays out the blocks.
     pub(crate) fn spec(&self, path: &Path) -> Result<ControlNetSpec> {
         let e = &self.encoder;
-        let EncoderLayout {
-            heads,
-            layers,
-            cross,
-        } = e.layout(path, "ControlNet")?;
+        let layout = e.layout(path, "ControlNet")?;
         let only_cross = match &self.only_cross_attention {
             serde_json::Value::Bool(b) => *b,
             serde_json::Value::Array(v) => v.iter().any(|b| b.as_bool() == Some(true)),
@@ -95,54 +82,15 @@ impl ControlNetJson {
             ));
         }
         let n = e.block_out_channels.len();
-        let mut down = Vec::with_capacity(n);
         let mut residual_channels = vec![e.block_out_channels[0]];
-        for i in 0..n {
-            let basic = DownBlock2DConfig {
-                num_layers: e.layers_per_block,
-                resnet_eps: e.norm_eps,
-                resnet_groups: e.norm_num_groups,
-                add_downsample: i + 1 < n,
-                downsample_padding: e.downsample_padding,
-                ..Default::default()
-            };
-            let out = e.block_out_channels[i];
+        for (i, &out) in e.block_out_channels.iter().enumerate() {
             residual_channels.extend(std::iter::repeat_n(out, e.layers_per_block));
             if i + 1 < n {
                 residual_channels.push(out);
             }
-            down.push(if cross[i] {
-                DownBlockSpec::CrossAttn(CrossAttnDownBlock2DConfig {
-                    downblock: basic,
-                    attn_num_head_channels: heads[i],
-                    cross_attention_dim: e.cross_attention_dim,
-                    sliced_attention_size: None,
-                    use_linear_projection: e.use_linear_projection,
-                    transformer_layers_per_block: layers[i],
-                })
-            } else {
-                DownBlockSpec::Basic(basic)
-            });
         }
-        // As candle-transformers' UNet: the mid block takes the last
-        // block's heads and transformer depth.
-        let mid_layers = match down.last() {
-            Some(DownBlockSpec::CrossAttn(c)) => c.transformer_layers_per_block,
-            _ => 1,
-        };
-        let mid = UNetMidBlock2DCrossAttnConfig {
-            resnet_eps: e.norm_eps,
-            output_scale_factor: e.mid_block_scale_factor,
-            cross_attn_dim: e.cross_attention_dim,
-            attn_num_head_channels: heads[n - 1],
-            resnet_groups: Some(e.norm_num_groups),
-            use_linear_projection: e.use_linear_projection,
-            transformer_layers_per_block: mid_layers,
-            ..Default::default()
-        };
         Ok(ControlNetSpec {
-            down,
-            mid,
+            blocks: e.blocks_config(&layout),
             residual_channels,
             bgr,
         })

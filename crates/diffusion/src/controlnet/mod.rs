@@ -2,9 +2,9 @@
 //! conditioning image (edges, depth, pose, ...) and adds its features to the
 //! UNet's skip connections and mid block.
 //!
-//! candle-transformers has the UNet's blocks but no ControlNet, so the model
-//! is put together here from its public blocks, under diffusers'
-//! `ControlNetModel` names: the conditioning-image embedding
+//! candle-transformers has no ControlNet, so the model is put together here
+//! from this crate's UNet encoder (the same blocks as the UNet's, attention
+//! slicing included), under diffusers' `ControlNetModel` names: the conditioning-image embedding
 //! (`controlnet_cond_embedding.*`), the UNet's `conv_in`, `time_embedding`,
 //! `down_blocks` and `mid_block`, and the zero convolutions
 //! (`controlnet_down_blocks.N`, `controlnet_mid_block`).
@@ -16,17 +16,15 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder, conv2d};
-use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn,
-};
 
 use crate::config::{read_json, weight_files};
 use crate::error::{DiffusionError, Result};
+use crate::memory::AttentionSlicing;
+use crate::unet::Encoder;
 use crate::weights;
 pub(crate) use attach::ControlInput;
 pub(crate) use config::ControlNetJson;
-use config::{ControlNetSpec, DownBlockSpec};
+use config::ControlNetSpec;
 
 /// The conditioning image to feature map: 3x3 convolutions with SiLU, each
 /// pair halving the size, then a (zero-initialised) 3x3 convolution to the
@@ -88,12 +86,6 @@ impl CondEmbedding {
     }
 }
 
-#[derive(Debug)]
-enum DownBlock {
-    Basic(DownBlock2D),
-    CrossAttn(CrossAttnDownBlock2D),
-}
-
 /// What a ControlNet adds to the UNet at one step: one residual per skip
 /// connection (in the UNet's order) and one for the mid block.
 #[derive(Debug, Clone)]
@@ -138,12 +130,8 @@ pub struct ControlNet {
     spec: ControlNetSpec,
     dtype: DType,
     device: Device,
-    conv_in: Conv2d,
-    time_proj: Timesteps,
-    time_embedding: TimestepEmbedding,
+    encoder: Encoder,
     cond_embedding: CondEmbedding,
-    down_blocks: Vec<DownBlock>,
-    mid_block: UNetMidBlock2DCrossAttn,
     zero_down: Vec<Conv2d>,
     zero_mid: Conv2d,
 }
@@ -171,45 +159,10 @@ impl ControlNet {
         spec: ControlNetSpec,
         dtype: DType,
     ) -> candle_core::Result<Self> {
-        let channels = &json.encoder.block_out_channels;
-        let first = channels[0];
-        let time_dim = first * 4;
-        let same = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let conv_in = conv2d(json.encoder.in_channels, first, 3, same, vb.pp("conv_in"))?;
-        let time_proj =
-            Timesteps::new(first, json.encoder.flip_sin_to_cos, json.encoder.freq_shift);
-        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), first, time_dim)?;
+        let encoder = Encoder::new(&vb, json.encoder.in_channels, &spec.blocks)?;
         let cond_embedding = CondEmbedding::new(vb.pp("controlnet_cond_embedding"), &json)?;
-        let vb_down = vb.pp("down_blocks");
-        let mut down_blocks = Vec::with_capacity(spec.down.len());
-        for (i, block) in spec.down.iter().enumerate() {
-            let c_in = if i == 0 { first } else { channels[i - 1] };
-            let vb = vb_down.pp(i);
-            down_blocks.push(match *block {
-                DownBlockSpec::Basic(c) => {
-                    DownBlock::Basic(DownBlock2D::new(vb, c_in, channels[i], Some(time_dim), c)?)
-                }
-                DownBlockSpec::CrossAttn(c) => DownBlock::CrossAttn(CrossAttnDownBlock2D::new(
-                    vb,
-                    c_in,
-                    channels[i],
-                    Some(time_dim),
-                    false,
-                    c,
-                )?),
-            });
-        }
+        let channels = &json.encoder.block_out_channels;
         let last = channels[channels.len() - 1];
-        let mid_block = UNetMidBlock2DCrossAttn::new(
-            vb.pp("mid_block"),
-            last,
-            Some(time_dim),
-            false,
-            spec.mid,
-        )?;
         let vb_zero = vb.pp("controlnet_down_blocks");
         let zero_down = spec
             .residual_channels
@@ -230,12 +183,8 @@ impl ControlNet {
             spec,
             dtype,
             device: vb.device().clone(),
-            conv_in,
-            time_proj,
-            time_embedding,
+            encoder,
             cond_embedding,
-            down_blocks,
-            mid_block,
             zero_down,
             zero_mid,
         })
@@ -307,7 +256,9 @@ impl ControlNet {
     /// - `context`: the text conditioning `[rows, seq, dim]`;
     /// - `cond`: the conditioning images `[rows, 3, h x s, w x s]`, RGB in
     ///   0..=1 (as diffusers' control image processor makes them);
-    /// - `scale`: the conditioning scale of each row, `[rows, 1, 1, 1]`.
+    /// - `scale`: the conditioning scale of each row, `[rows, 1, 1, 1]`;
+    /// - `slicing`: how its attention is sliced (as the UNet's, see
+    ///   [`crate::MemoryOptions::attention_slicing`]).
     ///
     /// Everything is computed in the weights' dtype; the residuals come back
     /// in it. Equal to [`ControlNet::embed_condition`] followed by
@@ -319,9 +270,10 @@ impl ControlNet {
         context: &Tensor,
         cond: &Tensor,
         scale: &Tensor,
+        slicing: Option<AttentionSlicing>,
     ) -> Result<ControlResiduals> {
         let embedded = self.embed_condition(cond)?;
-        self.forward_embedded(sample, timestep, context, &embedded, scale)
+        self.forward_embedded(sample, timestep, context, &embedded, scale, slicing)
     }
 
     /// The residuals for a UNet step from an already embedded condition
@@ -334,25 +286,15 @@ impl ControlNet {
         context: &Tensor,
         embedded: &Tensor,
         scale: &Tensor,
+        slicing: Option<AttentionSlicing>,
     ) -> Result<ControlResiduals> {
         let dtype = self.dtype;
+        let sample = sample.to_dtype(dtype)?;
         let (rows, _, _, _) = sample.dims4()?;
-        let emb = (Tensor::ones(rows, dtype, sample.device())? * timestep)?;
-        let emb = self
-            .time_embedding
-            .forward(&self.time_proj.forward(&emb)?)?;
+        let temb = self.encoder.time(rows, timestep, &sample)?;
         let context = context.to_dtype(dtype)?;
-        let mut x = (self.conv_in.forward(&sample.to_dtype(dtype)?)? + embedded)?;
-        let mut skips = vec![x.clone()];
-        for block in &self.down_blocks {
-            let (next, states) = match block {
-                DownBlock::Basic(b) => b.forward(&x, Some(&emb))?,
-                DownBlock::CrossAttn(b) => b.forward(&x, Some(&emb), Some(&context))?,
-            };
-            skips.extend(states);
-            x = next;
-        }
-        let x = self.mid_block.forward(&x, Some(&emb), Some(&context))?;
+        let stem = self.encoder.stem(&sample, Some(embedded))?;
+        let (x, skips) = self.encoder.encode(stem, &temb, &context, slicing)?;
         let scale = scale.to_dtype(dtype)?;
         let finish = |t: Tensor| -> candle_core::Result<Tensor> {
             let t = if self.json.global_pool_conditions {

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::config::{ControlNetJson, DownBlockSpec};
+use super::config::ControlNetJson;
 use crate::DiffusionError;
 
 fn parse(value: serde_json::Value) -> ControlNetJson {
@@ -35,8 +35,11 @@ fn sd15_layout_has_twelve_skip_residuals_in_unet_order() {
             320, 320, 320, 320, 640, 640, 640, 1280, 1280, 1280, 1280, 1280
         ]
     );
-    assert!(matches!(spec.down[0], DownBlockSpec::CrossAttn(c) if c.attn_num_head_channels == 8));
-    assert!(matches!(spec.down[3], DownBlockSpec::Basic(c) if !c.add_downsample));
+    let blocks = &spec.blocks.blocks;
+    assert_eq!(blocks.len(), 4);
+    assert_eq!(blocks[0].use_cross_attn, Some(1));
+    assert_eq!(blocks[0].attention_head_dim, 8);
+    assert_eq!(blocks[3].use_cross_attn, None);
     assert!(!spec.bgr);
 }
 
