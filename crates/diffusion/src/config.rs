@@ -151,7 +151,22 @@ impl EncoderJson {
     /// Checks the shared fields of `what` ("UNet", "ControlNet") and lays
     /// out its down blocks.
     pub(crate) fn layout(&self, path: &Path, what: &str) -> Result<EncoderLayout> {
-        if let Some(kind) = &self.addition_embed_type {
+        self.layout_with(path, what, false)
+    }
+
+    /// [`EncoderJson::layout`], accepting SDXL's `text_time` added
+    /// conditioning when `text_time` is set (the UNet checks its sizes).
+    pub(crate) fn layout_with(
+        &self,
+        path: &Path,
+        what: &str,
+        text_time: bool,
+    ) -> Result<EncoderLayout> {
+        if let Some(kind) = self
+            .addition_embed_type
+            .as_ref()
+            .filter(|kind| !(text_time && kind.as_str() == "text_time"))
+        {
             return Err(DiffusionError::Unsupported(format!(
                 "{what} addition_embed_type {kind:?} (SDXL's added text/time conditioning and \
                  second text encoder); SD 1.x, 2.x and SD-Turbo folders load"
@@ -260,6 +275,30 @@ pub(crate) struct UnetJson {
     center_input_sample: bool,
     #[serde(default)]
     time_embedding_type: Option<String>,
+    /// SDXL: width of each added time id's sinusoidal embedding.
+    #[serde(default)]
+    addition_time_embed_dim: Option<usize>,
+    /// SDXL: pooled text width plus six time ids' embeddings.
+    #[serde(default)]
+    projection_class_embeddings_input_dim: Option<usize>,
+}
+
+/// The sizes of SDXL's added text/time conditioning (`addition_embed_type:
+/// "text_time"`): the pooled text embedding and six time ids (original
+/// size, crop corner, target size) join the timestep's embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TextTimeShape {
+    /// Sinusoidal width of each time id.
+    pub(crate) time_dim: usize,
+    /// Pooled text width plus `6 x time_dim`.
+    pub(crate) input_dim: usize,
+}
+
+impl TextTimeShape {
+    /// Width of the pooled text embedding.
+    pub(crate) fn pooled_dim(&self) -> usize {
+        self.input_dim - 6 * self.time_dim
+    }
 }
 
 fn one_usize() -> usize {
@@ -270,10 +309,42 @@ fn one_f64() -> f64 {
 }
 
 impl UnetJson {
+    /// The added text/time conditioning an SDXL UNet takes, `None` for
+    /// SD 1.x / 2.x.
+    pub(crate) fn text_time(&self, path: &Path) -> Result<Option<TextTimeShape>> {
+        if self.encoder.addition_embed_type.as_deref() != Some("text_time") {
+            return Ok(None);
+        }
+        let (Some(time_dim), Some(input_dim)) = (
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
+        ) else {
+            return Err(config_error(
+                path,
+                "text_time conditioning needs addition_time_embed_dim and \
+                 projection_class_embeddings_input_dim",
+            ));
+        };
+        if time_dim == 0 || input_dim <= 6 * time_dim {
+            return Err(config_error(
+                path,
+                format!(
+                    "projection_class_embeddings_input_dim {input_dim} leaves no room for a \
+                     pooled text embedding beside 6 time ids of {time_dim}"
+                ),
+            ));
+        }
+        Ok(Some(TextTimeShape {
+            time_dim,
+            input_dim,
+        }))
+    }
+
     /// The candle-transformers config, or why this UNet cannot be built.
     pub(crate) fn to_candle(&self, path: &Path) -> Result<UNet2DConditionModelConfig> {
         let e = &self.encoder;
-        let layout = e.layout(path, "UNet")?;
+        let layout = e.layout_with(path, "UNet", true)?;
+        self.text_time(path)?;
         if let Some(kind) = self
             .time_embedding_type
             .as_deref()

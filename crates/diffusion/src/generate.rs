@@ -200,9 +200,9 @@ impl StableDiffusion {
             }
             let output = unet
                 .forward(
-                    &input.to_dtype(self.dtype)?,
-                    t,
+                    (&input.to_dtype(self.dtype)?, t),
                     &context,
+                    None,
                     residuals.as_ref().map(|r| (r.down.as_slice(), &r.mid)),
                     slicing,
                 )?

@@ -18,6 +18,7 @@ pub(crate) use attention::TransformerShape;
 pub(crate) use blocks::{BlockCommon, DownBlock, MidBlock};
 use blocks::{UpBlock, UpWidths};
 
+use crate::config::TextTimeShape;
 use crate::memory::AttentionSlicing;
 
 /// Residuals added to the skip connections and the mid block's output (a
@@ -146,10 +147,54 @@ impl Encoder {
     }
 }
 
-/// The denoising UNet of an SD 1.x / 2.x pipeline.
+/// SDXL's added conditioning for one UNet batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TextTimeInputs<'a> {
+    /// Pooled text embeddings `[b, pooled_dim]`.
+    pub(crate) pooled: &'a Tensor,
+    /// Time ids `[b, 6]`: original height and width, crop top and left,
+    /// target height and width.
+    pub(crate) time_ids: &'a Tensor,
+}
+
+/// SDXL's `add_time_proj` and `add_embedding`: the time ids' sinusoidal
+/// embeddings joined to the pooled text, projected to the time embedding's
+/// width and added to it.
+#[derive(Debug)]
+struct TextTimeEmbedding {
+    time_proj: Timesteps,
+    embedding: TimestepEmbedding,
+    shape: TextTimeShape,
+}
+
+impl TextTimeEmbedding {
+    fn forward(&self, inputs: TextTimeInputs<'_>, like: &Tensor) -> Result<Tensor> {
+        let rows = like.dim(0)?;
+        let pooled = inputs.pooled.to_dtype(like.dtype())?;
+        if pooled.dims() != [rows, self.shape.pooled_dim()] {
+            candle_core::bail!(
+                "pooled text embeddings {:?}, expected [{rows}, {}]",
+                pooled.dims(),
+                self.shape.pooled_dim()
+            );
+        }
+        if inputs.time_ids.dims() != [rows, 6] {
+            candle_core::bail!(
+                "time ids {:?}, expected [{rows}, 6]",
+                inputs.time_ids.dims()
+            );
+        }
+        let ids = inputs.time_ids.to_dtype(like.dtype())?.flatten_all()?;
+        let times = self.time_proj.forward(&ids)?.reshape((rows, ()))?;
+        self.embedding.forward(&Tensor::cat(&[&pooled, &times], 1)?)
+    }
+}
+
+/// The denoising UNet of an SD 1.x / 2.x or SDXL pipeline.
 #[derive(Debug)]
 pub(crate) struct Unet {
     encoder: Encoder,
+    text_time: Option<TextTimeEmbedding>,
     up_blocks: Vec<UpBlock>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -157,14 +202,32 @@ pub(crate) struct Unet {
 }
 
 impl Unet {
-    /// Builds the UNet of `config` from `vb` (the `unet/` weights).
+    /// Builds the UNet of `config` from `vb` (the `unet/` weights), with
+    /// SDXL's added conditioning when `text_time` gives its shape.
     pub(crate) fn new(
         vb: VarBuilder<'_>,
-        in_channels: usize,
-        out_channels: usize,
+        (in_channels, out_channels): (usize, usize),
         config: &UNet2DConditionModelConfig,
+        text_time: Option<TextTimeShape>,
     ) -> Result<Self> {
         let encoder = Encoder::new(&vb, in_channels, config)?;
+        let text_time = text_time
+            .map(|shape| -> Result<_> {
+                Ok(TextTimeEmbedding {
+                    time_proj: Timesteps::new(
+                        shape.time_dim,
+                        config.flip_sin_to_cos,
+                        config.freq_shift,
+                    ),
+                    embedding: TimestepEmbedding::new(
+                        vb.pp("add_embedding"),
+                        shape.input_dim,
+                        4 * config.blocks[0].out_channels,
+                    )?,
+                    shape,
+                })
+            })
+            .transpose()?;
         let blocks = &config.blocks;
         let n = blocks.len();
         let first = blocks[0].out_channels;
@@ -201,6 +264,7 @@ impl Unet {
         };
         Ok(Self {
             encoder,
+            text_time,
             up_blocks,
             norm_out: candle_nn::group_norm(
                 config.norm_num_groups,
@@ -214,14 +278,14 @@ impl Unet {
     }
 
     /// The predicted noise for `xs` `[b, in_channels, h, w]` at `timestep`
-    /// conditioned on `context` `[b, seq, dim]`, with a ControlNet's
-    /// `extra` residuals added and attention run in slices under
-    /// `slicing`.
+    /// conditioned on `context` `[b, seq, dim]` (and, for SDXL, on
+    /// `added`), with a ControlNet's `extra` residuals added and attention
+    /// run in slices under `slicing`.
     pub(crate) fn forward(
         &self,
-        xs: &Tensor,
-        timestep: f64,
+        (xs, timestep): (&Tensor, f64),
         context: &Tensor,
+        added: Option<TextTimeInputs<'_>>,
         extra: ExtraResiduals<'_>,
         slicing: Option<AttentionSlicing>,
     ) -> Result<Tensor> {
@@ -234,7 +298,17 @@ impl Unet {
         } else {
             xs.clone()
         };
-        let temb = self.encoder.time(rows, timestep, &xs)?;
+        let mut temb = self.encoder.time(rows, timestep, &xs)?;
+        match (&self.text_time, added) {
+            (Some(embedding), Some(inputs)) => temb = (temb + embedding.forward(inputs, &xs)?)?,
+            (None, None) => {}
+            (Some(_), None) => {
+                candle_core::bail!("this SDXL UNet needs pooled text embeddings and time ids")
+            }
+            (None, Some(_)) => {
+                candle_core::bail!("pooled text embeddings and time ids given to a non-SDXL UNet")
+            }
+        }
         let stem = self.encoder.stem(&xs, None)?;
         let (mut x, mut skips) = self.encoder.encode(stem, &temb, context, slicing)?;
         if let Some((down, mid)) = extra {

@@ -19,6 +19,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_transformers::models::clip::text_model::{
     Activation, ClipTextConfig, ClipTextTransformer,
 };
+use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
 };
@@ -70,6 +71,10 @@ pub struct TinyStableDiffusion {
     pub unet_in_channels: usize,
     /// SD 2.x style linear projections in the transformer blocks.
     pub use_linear_projection: bool,
+    /// Transformer blocks in each cross-attention block (SDXL has 1, 2, 10).
+    pub transformer_layers_per_block: usize,
+    /// SDXL's added text/time conditioning on the UNet, if any.
+    pub text_time: Option<TinyTextTime>,
     /// Text encoder width (also the UNet's cross-attention width).
     pub text_hidden: usize,
     /// Text encoder layers.
@@ -97,6 +102,8 @@ impl Default for TinyStableDiffusion {
             layers_per_block: 1,
             unet_in_channels: 4,
             use_linear_projection: false,
+            transformer_layers_per_block: 1,
+            text_time: None,
             text_hidden: 32,
             text_layers: 2,
             text_heads: 4,
@@ -106,6 +113,23 @@ impl Default for TinyStableDiffusion {
             scheduler: TinySchedulerSpec::default(),
             dtype: DType::F32,
         }
+    }
+}
+
+/// The sizes of SDXL's added conditioning (`addition_embed_type:
+/// "text_time"`) on a tiny UNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TinyTextTime {
+    /// Width of the pooled text embedding.
+    pub pooled_dim: usize,
+    /// Sinusoidal width of each of the six time ids.
+    pub time_dim: usize,
+}
+
+impl TinyTextTime {
+    /// `projection_class_embeddings_input_dim`.
+    pub fn input_dim(&self) -> usize {
+        self.pooled_dim + 6 * self.time_dim
     }
 }
 
@@ -191,6 +215,10 @@ impl TinyStableDiffusion {
             "sample_size": 16,
             "up_block_types": self.up_block_types(),
             "use_linear_projection": self.use_linear_projection,
+            "transformer_layers_per_block": self.transformer_layers_per_block,
+            "addition_embed_type": self.text_time.map(|_| "text_time"),
+            "addition_time_embed_dim": self.text_time.map(|t| t.time_dim),
+            "projection_class_embeddings_input_dim": self.text_time.map(|t| t.input_dim()),
         })
     }
 
@@ -389,7 +417,7 @@ impl TinyStableDiffusion {
                 .zip(&self.heads)
                 .map(|((&out_channels, &cross), &heads)| BlockConfig {
                     out_channels,
-                    use_cross_attn: cross.then_some(1),
+                    use_cross_attn: cross.then_some(self.transformer_layers_per_block),
                     attention_head_dim: heads,
                 })
                 .collect(),
@@ -402,16 +430,16 @@ impl TinyStableDiffusion {
     }
 }
 
-/// Writes a tiny Stable Diffusion pipeline into `dir` in the diffusers
-/// layout: `model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-/// `tokenizer/` and `scheduler/`. The same spec and seed always give
-/// byte-identical files.
-pub fn write_stable_diffusion(dir: &Path, spec: &TinyStableDiffusion, seed: u64) -> Result<()> {
+/// Writes a tiny UNet folder (`config.json` and
+/// `diffusion_pytorch_model.safetensors`) into `dir`: SD 1.x / 2.x shaped,
+/// or SDXL shaped when the spec has [`TinyStableDiffusion::text_time`].
+pub fn write_unet(dir: &Path, spec: &TinyStableDiffusion, seed: u64) -> Result<()> {
     spec.check()?;
-    let tokenizer = TinyClipBpe::default();
-    write_json(&dir.join("model_index.json"), &spec.model_index_json())?;
-
+    let time_embed_dim = 4 * spec.unet_channels[0];
     let unet = record("unet", |vb| {
+        if let Some(t) = spec.text_time {
+            TimestepEmbedding::new(vb.pp("add_embedding"), t.input_dim(), time_embed_dim)?;
+        }
         UNet2DConditionModel::new(
             vb,
             spec.unet_in_channels,
@@ -421,9 +449,25 @@ pub fn write_stable_diffusion(dir: &Path, spec: &TinyStableDiffusion, seed: u64)
         )
         .map(drop)
     })?;
-    write_json(&dir.join("unet/config.json"), &spec.unet_config_json())?;
-    let unet_path = dir.join("unet/diffusion_pytorch_model.safetensors");
-    write_weights(&unet_path, &unet, spec.dtype, seed)?;
+    write_json(&dir.join("config.json"), &spec.unet_config_json())?;
+    write_weights(
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        &unet,
+        spec.dtype,
+        seed,
+    )
+}
+
+/// Writes a tiny Stable Diffusion pipeline into `dir` in the diffusers
+/// layout: `model_index.json`, `unet/`, `vae/`, `text_encoder/`,
+/// `tokenizer/` and `scheduler/`. The same spec and seed always give
+/// byte-identical files.
+pub fn write_stable_diffusion(dir: &Path, spec: &TinyStableDiffusion, seed: u64) -> Result<()> {
+    spec.check()?;
+    let tokenizer = TinyClipBpe::default();
+    write_json(&dir.join("model_index.json"), &spec.model_index_json())?;
+
+    write_unet(&dir.join("unet"), spec, seed)?;
 
     let vae_config = AutoEncoderKLConfig {
         block_out_channels: spec.vae_channels.clone(),
