@@ -177,6 +177,7 @@ impl StableDiffusion {
         // says so) after this run's reference is gone, on every way out.
         let _done = StageEnd(self, &self.unet);
         let unet = self.unet()?;
+        let slicing = self.memory.attention_slicing;
         for i in first..total {
             if run
                 .cancel
@@ -193,7 +194,6 @@ impl StableDiffusion {
             let t = scheduler.timesteps()[i];
             // ControlNets see the latents only, not an inpainting UNet's
             // mask channels (as in diffusers).
-            let slicing = self.memory.attention_slicing;
             let residuals = ControlInput::run_all(&controls, &input, t, &context, slicing)?;
             if let Some(conditioning) = inpaint.as_ref().and_then(|s| s.conditioning.as_ref()) {
                 input = Tensor::cat(&[&input, conditioning], 1)?;

@@ -14,9 +14,8 @@ use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
 
-pub(crate) use attention::TransformerShape;
-pub(crate) use blocks::{BlockCommon, DownBlock, MidBlock};
-use blocks::{UpBlock, UpWidths};
+use attention::TransformerShape;
+use blocks::{BlockCommon, DownBlock, MidBlock, UpBlock, UpWidths};
 
 use crate::config::TextTimeShape;
 use crate::memory::AttentionSlicing;
@@ -27,7 +26,7 @@ pub(crate) type ExtraResiduals<'a> = Option<(&'a [Tensor], &'a Tensor)>;
 
 /// The transformer shape of a block of `config` with `heads` heads and
 /// `depth` transformer blocks.
-pub(crate) fn transformer_shape(
+fn transformer_shape(
     config: &UNet2DConditionModelConfig,
     heads: usize,
     depth: usize,
