@@ -89,6 +89,11 @@ impl ClipTokenizer {
         })
     }
 
+    /// The end-of-text token's id (the pooled output is read there).
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
     /// The context length every prompt is padded to.
     pub fn max_len(&self) -> usize {
         self.max_len
@@ -170,7 +175,7 @@ fn from_vocab_and_merges(dir: &Path) -> Result<Tokenizer> {
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct ClipTextJson {
     vocab_size: usize,
-    hidden_size: usize,
+    pub(crate) hidden_size: usize,
     intermediate_size: usize,
     num_hidden_layers: usize,
     num_attention_heads: usize,
@@ -180,6 +185,9 @@ pub(crate) struct ClipTextJson {
     hidden_act: String,
     #[serde(default = "default_eps")]
     layer_norm_eps: f64,
+    /// Width of `text_projection` (CLIPTextModelWithProjection only).
+    #[serde(default)]
+    pub(crate) projection_dim: Option<usize>,
 }
 
 fn default_positions() -> usize {
@@ -221,8 +229,22 @@ struct EncoderLayer {
     fc2: Linear,
 }
 
-/// A CLIP text encoder returning the last hidden state, the conditioning
-/// every SD 1.x / 2.x UNet cross-attends to.
+/// What one pass of a [`ClipTextEncoder`] gives.
+#[derive(Debug, Clone)]
+pub struct ClipOutput {
+    /// The last layer's hidden states after the final layer norm
+    /// `[batch, seq, hidden]` (what SD 1.x / 2.x cross-attend to).
+    pub last_hidden: Tensor,
+    /// The input of the last layer, without the final norm `[batch, seq,
+    /// hidden]` (transformers' `hidden_states[-2]`, what SDXL takes).
+    pub penultimate: Tensor,
+    /// `last_hidden` at each row's end token `[batch, hidden]`, through
+    /// `text_projection` when the encoder has one (`[batch, projection]`).
+    pub pooled: Tensor,
+}
+
+/// A CLIP text encoder (transformers' `CLIPTextModel`, or
+/// `CLIPTextModelWithProjection` with its `text_projection`).
 #[derive(Debug)]
 pub struct ClipTextEncoder {
     token_embedding: Embedding,
@@ -232,12 +254,19 @@ pub struct ClipTextEncoder {
     heads: usize,
     activation: Activation,
     max_positions: usize,
+    projection: Option<Linear>,
 }
 
 impl ClipTextEncoder {
     /// Builds the encoder from `config.json` over `vb` (rooted at the file,
-    /// the weights under `text_model.`).
-    pub(crate) fn new(config: &ClipTextJson, path: &Path, vb: VarBuilder<'_>) -> Result<Self> {
+    /// the weights under `text_model.`), with the top-level
+    /// `text_projection` when `with_projection` is set.
+    pub(crate) fn new(
+        config: &ClipTextJson,
+        path: &Path,
+        vb: VarBuilder<'_>,
+        with_projection: bool,
+    ) -> Result<Self> {
         let activation = match config.hidden_act.as_str() {
             "quick_gelu" => Activation::QuickGelu,
             "gelu" => Activation::Gelu,
@@ -255,6 +284,14 @@ impl ClipTextEncoder {
                 "hidden_size does not divide into the heads",
             ));
         }
+        let projection = if with_projection {
+            let dim = config.projection_dim.ok_or_else(|| {
+                config_error(path, "a text encoder with projection needs projection_dim")
+            })?;
+            Some(candle_nn::linear_no_bias(d, dim, vb.pp("text_projection"))?)
+        } else {
+            None
+        };
         let vb = vb.pp("text_model");
         let emb = vb.pp("embeddings");
         let token_embedding =
@@ -290,6 +327,7 @@ impl ClipTextEncoder {
             heads: config.num_attention_heads,
             activation,
             max_positions: config.max_position_embeddings,
+            projection,
         })
     }
 
@@ -298,8 +336,42 @@ impl ClipTextEncoder {
         self.max_positions
     }
 
-    /// Hidden states `[batch, seq, hidden]` of token ids `[batch, seq]`.
+    /// Hidden states `[batch, seq, hidden]` of token ids `[batch, seq]`
+    /// (after the final layer norm).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.run(ids)?.1)
+    }
+
+    /// The last and penultimate hidden states and the pooled output of
+    /// token ids `[batch, seq]`, pooled at each row's first `eos_id` (the
+    /// last position when a row has none).
+    pub fn forward_all(&self, ids: &Tensor, eos_id: u32) -> Result<ClipOutput> {
+        let (penultimate, last_hidden) = self.run(ids)?;
+        let (batch, seq) = ids.dims2()?;
+        let rows: Vec<Vec<u32>> = ids.to_vec2()?;
+        let at: Vec<u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| {
+                let p = row.iter().position(|&t| t == eos_id).unwrap_or(seq - 1);
+                (r * seq + p) as u32
+            })
+            .collect();
+        let at = Tensor::from_vec(at, batch, ids.device())?;
+        let pooled = last_hidden.flatten_to(1)?.index_select(&at, 0)?;
+        let pooled = match &self.projection {
+            Some(projection) => projection.forward(&pooled)?,
+            None => pooled,
+        };
+        Ok(ClipOutput {
+            last_hidden,
+            penultimate,
+            pooled,
+        })
+    }
+
+    /// (penultimate hidden states, final-normed last hidden states).
+    fn run(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (batch, seq) = ids.dims2()?;
         if seq > self.max_positions {
             return Err(DiffusionError::InvalidInput {
@@ -322,7 +394,9 @@ impl ClipTextEncoder {
                 .transpose(1, 2)?
                 .contiguous()
         };
+        let mut penultimate = xs.clone();
         for layer in &self.layers {
+            penultimate = xs.clone();
             let h = layer.norm1.forward(&xs)?;
             let q = split((layer.q.forward(&h)? * scale)?)?;
             let k = split(layer.k.forward(&h)?)?;
@@ -340,7 +414,7 @@ impl ClipTextEncoder {
                 .forward(&self.activation.apply(&layer.fc1.forward(&h)?)?)?;
             xs = (xs + h)?;
         }
-        Ok(self.final_norm.forward(&xs)?)
+        Ok((penultimate, self.final_norm.forward(&xs)?))
     }
 }
 

@@ -13,6 +13,8 @@ use crate::pipeline::{
     Denoised, GeneratedImage, ImageOrigin, RunOptions, StableDiffusion, StepProgress,
 };
 use crate::request::{BatchKey, DiffusionRequest, ImageToImage, Inpaint, Mode, TextToImage};
+use crate::sdxl::{Conditioning, prompts, time_ids, to_unet_rows};
+use crate::unet::TextTimeInputs;
 use crate::vae::{image_tensor, latent_mask, mask_tensor, preview};
 
 /// Offers a component for release when a stage ends, however it ends.
@@ -129,10 +131,20 @@ impl StableDiffusion {
         )?;
         let guidance = per_image(&guidance)?;
         let controls = self.control_inputs(requests, &rows, key.guided)?;
-        let context = {
+        let Conditioning { context, pooled } = {
             let _done = StageEnd(self, &self.text_encoder);
+            let _done2 = self.second.as_ref().map(|s| StageEnd(self, &s.encoder));
             self.encode_prompts(requests, &rows, key.guided)?
         };
+        let unet_rows = origins.len() * if key.guided { 2 } else { 1 };
+        let time_ids = match &pooled {
+            Some(_) => Some(time_ids(unet_rows, key.height, key.width, device)?),
+            None => None,
+        };
+        let added = pooled
+            .as_ref()
+            .zip(time_ids.as_ref())
+            .map(|(pooled, time_ids)| TextTimeInputs { pooled, time_ids });
         let mut scheduler = self.scheduler.build(key.scheduler, key.steps)?;
         let total = scheduler.timesteps().len();
         let first = key.first_step;
@@ -202,7 +214,7 @@ impl StableDiffusion {
                 .forward(
                     (&input.to_dtype(self.dtype)?, t),
                     &context,
-                    None,
+                    added,
                     residuals.as_ref().map(|r| (r.down.as_slice(), &r.mid)),
                     slicing,
                 )?
@@ -314,43 +326,35 @@ impl StableDiffusion {
     }
 
     /// Text conditioning `[2n, seq, d]` (negative prompts first) with
-    /// guidance, `[n, seq, d]` without, one row per image. Each request's
-    /// prompts are encoded once however many images it asks for.
+    /// guidance, `[n, seq, d]` without, one row per image, and SDXL's
+    /// pooled embeddings. Each request's prompts are encoded once however
+    /// many images it asks for.
     fn encode_prompts(
         &self,
         requests: &[DiffusionRequest],
         rows: &Tensor,
         guided: bool,
-    ) -> Result<Tensor> {
-        let mut ids: Vec<u32> = Vec::new();
-        for request in requests {
-            ids.extend(self.tokenizer.encode(&request.params().prompt)?);
+    ) -> Result<Conditioning> {
+        if let Some(second) = &self.second {
+            return self.encode_prompts_xl(second, requests, rows, guided);
         }
-        if guided {
-            for request in requests {
-                ids.extend(self.tokenizer.encode(&request.params().negative_prompt)?);
-            }
+        let mut ids: Vec<u32> = Vec::new();
+        for prompt in prompts(requests, guided) {
+            ids.extend(self.tokenizer.encode(prompt)?);
         }
         let seq = self.tokenizer.max_len();
-        let ids = Tensor::from_vec(ids, (ids_len(requests, guided), seq), &self.text_device)?;
+        let count = ids.len() / seq;
+        let ids = Tensor::from_vec(ids, (count, seq), &self.text_device)?;
         let encoded = self
             .text_encoder()?
             .forward(&ids)?
             .to_device(&self.device)?;
-        let r = requests.len();
-        let context = if guided {
-            let positive = encoded.narrow(0, 0, r)?.index_select(rows, 0)?;
-            let negative = encoded.narrow(0, r, r)?.index_select(rows, 0)?;
-            Tensor::cat(&[&negative, &positive], 0)?
-        } else {
-            encoded.index_select(rows, 0)?
-        };
-        Ok(context.to_dtype(self.dtype)?)
+        let context = to_unet_rows(&encoded, requests.len(), rows, guided)?;
+        Ok(Conditioning {
+            context: context.to_dtype(self.dtype)?,
+            pooled: None,
+        })
     }
-}
-
-fn ids_len(requests: &[DiffusionRequest], guided: bool) -> usize {
-    requests.len() * if guided { 2 } else { 1 }
 }
 
 fn wrap<R: Clone + Into<DiffusionRequest>>(requests: &[R]) -> Vec<DiffusionRequest> {

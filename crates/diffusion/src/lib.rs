@@ -1,8 +1,9 @@
 //! Image pipelines on candle: Stable Diffusion from a diffusers folder.
 //!
 //! [`StableDiffusion::load`] reads the folder a user downloads from the
-//! Hugging Face hub for SD 1.x, SD 2.x or SD-Turbo (for example
-//! `stable-diffusion-v1-5/stable-diffusion-v1-5`, `stabilityai/sd-turbo`):
+//! Hugging Face hub for SD 1.x, SD 2.x, SD-Turbo, SDXL base or SDXL-Turbo
+//! (for example `stable-diffusion-v1-5/stable-diffusion-v1-5`,
+//! `stabilityai/sd-turbo`, `stabilityai/stable-diffusion-xl-base-1.0`):
 //!
 //! ```text
 //! model_index.json
@@ -11,13 +12,23 @@
 //! text_encoder/config.json   text_encoder/model[.fp16].safetensors
 //! tokenizer/vocab.json       tokenizer/merges.txt   (or tokenizer/tokenizer.json)
 //! scheduler/scheduler_config.json
+//! text_encoder_2/config.json text_encoder_2/model[.fp16].safetensors   (SDXL only)
+//! tokenizer_2/vocab.json     tokenizer_2/merges.txt                    (SDXL only)
 //! ```
 //!
 //! Point it at the folder holding `model_index.json` (in the hub cache, the
 //! `snapshots/<revision>/` folder). Sharded weights
 //! (`*.safetensors.index.json`) load too; PyTorch `.bin` weights are refused
-//! with a typed error. SDXL folders (a second text encoder) are refused for
-//! now.
+//! with a typed error.
+//!
+//! SDXL runs as diffusers' `StableDiffusionXLPipeline` does: the UNet
+//! cross-attends to both text encoders' penultimate hidden states joined,
+//! and takes the second encoder's projected pooled output with the time ids
+//! (original size, crop corner (0, 0), target size: the generated size).
+//! With `force_zeros_for_empty_prompt` (SDXL's `model_index.json` sets it)
+//! an empty negative prompt conditions on zeros. The SDXL refiner
+//! (aesthetic-score time ids, no first text encoder) is refused with a
+//! typed error, as are folders whose encoders and UNet do not fit together.
 //!
 //! Pipelines, all through [`StableDiffusion::generate`] (or the typed
 //! [`StableDiffusion::text_to_image`], [`StableDiffusion::image_to_image`],
@@ -60,7 +71,7 @@
 //! (tensors move at the stage boundaries).
 //!
 //! [`Lora`] adapters (kohya or diffusers/PEFT files) merge into the UNet and
-//! text encoder with [`StableDiffusion::set_loras`], several at once with
+//! the text encoder(s) with [`StableDiffusion::set_loras`], several at once with
 //! their own scales, and unapply exactly; what cannot be merged is listed in
 //! the [`LoraReport`]. Input images from outside bytes go through
 //! [`decode_image`] / [`decode_mask`] with decompression-bomb limits.
@@ -110,12 +121,13 @@ mod offload;
 mod pipeline;
 mod request;
 pub mod scheduler;
+mod sdxl;
 mod tiling;
 mod unet;
 mod vae;
 mod weights;
 
-pub use clip::{ClipTextEncoder, ClipTokenizer};
+pub use clip::{ClipOutput, ClipTextEncoder, ClipTokenizer};
 pub use controlnet::{ControlNet, ControlResiduals};
 pub use error::{DiffusionError, Result};
 pub use handler::DiffusionHandler;

@@ -15,6 +15,7 @@ use crate::lora::LoraPatch;
 use crate::memory::MemoryOptions;
 use crate::offload::{Offload, Residency, Resident};
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
+use crate::sdxl::{SecondTextEncoder, load_second, names_component};
 use crate::unet::Unet;
 use crate::vae::{Vae, image_tensor};
 use crate::weights::{self, Patch};
@@ -146,8 +147,8 @@ pub struct ImageOrigin {
     pub seed: u64,
 }
 
-/// A Stable Diffusion pipeline (SD 1.x, 2.x, SD-Turbo) loaded from a
-/// diffusers folder.
+/// A Stable Diffusion pipeline (SD 1.x, 2.x, SD-Turbo, SDXL base and
+/// SDXL-Turbo) loaded from a diffusers folder.
 #[derive(Debug)]
 pub struct StableDiffusion {
     dir: PathBuf,
@@ -159,6 +160,8 @@ pub struct StableDiffusion {
     pub(crate) tokenizer: ClipTokenizer,
     pub(crate) text_encoder: Resident<ClipTextEncoder>,
     pub(crate) text_source: TextEncoderSource,
+    /// SDXL's second text encoder.
+    pub(crate) second: Option<SecondTextEncoder>,
     pub(crate) unet: Resident<Unet>,
     pub(crate) unet_source: UnetSource,
     pub(crate) vae: Vae,
@@ -167,6 +170,7 @@ pub struct StableDiffusion {
     /// merge them again when a released component is rebuilt).
     pub(crate) unet_patch: Option<Arc<LoraPatch>>,
     pub(crate) text_patch: Option<Arc<LoraPatch>>,
+    pub(crate) text2_patch: Option<Arc<LoraPatch>>,
     pub(crate) memory: MemoryOptions,
     pub(crate) offload: Offload,
     /// Attached ControlNets by name, in attachment order.
@@ -211,6 +215,8 @@ pub(crate) struct TextEncoderSource {
     pub(crate) config_path: PathBuf,
     pub(crate) files: Vec<PathBuf>,
     pub(crate) json: ClipTextJson,
+    /// Whether it has a `text_projection` (SDXL's second encoder).
+    pub(crate) projection: bool,
 }
 
 impl TextEncoderSource {
@@ -221,18 +227,21 @@ impl TextEncoderSource {
         patch: Option<Arc<dyn Patch>>,
     ) -> Result<ClipTextEncoder> {
         let vb = weights::open(&self.files, dtype, device, patch)?;
-        ClipTextEncoder::new(&self.json, &self.config_path, vb)
+        ClipTextEncoder::new(&self.json, &self.config_path, vb, self.projection)
     }
 }
 
 impl StableDiffusion {
     /// Loads the pipeline from a diffusers folder: `model_index.json`,
-    /// `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`.
+    /// `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`, and
+    /// for SDXL `text_encoder_2/` and `tokenizer_2/`.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let index: serde_json::Value = read_json(&dir.join("model_index.json"))?;
-        if index.get("text_encoder_2").is_some_and(|v| !v.is_null()) {
+        let xl = names_component(&index, "text_encoder_2");
+        if xl && !names_component(&index, "text_encoder") {
             return Err(DiffusionError::Unsupported(
-                "a second text encoder (SDXL); SD 1.x, 2.x and SD-Turbo folders load".into(),
+                "an SDXL refiner (only the second text encoder); SDXL base and Turbo folders load"
+                    .into(),
             ));
         }
         let device = options.device.clone();
@@ -255,22 +264,49 @@ impl StableDiffusion {
             json: read_json(&config_path)?,
             config_path,
             files: weight_files(&text_dir, "model")?,
+            projection: false,
         };
         let text_encoder = text_source.build(dtype, &text_device, None)?;
         let tokenizer = ClipTokenizer::load(&dir.join("tokenizer"), text_encoder.max_positions())?;
 
         let unet_dir = dir.join("unet");
-        let unet_json: UnetJson = read_json(&unet_dir.join("config.json"))?;
-        if unet_json
-            .text_time(&unet_dir.join("config.json"))?
-            .is_some()
-        {
-            // The UNet itself builds and runs (crate tests); the pooled
-            // second text encoder that feeds it is not wired in yet.
-            return Err(DiffusionError::Unsupported(
-                "an SDXL UNet (text_time conditioning) without SDXL's second text encoder".into(),
-            ));
-        }
+        let unet_config = unet_dir.join("config.json");
+        let unet_json: UnetJson = read_json(&unet_config)?;
+        let cross = unet_json.encoder.cross_attention_dim;
+        let second = match (unet_json.text_time(&unet_config)?, xl) {
+            (Some(text_time), true) => Some(load_second(
+                dir,
+                &index,
+                &text_source.json,
+                (cross, text_time),
+                (dtype, &text_device),
+            )?),
+            (None, false) if cross != text_source.json.hidden_size => {
+                return Err(DiffusionError::Config {
+                    path: unet_config,
+                    reason: format!(
+                        "cross_attention_dim {cross} is not the text encoder's width {}",
+                        text_source.json.hidden_size
+                    ),
+                });
+            }
+            (None, false) => None,
+            (Some(_), false) => {
+                return Err(DiffusionError::Unsupported(
+                    "an SDXL UNet (text_time conditioning) without SDXL's second text encoder \
+                     (text_encoder_2/ in model_index.json)"
+                        .into(),
+                ));
+            }
+            (None, true) => {
+                return Err(DiffusionError::Config {
+                    path: unet_config,
+                    reason: "model_index.json names text_encoder_2 (SDXL) but the UNet has no \
+                             text_time conditioning"
+                        .into(),
+                });
+            }
+        };
         let vae = Vae::load(&dir.join("vae"), dtype, &vae_device)?;
         let latent = vae.latent_channels;
         if unet_json.out_channels != latent
@@ -301,12 +337,14 @@ impl StableDiffusion {
             tokenizer,
             text_encoder: Resident::new(text_encoder),
             text_source,
+            second,
             unet: Resident::new(unet),
             unet_source,
             vae,
             scheduler,
             unet_patch: None,
             text_patch: None,
+            text2_patch: None,
             memory: MemoryOptions::default(),
             offload: Offload::Never,
             controlnets: Vec::new(),
@@ -336,6 +374,12 @@ impl StableDiffusion {
     /// The scheduler config of the folder.
     pub fn scheduler_config(&self) -> &SchedulerConfig {
         &self.scheduler
+    }
+
+    /// Whether this is an SDXL pipeline (two text encoders, added
+    /// text/time conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.second.is_some()
     }
 
     /// Whether the UNet is an inpainting one (9 input channels).
@@ -376,7 +420,8 @@ impl StableDiffusion {
     /// Which components hold their weights now.
     pub fn residency(&self) -> Residency {
         Residency {
-            text_encoder: self.text_encoder.is_loaded(),
+            text_encoder: self.text_encoder.is_loaded()
+                && self.second.as_ref().is_none_or(|s| s.encoder.is_loaded()),
             unet: self.unet.is_loaded(),
         }
     }
@@ -387,7 +432,8 @@ impl StableDiffusion {
     /// anything was held.
     pub fn release_weights(&self) -> bool {
         let text = self.text_encoder.release();
-        self.unet.release() | text
+        let text2 = self.second.as_ref().is_some_and(|s| s.encoder.release());
+        self.unet.release() | text | text2
     }
 
     /// The text encoder, rebuilt first if it was released.
@@ -427,6 +473,6 @@ impl StableDiffusion {
     }
 }
 
-fn as_patch(patch: &Option<Arc<LoraPatch>>) -> Option<Arc<dyn Patch>> {
+pub(crate) fn as_patch(patch: &Option<Arc<LoraPatch>>) -> Option<Arc<dyn Patch>> {
     patch.clone().map(|p| p as Arc<dyn Patch>)
 }

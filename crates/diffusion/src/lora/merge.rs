@@ -17,6 +17,8 @@ pub struct LoraReport {
     pub unet_layers: usize,
     /// Text-encoder layers that received a delta.
     pub text_encoder_layers: usize,
+    /// Layers of SDXL's second text encoder that received a delta.
+    pub text_encoder_2_layers: usize,
     /// Modules that name no layer of this model, or whose shape does not
     /// fit the layer: `"<lora>: <layer>: <why>"`.
     pub unmatched: Vec<String>,
@@ -144,8 +146,13 @@ impl StableDiffusion {
         }
         let unet_layers = Layers::new(weights::tensor_shapes(&self.unet_source.files)?);
         let text_layers = Layers::new(weights::tensor_shapes(&self.text_source.files)?);
+        let text2_layers = match &self.second {
+            Some(second) => Some(Layers::new(weights::tensor_shapes(&second.source.files)?)),
+            None => None,
+        };
         let mut report = LoraReport::default();
         let (mut unet_patch, mut text_patch) = (LoraPatch::default(), LoraPatch::default());
+        let mut text2_patch = LoraPatch::default();
         for (lora, scale) in loras {
             report.unknown_keys.extend(
                 lora.unknown_keys()
@@ -160,6 +167,19 @@ impl StableDiffusion {
                         &mut text_patch,
                         &mut report.text_encoder_layers,
                     ),
+                    LoraComponent::TextEncoder2 => match &text2_layers {
+                        Some(layers) => {
+                            (layers, &mut text2_patch, &mut report.text_encoder_2_layers)
+                        }
+                        None => {
+                            report.unmatched.push(format!(
+                                "{}: {}: this pipeline has no second text encoder (SDXL's)",
+                                lora.name(),
+                                module.layer
+                            ));
+                            continue;
+                        }
+                    },
                 };
                 match layers.resolve(module) {
                     Ok((weight, _)) => {
@@ -178,9 +198,11 @@ impl StableDiffusion {
         }
         let shared = |p: LoraPatch| (!p.is_empty()).then(|| Arc::new(p));
         let (unet_patch, text_patch) = (shared(unet_patch), shared(text_patch));
+        let text2_patch = shared(text2_patch);
         let as_dyn = |p: &Option<Arc<LoraPatch>>| p.clone().map(|p| p as Arc<dyn Patch>);
         let rebuild_unet = self.unet_patch.is_some() || unet_patch.is_some();
         let rebuild_text = self.text_patch.is_some() || text_patch.is_some();
+        let rebuild_text2 = self.text2_patch.is_some() || text2_patch.is_some();
         let unet = if rebuild_unet {
             Some(
                 self.unet_source
@@ -197,14 +219,26 @@ impl StableDiffusion {
         } else {
             None
         };
+        let text2 = match &self.second {
+            Some(second) if rebuild_text2 => Some(second.source.build(
+                self.dtype,
+                &self.text_device,
+                as_dyn(&text2_patch),
+            )?),
+            _ => None,
+        };
         if let Some(unet) = unet {
             self.unet.set(unet);
+        }
+        if let (Some(text2), Some(second)) = (text2, &self.second) {
+            second.encoder.set(text2);
         }
         if let Some(text) = text {
             self.text_encoder.set(text);
         }
         self.unet_patch = unet_patch;
         self.text_patch = text_patch;
+        self.text2_patch = text2_patch;
         Ok(report)
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! | scheme | a module's keys |
 //! |---|---|
-//! | kohya (sd-scripts, A1111, ComfyUI) | `lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight`, `.lora_up.weight`, `.alpha`; text encoder `lora_te_text_model_encoder_layers_0_self_attn_q_proj...` |
-//! | diffusers / PEFT | `unet.down_blocks.0.attentions.0.proj_in.lora_A.weight`, `.lora_B.weight` (or `.lora.down.weight` / `.lora.up.weight`, and the older `...attn1.processor.to_q_lora.down.weight`); text encoder `text_encoder.text_model...` |
+//! | kohya (sd-scripts, A1111, ComfyUI) | `lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight`, `.lora_up.weight`, `.alpha`; text encoder `lora_te_text_model_encoder_layers_0_self_attn_q_proj...` (`lora_te1_` / `lora_te2_` for SDXL's two) |
+//! | diffusers / PEFT | `unet.down_blocks.0.attentions.0.proj_in.lora_A.weight`, `.lora_B.weight` (or `.lora.down.weight` / `.lora.up.weight`, and the older `...attn1.processor.to_q_lora.down.weight`); text encoder `text_encoder.text_model...` (`text_encoder_2.` for SDXL's second) |
 //!
 //! A module's delta is `scale x (alpha / rank) x up @ down`, reshaped to the
 //! weight it targets (linear layers and 1x1 or kxk convolutions); without an
@@ -36,6 +36,9 @@ pub enum LoraComponent {
     Unet,
     /// The CLIP text encoder.
     TextEncoder,
+    /// SDXL's second text encoder (kohya `lora_te2_`, diffusers
+    /// `text_encoder_2.`).
+    TextEncoder2,
 }
 
 /// How a module names the layer it adapts.
@@ -131,8 +134,17 @@ fn parse_key(key: &str) -> Option<(LoraComponent, LayerName, Part)> {
             part,
         ));
     }
+    if let Some(rest) = stem.strip_prefix("lora_te2_") {
+        return Some((
+            LoraComponent::TextEncoder2,
+            LayerName::Flattened(rest.into()),
+            part,
+        ));
+    }
     let (component, path) = if let Some(rest) = stem.strip_prefix("unet.") {
         (LoraComponent::Unet, rest)
+    } else if let Some(rest) = stem.strip_prefix("text_encoder_2.") {
+        (LoraComponent::TextEncoder2, rest)
     } else if let Some(rest) = stem.strip_prefix("text_encoder.") {
         (LoraComponent::TextEncoder, rest)
     } else {

@@ -55,7 +55,19 @@ fn keys_of_both_schemes_parse() {
         ("unet.conv_in.down.weight", None),
         (
             "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
-            None,
+            Some((
+                LoraComponent::TextEncoder2,
+                Flattened("text_model_encoder_layers_0_mlp_fc1".into()),
+                Part::Down,
+            )),
+        ),
+        (
+            "text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_B.weight",
+            Some((
+                LoraComponent::TextEncoder2,
+                Dotted("text_model.encoder.layers.0.mlp.fc1".into()),
+                Part::Up,
+            )),
         ),
         ("lora_unet_conv_in.hada_w1_a", None),
         ("vae.decoder.conv_in.lora_A.weight", None),

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
-use switchyard_testkit::tiny::{self, TinyStableDiffusion, TinyTextTime};
+use switchyard_testkit::tiny::{self, TinyStableDiffusion};
 
 use super::{TextTimeInputs, Unet};
 use crate::config::{UnetJson, read_json, weight_files};
@@ -178,18 +178,12 @@ fn slice_rows_follow_diffusers_sizes() {
 
 /// An SDXL-shaped tiny UNet: a plain first block, transformer depth 2,
 /// linear projections, and the added text/time conditioning.
+/// The test kit's SDXL UNet without the second text encoder, so the UNet
+/// cross-attends to the first encoder's width alone.
 fn sdxl() -> TinyStableDiffusion {
     TinyStableDiffusion {
-        unet_channels: vec![32, 64, 64],
-        cross_attention: vec![false, true, true],
-        heads: vec![2, 2, 4],
-        use_linear_projection: true,
-        transformer_layers_per_block: 2,
-        text_time: Some(TinyTextTime {
-            pooled_dim: 24,
-            time_dim: 8,
-        }),
-        ..TinyStableDiffusion::default()
+        text_encoder_2: None,
+        ..TinyStableDiffusion::sdxl()
     }
 }
 

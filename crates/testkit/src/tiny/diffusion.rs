@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use switchyard_core::SplitMix64;
 
 use super::clip_tokenizer::TinyClipBpe;
+use super::sdxl::{TinyTextEncoder2, write_second_text_encoder};
 use super::{Result, TinyError, tensor_err, write_file, write_json};
 
 /// Which scheduler `scheduler/scheduler_config.json` names.
@@ -75,6 +76,9 @@ pub struct TinyStableDiffusion {
     pub transformer_layers_per_block: usize,
     /// SDXL's added text/time conditioning on the UNet, if any.
     pub text_time: Option<TinyTextTime>,
+    /// SDXL's second text encoder (`text_encoder_2/`, `tokenizer_2/`), if
+    /// any; the UNet then cross-attends to both encoders' features.
+    pub text_encoder_2: Option<TinyTextEncoder2>,
     /// Text encoder width (also the UNet's cross-attention width).
     pub text_hidden: usize,
     /// Text encoder layers.
@@ -104,6 +108,7 @@ impl Default for TinyStableDiffusion {
             use_linear_projection: false,
             transformer_layers_per_block: 1,
             text_time: None,
+            text_encoder_2: None,
             text_hidden: 32,
             text_layers: 2,
             text_heads: 4,
@@ -134,7 +139,7 @@ impl TinyTextTime {
 }
 
 /// CLIP's context length.
-const MAX_POSITIONS: usize = 77;
+pub(super) const MAX_POSITIONS: usize = 77;
 
 impl TinyStableDiffusion {
     /// An inpainting pipeline: the UNet takes 9 channels (latents, mask,
@@ -144,6 +149,12 @@ impl TinyStableDiffusion {
             unet_in_channels: 9,
             ..Self::default()
         }
+    }
+
+    /// The UNet's `cross_attention_dim`: the text encoder's width, plus
+    /// the second encoder's for SDXL.
+    pub fn context_dim(&self) -> usize {
+        self.text_hidden + self.text_encoder_2.map_or(0, |t| t.hidden)
     }
 
     fn check(&self) -> Result<()> {
@@ -201,7 +212,7 @@ impl TinyStableDiffusion {
             "attention_head_dim": self.heads,
             "block_out_channels": self.unet_channels,
             "center_input_sample": false,
-            "cross_attention_dim": self.text_hidden,
+            "cross_attention_dim": self.context_dim(),
             "down_block_types": self.down_block_types(),
             "downsample_padding": 1,
             "flip_sin_to_cos": true,
@@ -280,14 +291,17 @@ impl TinyStableDiffusion {
         })
     }
 
-    /// `model_index.json`.
+    /// `model_index.json` (SDXL's names its second encoder and tokenizer
+    /// and sets `force_zeros_for_empty_prompt`, as the released one does).
     pub fn model_index_json(&self) -> Value {
-        let class = if self.unet_in_channels == 9 {
-            "StableDiffusionInpaintPipeline"
-        } else {
-            "StableDiffusionPipeline"
+        let xl = self.text_encoder_2.is_some();
+        let class = match (xl, self.unet_in_channels == 9) {
+            (false, false) => "StableDiffusionPipeline",
+            (false, true) => "StableDiffusionInpaintPipeline",
+            (true, false) => "StableDiffusionXLPipeline",
+            (true, true) => "StableDiffusionXLInpaintPipeline",
         };
-        json!({
+        let mut index = json!({
             "_class_name": class,
             "_diffusers_version": "0.30.0",
             "feature_extractor": [null, null],
@@ -298,7 +312,13 @@ impl TinyStableDiffusion {
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
-        })
+        });
+        if xl {
+            index["text_encoder_2"] = json!(["transformers", "CLIPTextModelWithProjection"]);
+            index["tokenizer_2"] = json!(["transformers", "CLIPTokenizer"]);
+            index["force_zeros_for_empty_prompt"] = json!(true);
+        }
+        index
     }
 }
 
@@ -422,7 +442,7 @@ impl TinyStableDiffusion {
                 })
                 .collect(),
             layers_per_block: self.layers_per_block,
-            cross_attention_dim: self.text_hidden,
+            cross_attention_dim: self.context_dim(),
             use_linear_projection: self.use_linear_projection,
             norm_num_groups: 32,
             ..UNet2DConditionModelConfig::default()
@@ -460,7 +480,8 @@ pub fn write_unet(dir: &Path, spec: &TinyStableDiffusion, seed: u64) -> Result<(
 
 /// Writes a tiny Stable Diffusion pipeline into `dir` in the diffusers
 /// layout: `model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-/// `tokenizer/` and `scheduler/`. The same spec and seed always give
+/// `tokenizer/` and `scheduler/`, plus `text_encoder_2/` and `tokenizer_2/`
+/// for SDXL ([`TinyStableDiffusion::sdxl`]). The same spec and seed always give
 /// byte-identical files.
 pub fn write_stable_diffusion(dir: &Path, spec: &TinyStableDiffusion, seed: u64) -> Result<()> {
     spec.check()?;
@@ -519,5 +540,8 @@ pub fn write_stable_diffusion(dir: &Path, spec: &TinyStableDiffusion, seed: u64)
         &dir.join("scheduler/scheduler_config.json"),
         &spec.scheduler_config_json(),
     )?;
+    if let Some(second) = &spec.text_encoder_2 {
+        write_second_text_encoder(dir, second, spec.dtype, seed ^ 0x5445_5832)?;
+    }
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | [`write_llama_safetensors`] | `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` | candle-transformers `llama`, tokenizers |
 //! | [`write_llama_gguf`] | one `.gguf` (Q4_0 / Q8_0 / F32 weights, byte-level BPE tokenizer and chat template in metadata) | candle `gguf_file`, `quantized_llama` |
-//! | [`write_stable_diffusion`] | diffusers folder: `model_index.json`, `unet/`, `vae/` (`config.json` + `diffusion_pytorch_model.safetensors`), `text_encoder/` (`config.json` + `model.safetensors`), `tokenizer/` (`vocab.json`, `merges.txt`, ...), `scheduler/scheduler_config.json` | candle-transformers `stable_diffusion` UNet and VAE, switchyard-diffusion |
+//! | [`write_stable_diffusion`] | diffusers folder: `model_index.json`, `unet/`, `vae/` (`config.json` + `diffusion_pytorch_model.safetensors`), `text_encoder/` (`config.json` + `model.safetensors`), `tokenizer/` (`vocab.json`, `merges.txt`, ...), `scheduler/scheduler_config.json`; for SDXL ([`TinyStableDiffusion::sdxl`]) also `text_encoder_2/` (with `text_projection`) and `tokenizer_2/` | candle-transformers `stable_diffusion` UNet and VAE, switchyard-diffusion |
 //! | [`write_unet`] | a `unet/` folder alone, SD or SDXL shaped ([`TinyTextTime`]) | switchyard-diffusion's UNet |
 //! | [`write_controlnet`] | diffusers ControlNet folder for a tiny pipeline: `config.json` + `diffusion_pytorch_model.safetensors` | switchyard-diffusion |
 //! | [`write_bert`] | sentence-transformers folder: `config.json`, `model.safetensors`, `tokenizer.json`, `modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json` | candle-transformers `bert`, tokenizers |
@@ -23,6 +23,7 @@ mod clip_tokenizer;
 mod controlnet;
 mod diffusion;
 mod llama;
+mod sdxl;
 mod tokenizer;
 
 use std::io;
@@ -35,6 +36,7 @@ pub use diffusion::{
     TinySchedulerSpec, TinyStableDiffusion, TinyTextTime, write_stable_diffusion, write_unet,
 };
 pub use llama::{GgufQuant, LlamaFiles, TinyLlama, write_llama_gguf, write_llama_safetensors};
+pub use sdxl::TinyTextEncoder2;
 pub use switchyard_core::SplitMix64;
 pub use tokenizer::{CHAT_TEMPLATE, TinyBpe, TinyWordPiece};
 
