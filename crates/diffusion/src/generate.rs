@@ -18,7 +18,7 @@ use crate::unet::TextTimeInputs;
 use crate::vae::{image_tensor, latent_mask, mask_tensor, preview};
 
 /// Offers a component for release when a stage ends, however it ends.
-struct StageEnd<'a, T>(&'a StableDiffusion, &'a Resident<T>);
+pub(crate) struct StageEnd<'a, T>(pub(crate) &'a StableDiffusion, pub(crate) &'a Resident<T>);
 
 impl<T> Drop for StageEnd<'_, T> {
     fn drop(&mut self) {
@@ -46,7 +46,10 @@ impl StableDiffusion {
         run: RunOptions<'_>,
     ) -> Result<Vec<GeneratedImage>> {
         let batch = self.denoise(requests, run)?;
-        let images = self.vae.decode(&batch.latents, &self.memory)?;
+        let images = {
+            let _done = StageEnd(self, &self.vae.model);
+            self.vae.decode(&batch.latents, &self.memory)?
+        };
         Ok(batch
             .origins
             .into_iter()
@@ -130,6 +133,13 @@ impl StableDiffusion {
             device,
         )?;
         let guidance = per_image(&guidance)?;
+        // ControlNets are released (if the policy says so) when the run
+        // ends, however it ends.
+        let _controls_done: Vec<_> = self
+            .controlnets
+            .iter()
+            .map(|(_, c)| StageEnd(self, &c.model))
+            .collect();
         let controls = self.control_inputs(requests, &rows, key.guided)?;
         let Conditioning { context, pooled } = {
             let _done = StageEnd(self, &self.text_encoder);
@@ -159,6 +169,9 @@ impl StableDiffusion {
             origins.iter().map(|o| SplitMix64::new(o.seed)).collect();
         let noise = batch_noise(&mut generators, &shape, device)?;
 
+        // The VAE encodes the inputs here and is not needed again until
+        // the latents are decoded.
+        let vae_done = StageEnd(self, &self.vae.model);
         let images: Vec<&RgbImage> = requests
             .iter()
             .filter_map(DiffusionRequest::image)
@@ -184,6 +197,7 @@ impl StableDiffusion {
             }
             _ => (&noise * scheduler.init_noise_sigma())?,
         };
+        drop(vae_done);
 
         // Declared first, dropped last: the UNet is released (if the policy
         // says so) after this run's reference is gone, on every way out.

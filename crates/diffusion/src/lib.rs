@@ -62,10 +62,11 @@
 //!
 //! Memory: [`MemoryOptions`] slices the UNet's attention
 //! ([`AttentionSlicing`]) and slices and tiles the VAE; [`Offload`]
-//! releases the text encoder after encoding and the UNet after denoising
-//! (always, or only while a `switchyard-vram` monitor reports pressure,
-//! [`PressureTrigger`]) and rebuilds them from their memory-mapped files,
-//! LoRA deltas included, when a run next needs them;
+//! releases the text encoders after encoding, the UNet and ControlNets
+//! after denoising and the VAE after each use (always, or only while a
+//! `switchyard-vram` monitor reports pressure, [`PressureTrigger`]) and
+//! rebuilds them from their memory-mapped files, LoRA deltas included,
+//! when a run next needs them;
 //! [`StableDiffusion::release_weights`] does it on demand. [`Placement`]
 //! puts the text encoder and the VAE on other devices than the UNet
 //! (tensors move at the stage boundaries).

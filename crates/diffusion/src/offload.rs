@@ -1,11 +1,12 @@
-//! Releasing the text encoder's and the UNet's weights between their uses
-//! (diffusers' `enable_model_cpu_offload`, ComfyUI's low-VRAM mode), always
-//! or only while a memory monitor reports pressure.
+//! Releasing each component's weights between its uses (diffusers'
+//! `enable_model_cpu_offload`, ComfyUI's low-VRAM mode), always or only
+//! while a memory monitor reports pressure.
 //!
 //! A released component is rebuilt from its memory-mapped safetensors (with
 //! the active LoRA deltas merged again) the next time a run needs it, so
-//! its weights cost nothing while other stages run: the text encoder is
-//! gone during denoising, the UNet during decoding and between requests.
+//! its weights cost nothing while other stages run: the text encoders are
+//! gone during denoising, the UNet and the ControlNets during decoding and
+//! between requests, the VAE while the UNet denoises.
 //! The files stay mapped by the operating system's page cache, which is
 //! the "CPU copy" a rebuild reads; a rebuilt component gives the same bits.
 
@@ -23,8 +24,9 @@ pub enum Offload {
     /// Keep every component loaded (the default: fastest).
     #[default]
     Never,
-    /// Release the text encoder after encoding and the UNet after
-    /// denoising, every run (least memory, a rebuild per stage).
+    /// Release the text encoders after encoding, the UNet and ControlNets
+    /// after denoising and the VAE after encoding or decoding, every run
+    /// (least memory, a rebuild per stage).
     Always,
     /// Release them only while `monitor` reports at least `level` on
     /// `device` (read after each stage); keep them otherwise.
@@ -96,10 +98,14 @@ impl Offload {
 /// Which components hold their weights now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Residency {
-    /// The text encoder is loaded.
+    /// The text encoder (both of SDXL's) is loaded.
     pub text_encoder: bool,
     /// The UNet is loaded.
     pub unet: bool,
+    /// The VAE is loaded.
+    pub vae: bool,
+    /// Every attached ControlNet is loaded (true with none attached).
+    pub controlnets: bool,
 }
 
 /// A component that may be released and rebuilt. A run holds an `Arc` for

@@ -9,8 +9,9 @@ use switchyard_core::CancellationToken;
 
 use crate::clip::{ClipTextEncoder, ClipTextJson, ClipTokenizer};
 use crate::config::{UnetJson, read_json, weight_files};
-use crate::controlnet::ControlNet;
+use crate::controlnet::AttachedControlNet;
 use crate::error::{DiffusionError, Result};
+use crate::generate::StageEnd;
 use crate::lora::LoraPatch;
 use crate::memory::MemoryOptions;
 use crate::offload::{Offload, Residency, Resident};
@@ -174,7 +175,7 @@ pub struct StableDiffusion {
     pub(crate) memory: MemoryOptions,
     pub(crate) offload: Offload,
     /// Attached ControlNets by name, in attachment order.
-    pub(crate) controlnets: Vec<(String, ControlNet)>,
+    pub(crate) controlnets: Vec<(String, AttachedControlNet)>,
 }
 
 /// Where the UNet loads from, kept to rebuild it (with LoRA deltas merged,
@@ -405,9 +406,9 @@ impl StableDiffusion {
         self.memory
     }
 
-    /// Sets when the text encoder's and the UNet's weights are released
-    /// after use (see [`Offload`]); a released component is rebuilt from
-    /// its files, with the active LoRA deltas, when a run next needs it.
+    /// Sets when the components' weights are released after use (see
+    /// [`Offload`]); a released component is rebuilt from its files, with
+    /// the active LoRA deltas, when a run next needs it.
     pub fn set_offload(&mut self, offload: Offload) {
         self.offload = offload;
     }
@@ -423,17 +424,24 @@ impl StableDiffusion {
             text_encoder: self.text_encoder.is_loaded()
                 && self.second.as_ref().is_none_or(|s| s.encoder.is_loaded()),
             unet: self.unet.is_loaded(),
+            vae: self.vae.model.is_loaded(),
+            controlnets: self.controlnets.iter().all(|(_, c)| c.model.is_loaded()),
         }
     }
 
-    /// Releases the text encoder's and the UNet's weights now (an engine
-    /// making room under memory pressure); runs in progress keep theirs
-    /// until they end, and the next run rebuilds them. Returns whether
-    /// anything was held.
+    /// Releases every component's weights now (an engine making room under
+    /// memory pressure); runs in progress keep theirs until they end, and
+    /// the next run rebuilds what it needs. Returns whether anything was
+    /// held.
     pub fn release_weights(&self) -> bool {
-        let text = self.text_encoder.release();
-        let text2 = self.second.as_ref().is_some_and(|s| s.encoder.release());
-        self.unet.release() | text | text2
+        let mut held = self.text_encoder.release();
+        held |= self.second.as_ref().is_some_and(|s| s.encoder.release());
+        held |= self.unet.release();
+        held |= self.vae.model.release();
+        for (_, controlnet) in &self.controlnets {
+            held |= controlnet.model.release();
+        }
+        held
     }
 
     /// The text encoder, rebuilt first if it was released.
@@ -462,6 +470,7 @@ impl StableDiffusion {
     /// The VAE's scaled latents `[1, c, h / s, w / s]` (F32) of an image,
     /// the posterior's mean (what image-to-image starts from).
     pub fn encode_image(&self, image: &RgbImage) -> Result<Tensor> {
+        let _done = StageEnd(self, &self.vae.model);
         self.vae
             .encode(&image_tensor(&[image], &self.device)?, &self.memory)
     }
@@ -469,6 +478,7 @@ impl StableDiffusion {
     /// Decodes scaled latents `[n, c, h, w]` (from [`StableDiffusion::denoise`]
     /// or [`StableDiffusion::encode_image`]) to images.
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        let _done = StageEnd(self, &self.vae.model);
         self.vae.decode(latents, &self.memory)
     }
 }

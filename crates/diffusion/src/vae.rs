@@ -1,20 +1,27 @@
 //! The VAE: images to latents and back, and the tensors of images and masks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
-use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use image::{GrayImage, RgbImage};
 
 use crate::config::{VaeJson, read_json, weight_files};
 use crate::error::{DiffusionError, Result};
 use crate::memory::{MemoryOptions, VaeTiling};
+use crate::offload::Resident;
 use crate::weights::{self, Patch};
 
-/// The autoencoder of a diffusers folder (`vae/`).
+/// The autoencoder of a diffusers folder (`vae/`). Its weights may be
+/// released between uses (see [`crate::Offload`]) and are read again from
+/// the files when next needed.
 #[derive(Debug)]
 pub(crate) struct Vae {
-    model: AutoEncoderKL,
+    pub(crate) model: Resident<AutoEncoderKL>,
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    config: AutoEncoderKLConfig,
     /// Pixels per latent on a side.
     pub(crate) scale: usize,
     /// Channels of a latent (4 for SD 1.x / 2.x).
@@ -61,31 +68,31 @@ impl Vae {
         let config_path = dir.join("config.json");
         let json: VaeJson = read_json(&config_path)?;
         let config = json.to_candle(&config_path)?;
-        let patch = MeanPosterior {
-            prefix: if config.use_quant_conv {
-                "quant_conv"
-            } else {
-                "encoder.conv_out"
-            },
-            latent_channels: json.latent_channels,
-        };
-        let vb = weights::open(
-            &weight_files(dir, "diffusion_pytorch_model")?,
-            dtype,
-            device,
-            Some(std::sync::Arc::new(patch)),
-        )?;
-        let model = AutoEncoderKL::new(vb, 3, 3, config).map_err(|e| DiffusionError::Config {
-            path: dir.to_path_buf(),
-            reason: format!("weights do not match config.json: {e}"),
-        })?;
+        let files = weight_files(dir, "diffusion_pytorch_model")?;
+        let model = build(dir, &files, &config, json.latent_channels, (dtype, device))?;
         Ok(Self {
-            model,
+            model: Resident::new(model),
+            dir: dir.to_path_buf(),
+            files,
+            config,
             scale: json.scale_factor(),
             latent_channels: json.latent_channels,
             scaling_factor: json.scaling_factor,
             dtype,
             device: device.clone(),
+        })
+    }
+
+    /// The model, rebuilt from its files first if it was released.
+    fn model(&self) -> Result<Arc<AutoEncoderKL>> {
+        self.model.get(|| {
+            build(
+                &self.dir,
+                &self.files,
+                &self.config,
+                self.latent_channels,
+                (self.dtype, &self.device),
+            )
         })
     }
 
@@ -108,7 +115,7 @@ impl Vae {
     }
 
     fn encode_plain(&self, pixels: &Tensor) -> Result<Tensor> {
-        let posterior = self.model.encode(&pixels.to_dtype(self.dtype)?)?;
+        let posterior = self.model()?.encode(&pixels.to_dtype(self.dtype)?)?;
         Ok((posterior.sample()?.to_dtype(DType::F32)? * self.scaling_factor)?)
     }
 
@@ -143,8 +150,32 @@ impl Vae {
 
     fn decode_plain(&self, latents: &Tensor) -> Result<Tensor> {
         let scaled = (latents / self.scaling_factor)?.to_dtype(self.dtype)?;
-        Ok(self.model.decode(&scaled)?.to_dtype(DType::F32)?)
+        Ok(self.model()?.decode(&scaled)?.to_dtype(DType::F32)?)
     }
+}
+
+/// Builds the autoencoder from its files, with the posterior made a point
+/// at its mean ([`MeanPosterior`]).
+fn build(
+    dir: &Path,
+    files: &[PathBuf],
+    config: &AutoEncoderKLConfig,
+    latent_channels: usize,
+    (dtype, device): (DType, &Device),
+) -> Result<AutoEncoderKL> {
+    let patch = MeanPosterior {
+        prefix: if config.use_quant_conv {
+            "quant_conv"
+        } else {
+            "encoder.conv_out"
+        },
+        latent_channels,
+    };
+    let vb = weights::open(files, dtype, device, Some(Arc::new(patch)))?;
+    AutoEncoderKL::new(vb, 3, 3, config.clone()).map_err(|e| DiffusionError::Config {
+        path: dir.to_path_buf(),
+        reason: format!("weights do not match config.json: {e}"),
+    })
 }
 
 /// Pixels `[n, 3, H, W]` in -1..=1 to 8-bit images.

@@ -411,6 +411,35 @@ fn mismatches_and_bad_requests_are_typed_errors() {
         sd.load_controlnet("empty", &empty),
         Err(DiffusionError::Io { .. })
     ));
-    assert!(sd.detach_controlnet("canny").is_some());
+    assert!(sd.detach_controlnet("canny"));
     assert!(sd.controlnet_names().is_empty());
+}
+
+#[test]
+fn offloaded_controlnets_are_released_after_a_run_and_rebuilt_the_same() {
+    let (_dir, mut sd) = pipeline(
+        &TinyStableDiffusion::default(),
+        &[("canny", TinyControlNet::default(), 3)],
+    );
+    let r = request(4, vec![control("canny", 0.8, edges(1))]);
+    let kept = sd
+        .text_to_image(std::slice::from_ref(&r), RunOptions::default())
+        .unwrap();
+    assert!(sd.residency().controlnets);
+    sd.set_offload(switchyard_diffusion::Offload::Always);
+    let first = sd
+        .text_to_image(std::slice::from_ref(&r), RunOptions::default())
+        .unwrap();
+    assert!(!sd.residency().controlnets, "released after the run");
+    let rebuilt = sd
+        .text_to_image(std::slice::from_ref(&r), RunOptions::default())
+        .unwrap();
+    assert_eq!(first[0].image.as_raw(), kept[0].image.as_raw());
+    assert_eq!(rebuilt[0].image.as_raw(), kept[0].image.as_raw());
+    sd.set_offload(switchyard_diffusion::Offload::Never);
+    sd.text_to_image(std::slice::from_ref(&r), RunOptions::default())
+        .unwrap();
+    assert!(sd.residency().controlnets);
+    assert!(sd.release_weights());
+    assert!(!sd.residency().controlnets && !sd.residency().vae);
 }

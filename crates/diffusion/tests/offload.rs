@@ -23,10 +23,14 @@ use tempfile::TempDir;
 const LOADED: Residency = Residency {
     text_encoder: true,
     unet: true,
+    vae: true,
+    controlnets: true,
 };
 const RELEASED: Residency = Residency {
     text_encoder: false,
     unet: false,
+    vae: false,
+    controlnets: true,
 };
 
 fn folder() -> (TempDir, StableDiffusion) {
@@ -173,4 +177,37 @@ fn explicit_placement_runs_each_component_where_it_is_put() {
     let names: Vec<&str> = placed.devices().iter().map(|(n, _)| *n).collect();
     assert_eq!(names, ["unet", "text_encoder", "vae"]);
     assert_eq!(images(&placed), plain);
+}
+
+#[test]
+fn under_always_only_the_unet_is_resident_while_it_denoises() {
+    let (_dir, mut sd) = folder();
+    sd.set_offload(Offload::Always);
+    let seen = std::cell::RefCell::new(Vec::new());
+    let mut on_step =
+        |_: switchyard_diffusion::StepProgress| seen.borrow_mut().push(sd.residency());
+    let request = TextToImage {
+        width: 32,
+        height: 32,
+        steps: 2,
+        ..TextToImage::new("a signal box")
+    };
+    let run = RunOptions {
+        on_step: Some(&mut on_step),
+        ..RunOptions::default()
+    };
+    sd.text_to_image(&[request], run).unwrap();
+    let seen = seen.into_inner();
+    assert_eq!(seen.len(), 2);
+    for residency in seen {
+        assert_eq!(
+            residency,
+            Residency {
+                unet: true,
+                ..RELEASED
+            },
+            "the text encoder and the VAE are gone during denoising"
+        );
+    }
+    assert_eq!(sd.residency(), RELEASED);
 }

@@ -1,6 +1,7 @@
 //! Attaching ControlNets to a pipeline, and running them at a step.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use image::{DynamicImage, RgbImage};
@@ -8,8 +9,17 @@ use switchyard_image::{Filter, resize};
 
 use super::{ControlNet, ControlResiduals};
 use crate::error::{DiffusionError, Result, invalid};
+use crate::offload::Resident;
 use crate::pipeline::StableDiffusion;
 use crate::request::DiffusionRequest;
+
+/// A ControlNet attached to a pipeline: its weights may be released after
+/// a run (see [`crate::Offload`]) and are loaded again from its folder.
+#[derive(Debug)]
+pub(crate) struct AttachedControlNet {
+    dir: PathBuf,
+    pub(crate) model: Resident<ControlNet>,
+}
 
 impl StableDiffusion {
     /// Loads the ControlNet in `dir` with the pipeline's device and dtype
@@ -81,17 +91,27 @@ impl StableDiffusion {
                 self.device.location()
             ));
         }
+        let attached = AttachedControlNet {
+            dir: controlnet.dir().to_path_buf(),
+            model: Resident::new(controlnet),
+        };
         match self.controlnets.iter_mut().find(|(n, _)| n == name) {
-            Some(slot) => slot.1 = controlnet,
-            None => self.controlnets.push((name.to_owned(), controlnet)),
+            Some(slot) => slot.1 = attached,
+            None => self.controlnets.push((name.to_owned(), attached)),
         }
         Ok(())
     }
 
-    /// Detaches and returns the ControlNet called `name`.
-    pub fn detach_controlnet(&mut self, name: &str) -> Option<ControlNet> {
-        let at = self.controlnets.iter().position(|(n, _)| n == name)?;
-        Some(self.controlnets.remove(at).1)
+    /// Detaches the ControlNet called `name`; returns whether one was
+    /// attached. Its weights go when no run uses them any more.
+    pub fn detach_controlnet(&mut self, name: &str) -> bool {
+        match self.controlnets.iter().position(|(n, _)| n == name) {
+            Some(at) => {
+                self.controlnets.remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The names of the attached ControlNets, in attachment order.
@@ -106,7 +126,7 @@ impl StableDiffusion {
         requests: &[DiffusionRequest],
         rows: &Tensor,
         guided: bool,
-    ) -> Result<Vec<ControlInput<'_>>> {
+    ) -> Result<Vec<ControlInput>> {
         let Some(first) = requests.first() else {
             return Ok(Vec::new());
         };
@@ -142,12 +162,15 @@ impl StableDiffusion {
             .iter()
             .enumerate()
             .map(|(k, &name)| {
-                let Some((_, model)) = self.controlnets.iter().find(|(n, _)| n == name) else {
+                let Some((_, attached)) = self.controlnets.iter().find(|(n, _)| n == name) else {
                     return Err(invalid(
                         "controls",
                         format!("no ControlNet named {name:?} is attached"),
                     ));
                 };
+                let model = attached
+                    .model
+                    .get(|| ControlNet::load(&attached.dir, self.dtype, &self.device))?;
                 let mut images = Vec::with_capacity(requests.len());
                 let mut scales = Vec::with_capacity(requests.len());
                 for request in requests {
@@ -171,15 +194,15 @@ impl StableDiffusion {
 }
 
 /// One ControlNet's inputs for a whole batch, one row per UNet row.
-pub(crate) struct ControlInput<'a> {
-    model: &'a ControlNet,
+pub(crate) struct ControlInput {
+    model: Arc<ControlNet>,
     /// The conditioning images' embedding, one row per UNet row.
     embedded: Tensor,
     /// `[rows, 1, 1, 1]`.
     scale: Tensor,
 }
 
-impl ControlInput<'_> {
+impl ControlInput {
     /// The summed residuals of every ControlNet at one step, `None` for none.
     pub(crate) fn run_all(
         inputs: &[Self],

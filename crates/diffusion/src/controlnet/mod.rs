@@ -22,7 +22,7 @@ use crate::error::{DiffusionError, Result};
 use crate::memory::AttentionSlicing;
 use crate::unet::Encoder;
 use crate::weights;
-pub(crate) use attach::ControlInput;
+pub(crate) use attach::{AttachedControlNet, ControlInput};
 pub(crate) use config::ControlNetJson;
 use config::ControlNetSpec;
 
