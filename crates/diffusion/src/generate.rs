@@ -13,7 +13,7 @@ use crate::pipeline::{
     Denoised, GeneratedImage, ImageOrigin, RunOptions, StableDiffusion, StepProgress,
 };
 use crate::request::{BatchKey, DiffusionRequest, ImageToImage, Inpaint, Mode, TextToImage};
-use crate::sdxl::{Conditioning, prompts, time_ids, to_unet_rows};
+use crate::sdxl::{Conditioning, prompts, time_ids, to_unet_rows, token_ids};
 use crate::unet::TextTimeInputs;
 use crate::vae::{image_tensor, latent_mask, mask_tensor, preview};
 
@@ -147,10 +147,10 @@ impl StableDiffusion {
             self.encode_prompts(requests, &rows, key.guided)?
         };
         let unet_rows = origins.len() * if key.guided { 2 } else { 1 };
-        let time_ids = match &pooled {
-            Some(_) => Some(time_ids(unet_rows, key.height, key.width, device)?),
-            None => None,
-        };
+        let time_ids = pooled
+            .as_ref()
+            .map(|_| time_ids(unet_rows, key.height, key.width, device))
+            .transpose()?;
         let added = pooled
             .as_ref()
             .zip(time_ids.as_ref())
@@ -352,13 +352,11 @@ impl StableDiffusion {
         if let Some(second) = &self.second {
             return self.encode_prompts_xl(second, requests, rows, guided);
         }
-        let mut ids: Vec<u32> = Vec::new();
-        for prompt in prompts(requests, guided) {
-            ids.extend(self.tokenizer.encode(prompt)?);
-        }
-        let seq = self.tokenizer.max_len();
-        let count = ids.len() / seq;
-        let ids = Tensor::from_vec(ids, (count, seq), &self.text_device)?;
+        let ids = token_ids(
+            &self.tokenizer,
+            &prompts(requests, guided),
+            &self.text_device,
+        )?;
         let encoded = self
             .text_encoder()?
             .forward(&ids)?

@@ -118,7 +118,11 @@ pub(crate) fn load_second(
 }
 
 /// Token ids `[prompts, seq]` of `prompts`.
-fn token_ids(tokenizer: &ClipTokenizer, prompts: &[&str], device: &Device) -> Result<Tensor> {
+pub(crate) fn token_ids(
+    tokenizer: &ClipTokenizer,
+    prompts: &[&str],
+    device: &Device,
+) -> Result<Tensor> {
     let mut ids = Vec::with_capacity(prompts.len() * tokenizer.max_len());
     for prompt in prompts {
         ids.extend(tokenizer.encode(prompt)?);
