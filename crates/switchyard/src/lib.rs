@@ -33,6 +33,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
+pub mod config;
+
+pub use config::{ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
 pub use switchyard_batch as batch;
 pub use switchyard_cache as cache;
 pub use switchyard_core as core;
