@@ -1,30 +1,39 @@
-//! Quickstart: real sentence embeddings with all-MiniLM-L6-v2.
+//! Quickstart: the Switchyard engine on two real models.
 //!
-//! Fetches the model into `$SWITCHYARD_MODELS` or `models/` on first use,
-//! embeds a few sentences on the CPU and prints each vector's start and the
-//! cosine similarity of every pair.
+//! Fetches SmolLM2-135M-Instruct (GGUF, Q4_1) and all-MiniLM-L6-v2 into
+//! `$SWITCHYARD_MODELS` or `models/` on first use, registers both with one
+//! [`Engine`], streams a chat answer to the terminal, embeds a batch of
+//! sentences and compares them, then prints the engine's metrics.
 //!
 //! ```text
 //! cargo run --release --example quickstart
-//! cargo run --release --example quickstart -- "a cat sat on the mat" "a kitten rested on the rug"
+//! cargo run --release --example quickstart -- --prompt "Name three rivers." --max-tokens 64
 //! ```
 
-use std::path::PathBuf;
+use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard::core::DeviceId;
-use switchyard::text::{BertEmbedder, Embedder, cosine_similarity};
+use switchyard::config::{ModelKind, ModelSource, ModelSpec};
+use switchyard::core::{DeviceId, Priority};
+use switchyard::text::{ChatMessage, cosine_similarity};
+use switchyard::{Engine, GenerationOptions, Request};
 use switchyard_examples::preview;
 use switchyard_testkit::fetch;
 
 #[derive(Parser, Debug)]
-#[command(about = "Embed sentences with all-MiniLM-L6-v2 and compare them")]
+#[command(about = "Chat with SmolLM2 and embed sentences with MiniLM through one engine")]
 struct Args {
-    /// A sentence-transformers folder to use instead of the fetched MiniLM.
-    #[arg(long)]
-    model_dir: Option<PathBuf>,
+    /// The user's message to SmolLM2.
+    #[arg(
+        long,
+        default_value = "What does a rail switchyard do? Answer in two sentences."
+    )]
+    prompt: String,
+    /// Most tokens of the answer.
+    #[arg(long, default_value_t = 96)]
+    max_tokens: usize,
     /// Device to run on: cpu, cuda:N or metal:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceId,
@@ -34,10 +43,54 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = match args.model_dir {
-        Some(dir) => dir,
-        None => fetch::minilm_dir().context("fetching all-MiniLM-L6-v2")?,
-    };
+    eprintln!("fetching the models if missing (once; a few tens of MB)...");
+    let smollm2 = fetch::smollm2_gguf().context("fetching SmolLM2-135M-Instruct")?;
+    let minilm = fetch::minilm_dir().context("fetching all-MiniLM-L6-v2")?;
+
+    let mut chat = ModelSpec::new(
+        "smollm2",
+        ModelKind::TextGeneration,
+        ModelSource::Path(smollm2),
+    );
+    chat.devices = vec![args.device];
+    chat.priority = Priority::High;
+    let mut embed = ModelSpec::new("minilm", ModelKind::Embedding, ModelSource::Path(minilm));
+    embed.devices = vec![args.device];
+    let engine = Engine::builder().model(chat)?.model(embed)?.build()?;
+
+    // 1. A chat answer, streamed as it is generated.
+    print!("user: {}\nassistant: ", args.prompt);
+    let request = Request::chat(
+        "smollm2",
+        vec![ChatMessage::new("user", args.prompt.clone())],
+    )
+    .with_options(GenerationOptions {
+        max_tokens: Some(args.max_tokens),
+        ..GenerationOptions::default()
+    });
+    let started = Instant::now();
+    let mut first_token = None;
+    let mut out = std::io::stdout().lock();
+    for delta in engine.submit(request)?.into_stream() {
+        let delta = delta?;
+        first_token.get_or_insert_with(|| started.elapsed());
+        write!(out, "{}", delta.text)?;
+        out.flush()?;
+        if let Some(done) = delta.finish {
+            let secs = started.elapsed().as_secs_f64();
+            writeln!(
+                out,
+                "\n\n[{} tokens, {:?}; first token after {:.0} ms (model load included), {:.1} s in all]",
+                done.usage.completion_tokens,
+                done.reason,
+                first_token.unwrap_or_default().as_secs_f64() * 1e3,
+                secs
+            )?;
+        }
+    }
+    drop(out);
+
+    // 2. A batch of embeddings.
     let sentences: Vec<String> = if args.sentences.is_empty() {
         [
             "A man is eating food.",
@@ -50,36 +103,51 @@ fn main() -> anyhow::Result<()> {
     } else {
         args.sentences
     };
-
-    let started = Instant::now();
-    let embedder = BertEmbedder::load(&dir, args.device)
-        .with_context(|| format!("loading {}", dir.display()))?;
-    println!(
-        "loaded {} on {} in {:.0} ms (dimension {}, max {} tokens)",
-        dir.display(),
-        args.device,
-        started.elapsed().as_secs_f64() * 1e3,
-        embedder.dimension(),
-        embedder.max_tokens()
-    );
-
-    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
-    let started = Instant::now();
-    let vectors = embedder.embed(&texts)?;
-    println!(
-        "embedded {} sentences in {:.1} ms\n",
-        texts.len(),
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    for (text, v) in texts.iter().zip(&vectors) {
-        println!("{text:40} {}", preview(v, 6));
+    let vectors = engine
+        .process_sync(Request::embed("minilm", sentences.clone()))?
+        .into_embeddings()
+        .context("an embedding request answers with vectors")?;
+    println!("\nembeddings:");
+    for (text, v) in sentences.iter().zip(&vectors) {
+        println!("  {text:40} {}", preview(v, 4));
     }
-    println!("\ncosine similarity:");
-    for i in 0..texts.len() {
-        for j in i + 1..texts.len() {
+    println!("cosine similarity:");
+    for i in 0..sentences.len() {
+        for j in i + 1..sentences.len() {
             let sim = cosine_similarity(&vectors[i], &vectors[j]);
-            println!("  {sim:+.4}  {:?} vs {:?}", texts[i], texts[j]);
+            println!("  {sim:+.4}  {:?} vs {:?}", sentences[i], sentences[j]);
         }
+    }
+
+    // 3. What the engine measured.
+    let metrics = engine.metrics();
+    println!("\nmetrics:");
+    let mut ids: Vec<_> = metrics.models.keys().cloned().collect();
+    ids.sort();
+    for id in ids {
+        let m = &metrics.models[&id];
+        let unit = match engine.registry().get(&id).map(|s| s.kind) {
+            Some(ModelKind::TextGeneration) => "tokens",
+            _ => "inputs",
+        };
+        println!(
+            "  {id:8} requests {} ok {} failed {}  latency p50 {:.0} ms  {}",
+            m.submitted,
+            m.succeeded,
+            m.failed,
+            m.latency.p50 * 1e3,
+            m.throughput
+                .map(|t| format!("{t:.1} {unit}/s per request"))
+                .unwrap_or_default()
+        );
+    }
+    for (device, cache) in &metrics.cache {
+        println!(
+            "  cache on {device}: {} models loaded, {} loads, {:.1} MB",
+            cache.entries,
+            cache.loads,
+            cache.bytes as f64 / 1e6
+        );
     }
     Ok(())
 }

@@ -3,8 +3,10 @@
 //! The programs themselves live beside this crate and run with
 //! `cargo run --release --example NAME`:
 //!
-//! - `quickstart`: fetches all-MiniLM-L6-v2 if missing, embeds a few
-//!   sentences and prints their vectors and cosine similarities.
+//! - `quickstart`: fetches SmolLM2-135M-Instruct and all-MiniLM-L6-v2 if
+//!   missing, runs both through one `switchyard::Engine`: a streamed chat
+//!   answer, a batch of embeddings compared by cosine similarity, and the
+//!   engine's metrics.
 //!
 //! # Example
 //!

@@ -4,8 +4,17 @@
 //! This facade re-exports each Switchyard crate as a module, so an
 //! application depends on `switchyard` alone and picks pipelines by feature
 //! (`text`, on by default; `diffusion`; `full`). It owns no algorithm of its
-//! own: later issues add the `Engine` that wires the batcher, the model cache
-//! and the memory monitors to the pipelines.
+//! own. Besides the modules it has:
+//!
+//! - [`config`]: the model [`Registry`], read from `models.json` or
+//!   `models.toml` (or built in code), with errors that name the file, the
+//!   model and the field;
+//! - the [`Engine`] (feature `text`): every registered model behind one
+//!   `submit`, with a priority queue, a model cache per device under an
+//!   optional memory budget, the text crate's continuous batching for
+//!   generation and the batcher for embeddings; [`Handle`]s wait, stream
+//!   tokens ([`TokenStream`]) or are `.await`ed; `sessions`, `capabilities`,
+//!   `validate`, `health`, `metrics`, `cancel`, `shutdown`.
 //!
 //! | module | crate | owns |
 //! |---|---|---|
@@ -34,8 +43,16 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 pub mod config;
+#[cfg(feature = "text")]
+mod engine;
 
 pub use config::{ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
+#[cfg(feature = "text")]
+pub use engine::{
+    Capabilities, DEFAULT_MAX_TOKENS, Engine, EngineBuilder, EngineError, EngineMetrics,
+    GenerationOptions, Handle, Health, Latency, MAX_EMBEDDING_INPUTS, ModelInfo, ModelMetrics,
+    Request, Response, Result, SessionInfo, SessionState, ShutdownMode, Task, TokenStream,
+};
 pub use switchyard_batch as batch;
 pub use switchyard_cache as cache;
 pub use switchyard_core as core;

@@ -1,0 +1,182 @@
+//! [`EngineBuilder`]: the engine's settings, and starting it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use switchyard_cache::{CacheConfig, ModelCache};
+use switchyard_core::DeviceId;
+
+use super::models::{ModelLoader, RunnerSettings};
+use super::{Engine, EngineError, Inner, Queue, Result, served};
+use crate::config::{ModelSpec, Registry, hf_cache_dir};
+
+/// Builds an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    registry: Registry,
+    memory_budget: Option<u64>,
+    queue_capacity: usize,
+    dispatchers: usize,
+    kv_tokens: usize,
+    embed_max_wait: Duration,
+    hf_cache: Option<PathBuf>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            registry: Registry::new(),
+            memory_budget: None,
+            queue_capacity: 1024,
+            dispatchers: 2,
+            kv_tokens: 4096,
+            embed_max_wait: Duration::from_millis(2),
+            hf_cache: None,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Serve the models of `registry` (replacing any added before).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Serve one more model.
+    ///
+    /// # Errors
+    /// When the spec is invalid or its id is taken.
+    pub fn model(mut self, spec: ModelSpec) -> Result<Self> {
+        self.registry.add(spec)?;
+        Ok(self)
+    }
+
+    /// Bytes loaded models may take on each device together; past it the
+    /// least recently used idle model is evicted, and a model that cannot
+    /// fit fails its requests with [`EngineError::InsufficientMemory`].
+    /// Unlimited by default.
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Waiting requests accepted before [`EngineError::QueueFull`]
+    /// (default 1024).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// Threads that take requests from the queue and load models
+    /// (default 2: one load never holds up loaded models).
+    pub fn dispatchers(mut self, n: usize) -> Self {
+        self.dispatchers = n.max(1);
+        self
+    }
+
+    /// KV cache tokens of each generation model (default 4096).
+    pub fn kv_tokens(mut self, tokens: usize) -> Self {
+        self.kv_tokens = tokens.max(16);
+        self
+    }
+
+    /// Longest an embedding batch waits to fill (default 2 ms).
+    pub fn embed_max_wait(mut self, wait: Duration) -> Self {
+        self.embed_max_wait = wait;
+        self
+    }
+
+    /// Where `hf_repo` sources are looked up (default: the hub's own
+    /// cache, see [`hf_cache_dir`]).
+    pub fn hf_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.hf_cache = Some(dir.into());
+        self
+    }
+
+    /// Starts the engine. Models load when first asked for.
+    ///
+    /// # Errors
+    /// When a model's kind is not served by this build.
+    pub fn build(self) -> Result<Engine> {
+        for spec in self.registry.models() {
+            if !served(spec.kind) {
+                return Err(EngineError::Unsupported {
+                    model: spec.id.clone(),
+                    reason: format!("{} models are not served by the engine yet", spec.kind),
+                });
+            }
+        }
+        let registry = Arc::new(self.registry);
+        let loader = Arc::new(ModelLoader {
+            registry: Arc::clone(&registry),
+            hf_cache: self.hf_cache.unwrap_or_else(hf_cache_dir),
+            settings: RunnerSettings {
+                kv_tokens: self.kv_tokens,
+                embed_max_wait: self.embed_max_wait,
+            },
+        });
+        let mut devices: Vec<DeviceId> = Vec::new();
+        for spec in registry.models() {
+            for d in &spec.devices {
+                if !devices.contains(d) {
+                    devices.push(*d);
+                }
+            }
+        }
+        let caches = devices
+            .iter()
+            .map(|&device| {
+                let config = CacheConfig {
+                    device,
+                    max_bytes: self.memory_budget,
+                    ..CacheConfig::default()
+                };
+                let cache = ModelCache::build(
+                    loader.clone(),
+                    config,
+                    switchyard_core::SystemClock::shared(),
+                    None,
+                );
+                for spec in registry.models() {
+                    if spec.keep_alive.is_some() {
+                        cache.set_keep_alive(&spec.id, spec.keep_alive);
+                    }
+                }
+                (device, cache)
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            registry,
+            loader,
+            caches,
+            devices,
+            memory_budget: self.memory_budget,
+            queue_capacity: self.queue_capacity,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            sessions: Mutex::new(HashMap::new()),
+            tallies: Mutex::new(BTreeMap::new()),
+            last_load_error: Mutex::new(None),
+        });
+        let threads = (0..self.dispatchers)
+            .map(|i| {
+                let inner = Arc::clone(&inner);
+                std::thread::Builder::new()
+                    .name(format!("switchyard-dispatch-{i}"))
+                    .spawn(move || inner.dispatch_loop())
+                    .map_err(|e| EngineError::Failed {
+                        model: String::new(),
+                        reason: format!("cannot start a dispatcher thread: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Engine {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+}

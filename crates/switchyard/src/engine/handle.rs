@@ -1,0 +1,595 @@
+//! [`Handle`] and [`TokenStream`]: how a caller follows one request, and
+//! the [`Slot`] the engine fills when the request starts.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use switchyard_batch::{BatchError, HandleOf};
+use switchyard_core::{CancellationToken, RequestId};
+use switchyard_text::{
+    Completion, EmbeddingHandler, FinishReason, GenerationStream, TextDelta, TextError,
+};
+
+use crate::engine::error::{EngineError, Result};
+use crate::engine::models::LoadedModel;
+use crate::engine::request::Response;
+
+/// A started request's pipeline end.
+pub(crate) enum Started {
+    /// Text arriving from a generation engine.
+    Stream(GenerationStream),
+    /// One batcher handle per input.
+    Embeddings(Vec<HandleOf<EmbeddingHandler>>),
+}
+
+enum SlotState {
+    /// Waiting in the engine's queue (or for its model to load).
+    Waiting,
+    /// Running; the model is kept alive until the result is read.
+    Started(Started, Arc<LoadedModel>),
+    /// Ended before starting.
+    Failed(EngineError),
+    /// Handed to the reader.
+    Taken,
+}
+
+/// Where a request's start lands: the dispatcher fills it, the handle
+/// reads it.
+pub(crate) struct Slot {
+    state: Mutex<(SlotState, Option<Waker>)>,
+    ready: Condvar,
+    /// Cancels the request wherever it is.
+    pub(crate) cancel: CancellationToken,
+    /// Units done (tokens read, inputs embedded).
+    pub(crate) done_units: AtomicU64,
+    /// Units the request asks for (max tokens, inputs).
+    pub(crate) total_units: u64,
+}
+
+impl Slot {
+    pub(crate) fn new(total_units: u64) -> Self {
+        Self {
+            state: Mutex::new((SlotState::Waiting, None)),
+            ready: Condvar::new(),
+            cancel: CancellationToken::new(),
+            done_units: AtomicU64::new(0),
+            total_units,
+        }
+    }
+
+    fn set(&self, new: SlotState) {
+        let waker = {
+            let mut st = self.state.lock();
+            if !matches!(st.0, SlotState::Waiting) {
+                return;
+            }
+            st.0 = new;
+            st.1.take()
+        };
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The request started.
+    pub(crate) fn start(&self, started: Started, model: Arc<LoadedModel>) {
+        self.set(SlotState::Started(started, model));
+    }
+
+    /// The request ended without running.
+    pub(crate) fn fail(&self, error: EngineError) {
+        self.set(SlotState::Failed(error));
+    }
+
+    fn take_now(&self) -> Option<Result<(Started, Arc<LoadedModel>)>> {
+        let mut st = self.state.lock();
+        match std::mem::replace(&mut st.0, SlotState::Taken) {
+            SlotState::Waiting => {
+                st.0 = SlotState::Waiting;
+                None
+            }
+            SlotState::Started(s, m) => Some(Ok((s, m))),
+            SlotState::Failed(e) => Some(Err(e)),
+            SlotState::Taken => Some(Err(EngineError::invalid(
+                "handle",
+                "the result was already taken",
+            ))),
+        }
+    }
+
+    fn take_blocking(&self) -> Result<(Started, Arc<LoadedModel>)> {
+        let mut st = self.state.lock();
+        while matches!(st.0, SlotState::Waiting) {
+            self.ready.wait(&mut st);
+        }
+        drop(st);
+        self.take_now()
+            .unwrap_or_else(|| Err(EngineError::invalid("handle", "not started")))
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<(Started, Arc<LoadedModel>)>> {
+        if let Some(r) = self.take_now() {
+            return Poll::Ready(r);
+        }
+        let mut st = self.state.lock();
+        if matches!(st.0, SlotState::Waiting) {
+            st.1 = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        drop(st);
+        match self.take_now() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// How a request ended, reported to the engine's metrics and sessions.
+pub(crate) trait Reporter: Send + Sync {
+    /// `id` ended with `outcome` after `latency` (from submission).
+    fn ended(&self, id: RequestId, outcome: &Result<()>, latency: Duration);
+}
+
+/// Follows one submitted request: wait for its [`Response`] (blocking, with
+/// a timeout, or as a `Future`), read a generation as a [`TokenStream`], or
+/// cancel it. Dropping a handle cancels its request.
+pub struct Handle {
+    id: RequestId,
+    model: String,
+    slot: Arc<Slot>,
+    reporter: Arc<dyn Reporter>,
+    submitted: Instant,
+    /// The future's progress once started.
+    poll: Option<Polling>,
+    /// Keeps the model loaded while the future reads from it.
+    held: Option<Arc<LoadedModel>>,
+    finished: bool,
+}
+
+enum Polling {
+    Stream(Collect, GenerationStream),
+    Embeddings(Vec<Option<Vec<f32>>>, Vec<HandleOf<EmbeddingHandler>>),
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("id", &self.id)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// Accumulates a generation's deltas into a [`Completion`].
+#[derive(Default)]
+struct Collect {
+    text: String,
+    tokens: Vec<u32>,
+}
+
+impl Collect {
+    /// Adds `delta`; `Some` when it was the last.
+    fn push(&mut self, delta: TextDelta) -> Option<Result<Completion>> {
+        self.text.push_str(&delta.text);
+        self.tokens.extend_from_slice(&delta.tokens);
+        let finish = delta.finish?;
+        if finish.reason == FinishReason::Cancelled {
+            return Some(Err(EngineError::Cancelled));
+        }
+        Some(Ok(Completion {
+            text: std::mem::take(&mut self.text),
+            tokens: std::mem::take(&mut self.tokens),
+            finish_reason: finish.reason,
+            usage: finish.usage,
+        }))
+    }
+}
+
+fn embed_error(model: &str, e: BatchError<Arc<TextError>>) -> EngineError {
+    match e {
+        BatchError::Cancelled => EngineError::Cancelled,
+        BatchError::TimedOut => EngineError::TimedOut,
+        BatchError::ShuttingDown => EngineError::ShuttingDown,
+        BatchError::QueueFull { capacity, .. } => EngineError::QueueFull { capacity },
+        BatchError::Handler(e) => EngineError::from_text(model, &e),
+        other => EngineError::Failed {
+            model: model.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(
+        id: RequestId,
+        model: String,
+        slot: Arc<Slot>,
+        reporter: Arc<dyn Reporter>,
+    ) -> Self {
+        Self {
+            id,
+            model,
+            slot,
+            reporter,
+            submitted: Instant::now(),
+            poll: None,
+            held: None,
+            finished: false,
+        }
+    }
+
+    /// The request's id (for [`Engine::cancel`](crate::Engine::cancel) and
+    /// [`Engine::sessions`](crate::Engine::sessions)).
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The model serving it.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Cancels the request: a waiting one never runs, a running one stops
+    /// within a step; either ends with [`EngineError::Cancelled`].
+    pub fn cancel(&self) {
+        self.slot.cancel.cancel();
+    }
+
+    fn report<T>(&mut self, result: Result<T>) -> Result<T> {
+        if !self.finished {
+            self.finished = true;
+            let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+            self.reporter
+                .ended(self.id, &outcome, self.submitted.elapsed());
+        }
+        result
+    }
+
+    /// Blocks until the request ends and returns its result.
+    ///
+    /// # Errors
+    /// Why the request did not complete.
+    pub fn wait(mut self) -> Result<Response> {
+        let result = self.wait_inner();
+        self.report(result)
+    }
+
+    fn wait_inner(&mut self) -> Result<Response> {
+        let (started, _model) = self.slot.take_blocking()?;
+        match started {
+            Started::Stream(stream) => {
+                let mut collect = Collect::default();
+                for item in stream {
+                    let delta = item.map_err(|e| EngineError::from_text(&self.model, &e))?;
+                    self.slot
+                        .done_units
+                        .fetch_add(delta.tokens.len() as u64, Ordering::Relaxed);
+                    if let Some(done) = collect.push(delta) {
+                        return done.map(Response::Completion);
+                    }
+                }
+                Err(self.ended_early())
+            }
+            Started::Embeddings(handles) => {
+                let mut out = Vec::with_capacity(handles.len());
+                let mut handles = handles.into_iter();
+                while let Some(mut h) = handles.next() {
+                    let outcome = loop {
+                        if self.slot.cancel.is_cancelled() {
+                            h.cancel();
+                            handles.by_ref().for_each(|h| h.cancel());
+                        }
+                        if let Some(o) = h.wait_timeout(Duration::from_millis(20)) {
+                            break o;
+                        }
+                    };
+                    out.push(outcome.map_err(|e| embed_error(&self.model, e))?);
+                    self.slot.done_units.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Response::Embeddings(out))
+            }
+        }
+    }
+
+    fn ended_early(&self) -> EngineError {
+        if self.slot.cancel.is_cancelled() {
+            EngineError::Cancelled
+        } else {
+            EngineError::Failed {
+                model: self.model.clone(),
+                reason: "the generation ended without a finish reason".into(),
+            }
+        }
+    }
+
+    /// The generation's text as it is produced (blocking iterator or
+    /// `futures_core::Stream`). The request's end is reported when the
+    /// stream ends; dropping it cancels the generation.
+    ///
+    /// # Errors
+    /// When the request is not a generation (the stream's first item says
+    /// so for requests that fail before starting).
+    pub fn into_stream(mut self) -> TokenStream {
+        let slot = Arc::clone(&self.slot);
+        let reporter = Arc::clone(&self.reporter);
+        // The stream reports instead of the handle.
+        self.finished = true;
+        TokenStream {
+            id: self.id,
+            model: std::mem::take(&mut self.model),
+            slot,
+            reporter,
+            submitted: self.submitted,
+            stream: None,
+            _model: None,
+            done: false,
+        }
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response>> {
+        loop {
+            match &mut self.poll {
+                None => {
+                    let (started, model) = match self.slot.poll_take(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => r?,
+                    };
+                    self.held = Some(model);
+                    self.poll = Some(match started {
+                        Started::Stream(s) => Polling::Stream(Collect::default(), s),
+                        Started::Embeddings(h) => Polling::Embeddings(vec![None; h.len()], h),
+                    });
+                }
+                Some(Polling::Stream(collect, stream)) => {
+                    let item = match futures_core::Stream::poll_next(Pin::new(stream), cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(item) => item,
+                    };
+                    let Some(item) = item else {
+                        return Poll::Ready(Err(self.ended_early()));
+                    };
+                    let delta = item.map_err(|e| EngineError::from_text(&self.model, &e))?;
+                    self.slot
+                        .done_units
+                        .fetch_add(delta.tokens.len() as u64, Ordering::Relaxed);
+                    if let Some(done) = collect.push(delta) {
+                        return Poll::Ready(done.map(Response::Completion));
+                    }
+                }
+                Some(Polling::Embeddings(out, handles)) => {
+                    if self.slot.cancel.is_cancelled() {
+                        handles.iter().for_each(|h| h.cancel());
+                    }
+                    for (slot, h) in out.iter_mut().zip(handles.iter_mut()) {
+                        if slot.is_some() {
+                            continue;
+                        }
+                        match Pin::new(h).poll(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(r) => {
+                                *slot = Some(r.map_err(|e| embed_error(&self.model, e))?);
+                                self.slot.done_units.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    let vectors = out.iter_mut().filter_map(Option::take).collect();
+                    return Poll::Ready(Ok(Response::Embeddings(vectors)));
+                }
+            }
+        }
+    }
+}
+
+impl Future for Handle {
+    type Output = Result<Response>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(Err(EngineError::invalid(
+                "handle",
+                "the result was already taken",
+            )));
+        }
+        match this.poll_inner(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => Poll::Ready(this.report(r)),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.slot.cancel.cancel();
+            self.finished = true;
+            self.reporter.ended(
+                self.id,
+                &Err(EngineError::Cancelled),
+                self.submitted.elapsed(),
+            );
+        }
+    }
+}
+
+/// A generation's text as it is produced: a blocking [`Iterator`] and a
+/// `futures_core::Stream` of [`TextDelta`]s; the last carries the finish
+/// reason and usage. Dropping it cancels the generation.
+pub struct TokenStream {
+    id: RequestId,
+    model: String,
+    slot: Arc<Slot>,
+    reporter: Arc<dyn Reporter>,
+    submitted: Instant,
+    stream: Option<GenerationStream>,
+    _model: Option<Arc<LoadedModel>>,
+    done: bool,
+}
+
+impl std::fmt::Debug for TokenStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStream")
+            .field("id", &self.id)
+            .field("model", &self.model)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl TokenStream {
+    /// The request's id.
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// Cancels the generation; the stream ends within a step.
+    pub fn cancel(&self) {
+        self.slot.cancel.cancel();
+    }
+
+    /// Reads the rest into one [`Completion`].
+    ///
+    /// # Errors
+    /// As [`Handle::wait`].
+    pub fn collect_completion(self) -> Result<Completion> {
+        let mut collect = Collect::default();
+        for item in self {
+            if let Some(done) = collect.push(item?) {
+                return done;
+            }
+        }
+        Err(EngineError::Cancelled)
+    }
+
+    fn end(&mut self, outcome: Result<()>) {
+        if !self.done {
+            self.done = true;
+            self.stream = None;
+            self.reporter
+                .ended(self.id, &outcome, self.submitted.elapsed());
+        }
+    }
+
+    fn accept(
+        &mut self,
+        started: Result<(Started, Arc<LoadedModel>)>,
+    ) -> Option<Result<TextDelta>> {
+        match started {
+            Ok((Started::Stream(s), model)) => {
+                self.stream = Some(s);
+                self._model = Some(model);
+                None
+            }
+            Ok((Started::Embeddings(h), _)) => {
+                h.iter().for_each(|h| h.cancel());
+                let e = EngineError::invalid("task", "only generation requests stream");
+                self.end(Err(e.clone()));
+                Some(Err(e))
+            }
+            Err(e) => {
+                self.end(Err(e.clone()));
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn item(
+        &mut self,
+        item: Option<std::result::Result<TextDelta, TextError>>,
+    ) -> Option<Result<TextDelta>> {
+        match item {
+            None => {
+                let e = if self.slot.cancel.is_cancelled() {
+                    EngineError::Cancelled
+                } else {
+                    EngineError::Failed {
+                        model: self.model.clone(),
+                        reason: "the generation ended without a finish reason".into(),
+                    }
+                };
+                self.end(Err(e));
+                None
+            }
+            Some(Err(e)) => {
+                let e = EngineError::from_text(&self.model, &e);
+                self.end(Err(e.clone()));
+                Some(Err(e))
+            }
+            Some(Ok(delta)) => {
+                self.slot
+                    .done_units
+                    .fetch_add(delta.tokens.len() as u64, Ordering::Relaxed);
+                if let Some(f) = delta.finish {
+                    let outcome = if f.reason == FinishReason::Cancelled {
+                        Err(EngineError::Cancelled)
+                    } else {
+                        Ok(())
+                    };
+                    self.end(outcome);
+                }
+                Some(Ok(delta))
+            }
+        }
+    }
+}
+
+impl Iterator for TokenStream {
+    type Item = Result<TextDelta>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.stream.is_none() {
+            let started = self.slot.take_blocking();
+            if let Some(early) = self.accept(started) {
+                return Some(early);
+            }
+        }
+        let item = self.stream.as_mut()?.next();
+        self.item(item)
+    }
+}
+
+impl futures_core::Stream for TokenStream {
+    type Item = Result<TextDelta>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.stream.is_none() {
+            match this.slot.poll_take(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(started) => {
+                    if let Some(early) = this.accept(started) {
+                        return Poll::Ready(Some(early));
+                    }
+                }
+            }
+        }
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match futures_core::Stream::poll_next(Pin::new(stream), cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(item) => Poll::Ready(this.item(item)),
+        }
+    }
+}
+
+impl Drop for TokenStream {
+    fn drop(&mut self) {
+        if !self.done {
+            self.slot.cancel.cancel();
+            self.end(Err(EngineError::Cancelled));
+        }
+    }
+}

@@ -1,0 +1,656 @@
+//! [`Engine`]: the registry's models behind one submit call.
+//!
+//! Requests wait in one priority queue (Urgent first, FIFO within a level).
+//! Dispatcher threads take them in order, get the model from the model
+//! cache of its device (loading it, once, if it is cold; evicting idle
+//! models when the memory budget is reached) and hand the request to the
+//! model's pipeline: the text crate's continuous-batching
+//! [`GenerationEngine`](switchyard_text::GenerationEngine) for generation, a
+//! [`Batcher`](switchyard_batch::Batcher) of embedding inputs for
+//! embeddings. The caller's [`Handle`] follows it from there.
+
+mod builder;
+mod error;
+mod handle;
+mod models;
+mod request;
+mod status;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use switchyard_cache::Loader;
+use switchyard_cache::{CacheError, ModelCache};
+use switchyard_core::{DeviceId, Priority, QueueOrder, RequestId};
+use switchyard_text::{GenerateRequest, Prompt, RequestOptions, SamplingParams};
+
+pub use builder::EngineBuilder;
+pub use error::{EngineError, Result};
+pub use handle::{Handle, TokenStream};
+pub use request::{DEFAULT_MAX_TOKENS, GenerationOptions, Request, Response, Task};
+pub use status::{
+    Capabilities, EngineMetrics, Health, Latency, ModelInfo, ModelMetrics, SessionInfo,
+    SessionState,
+};
+
+use crate::config::{ModelKind, ModelSpec, Registry};
+use handle::{Reporter, Slot, Started};
+use models::{LoadedModel, ModelLoader, Runner};
+use status::Tally;
+
+/// Most inputs one embedding request may carry.
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// What happens to waiting requests at [`Engine::shutdown`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Requests still queued end with [`EngineError::ShuttingDown`];
+    /// running ones finish.
+    #[default]
+    FailQueued,
+    /// Run everything accepted, queued requests included.
+    DrainAll,
+}
+
+/// Whether this build serves `kind`.
+fn served(kind: ModelKind) -> bool {
+    matches!(kind, ModelKind::TextGeneration | ModelKind::Embedding)
+}
+
+/// A request waiting in the queue.
+struct Job {
+    id: RequestId,
+    spec: ModelSpec,
+    work: Work,
+    priority: Priority,
+    deadline: Option<Instant>,
+    slot: Arc<Slot>,
+}
+
+/// A checked task, ready to hand to a pipeline.
+enum Work {
+    Generate(Prompt, SamplingParams),
+    Embed(Vec<String>),
+}
+
+#[derive(Default)]
+struct Queue {
+    /// By order: priority, then arrival.
+    waiting: BTreeMap<Reverse<QueueOrder>, Job>,
+    next_sequence: u64,
+    stopping: Option<ShutdownMode>,
+}
+
+/// A session's bookkeeping.
+struct Session {
+    model: String,
+    task: &'static str,
+    priority: Priority,
+    submitted: Instant,
+    slot: Arc<Slot>,
+}
+
+struct Inner {
+    registry: Arc<Registry>,
+    loader: Arc<ModelLoader>,
+    caches: HashMap<DeviceId, ModelCache<String, LoadedModel>>,
+    devices: Vec<DeviceId>,
+    memory_budget: Option<u64>,
+    queue_capacity: usize,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    sessions: Mutex<HashMap<RequestId, Session>>,
+    tallies: Mutex<BTreeMap<String, Tally>>,
+    last_load_error: Mutex<Option<(String, EngineError)>>,
+}
+
+impl Reporter for Inner {
+    fn ended(&self, id: RequestId, outcome: &Result<()>, latency: Duration) {
+        let Some(session) = self.sessions.lock().remove(&id) else {
+            return;
+        };
+        let units = session.slot.done_units.load(Ordering::Relaxed);
+        self.tallies
+            .lock()
+            .entry(session.model)
+            .or_default()
+            .record(outcome, latency, units);
+    }
+}
+
+fn cache_error(model: &str, e: CacheError) -> EngineError {
+    match e {
+        CacheError::InsufficientMemory { needed, free, .. } => EngineError::InsufficientMemory {
+            model: model.to_owned(),
+            needed,
+            free,
+        },
+        CacheError::Load { source, .. } => match source.downcast_ref::<EngineError>() {
+            Some(e) => e.clone(),
+            None => EngineError::ModelLoad {
+                model: model.to_owned(),
+                reason: source.to_string(),
+            },
+        },
+        other => EngineError::ModelLoad {
+            model: model.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl Inner {
+    fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            let job = {
+                let mut q = self.queue.lock();
+                loop {
+                    if q.stopping == Some(ShutdownMode::FailQueued) {
+                        break None;
+                    }
+                    if let Some((_, job)) = q.waiting.pop_first() {
+                        break Some(job);
+                    }
+                    if q.stopping.is_some() {
+                        break None;
+                    }
+                    self.wake.wait(&mut q);
+                }
+            };
+            let Some(job) = job else { return };
+            self.dispatch(job);
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, job: Job) {
+        if job.slot.cancel.is_cancelled() {
+            return job.slot.fail(EngineError::Cancelled);
+        }
+        if job.deadline.is_some_and(|d| Instant::now() >= d) {
+            return job.slot.fail(EngineError::TimedOut);
+        }
+        let device = job.spec.devices[0];
+        let Some(cache) = self.caches.get(&device) else {
+            return job.slot.fail(EngineError::Failed {
+                model: job.spec.id.clone(),
+                reason: format!("no cache for {device}"),
+            });
+        };
+        let model = match cache.get(&job.spec.id) {
+            Ok(m) => m,
+            Err(e) => {
+                let e = cache_error(&job.spec.id, e);
+                *self.last_load_error.lock() = Some((job.spec.id.clone(), e.clone()));
+                return job.slot.fail(e);
+            }
+        };
+        if self
+            .last_load_error
+            .lock()
+            .as_ref()
+            .is_some_and(|(m, _)| *m == job.spec.id)
+        {
+            *self.last_load_error.lock() = None;
+        }
+        let started = match (&model.runner, job.work) {
+            (Runner::Generation(engine), Work::Generate(prompt, params)) => {
+                let request = GenerateRequest {
+                    prompt,
+                    params,
+                    cancel: job.slot.cancel.clone(),
+                };
+                let options = RequestOptions {
+                    priority: job.priority,
+                    deadline: None,
+                };
+                engine
+                    .submit_with(&request, options)
+                    .map(Started::Stream)
+                    .map_err(|e| EngineError::from_text(&job.spec.id, &e))
+            }
+            (Runner::Embedding(batcher), Work::Embed(inputs)) => {
+                let mut handles = Vec::with_capacity(inputs.len());
+                let mut refused = None;
+                for text in inputs {
+                    let r = switchyard_batch::Request::new(text).with_priority(job.priority);
+                    match batcher.submit(r) {
+                        Ok(h) => handles.push(h),
+                        Err(e) => {
+                            refused = Some(match e.error {
+                                switchyard_batch::BatchError::QueueFull { capacity, .. } => {
+                                    EngineError::QueueFull { capacity }
+                                }
+                                _ => EngineError::ShuttingDown,
+                            });
+                            break;
+                        }
+                    }
+                }
+                match refused {
+                    Some(e) => {
+                        handles.iter().for_each(|h| h.cancel());
+                        Err(e)
+                    }
+                    None => Ok(Started::Embeddings(handles)),
+                }
+            }
+            _ => Err(EngineError::Failed {
+                model: job.spec.id.clone(),
+                reason: "the loaded pipeline does not match the request".into(),
+            }),
+        };
+        match started {
+            Ok(s) => job.slot.start(s, model),
+            Err(e) => job.slot.fail(e),
+        }
+    }
+
+    /// Checks `request` and turns it into a job's parts.
+    fn check(&self, request: &Request) -> Result<(ModelSpec, Work, Priority, u64)> {
+        let spec = self
+            .registry
+            .get(&request.model)
+            .ok_or_else(|| EngineError::UnknownModel {
+                model: request.model.clone(),
+            })?;
+        if spec.kind != request.task.kind() {
+            return Err(EngineError::WrongKind {
+                model: spec.id.clone(),
+                kind: spec.kind,
+                request: request.task.name(),
+            });
+        }
+        let priority = request.priority.unwrap_or(spec.priority);
+        let (work, units) = match &request.task {
+            Task::Generate { prompt, options } => {
+                let empty = match prompt {
+                    Prompt::Text(t) => t.is_empty(),
+                    Prompt::Tokens(t) => t.is_empty(),
+                    Prompt::Chat(m) => m.is_empty(),
+                };
+                if empty {
+                    return Err(EngineError::invalid("prompt", "is empty"));
+                }
+                let params = options.resolve(&spec.defaults)?;
+                let units = params.max_tokens as u64;
+                (Work::Generate(prompt.clone(), params), units)
+            }
+            Task::Embed { inputs } => {
+                if inputs.is_empty() {
+                    return Err(EngineError::invalid("inputs", "is empty"));
+                }
+                if inputs.len() > MAX_EMBEDDING_INPUTS {
+                    return Err(EngineError::invalid(
+                        "inputs",
+                        format!("{} inputs; at most {MAX_EMBEDDING_INPUTS}", inputs.len()),
+                    ));
+                }
+                (Work::Embed(inputs.clone()), inputs.len() as u64)
+            }
+        };
+        if let Some(budget) = self.memory_budget {
+            let device = spec.devices[0];
+            let estimate = self.caches.get(&device).and_then(|c| {
+                if c.contains(&spec.id) {
+                    None
+                } else {
+                    self.loader.estimate_bytes(&spec.id, device)
+                }
+            });
+            if let Some(needed) = estimate.filter(|&n| n > budget) {
+                return Err(EngineError::InsufficientMemory {
+                    model: spec.id.clone(),
+                    needed,
+                    free: budget,
+                });
+            }
+        }
+        Ok((spec.clone(), work, priority, units))
+    }
+}
+
+/// The engine: submit requests for any registered model from any thread.
+///
+/// ```
+/// use switchyard::config::{ModelKind, ModelSource, ModelSpec};
+/// use switchyard::{Engine, Request};
+/// use switchyard_testkit::tiny::{self, TinyBert};
+///
+/// let dir = tempfile::tempdir()?;
+/// tiny::write_bert(dir.path(), &TinyBert::default(), 7)?;
+/// let spec = ModelSpec::new("bert", ModelKind::Embedding, ModelSource::Path(dir.path().into()));
+/// let engine = Engine::builder().model(spec)?.build()?;
+///
+/// let request = Request::embed("bert", vec!["hello".into(), "world".into()]);
+/// let vectors = engine.submit(request)?.wait()?.into_embeddings().unwrap();
+/// assert_eq!(vectors.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Engine {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("models", &self.inner.registry.len())
+            .field("devices", &self.inner.devices)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// A builder with the defaults.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The registered models.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Queues `request`; its [`Handle`] follows it. Never blocks: models
+    /// load on the engine's threads.
+    ///
+    /// # Errors
+    /// Bad requests ([`EngineError::UnknownModel`], `WrongKind`,
+    /// `InvalidInput`, `InsufficientMemory` when the model can never fit),
+    /// [`EngineError::QueueFull`], [`EngineError::ShuttingDown`].
+    pub fn submit(&self, request: Request) -> Result<Handle> {
+        let (spec, work, priority, units) = self.inner.check(&request)?;
+        let id = request.id.unwrap_or_else(RequestId::next);
+        let slot = Arc::new(Slot::new(units));
+        let model = spec.id.clone();
+        {
+            let mut q = self.inner.queue.lock();
+            if q.stopping.is_some() {
+                return Err(EngineError::ShuttingDown);
+            }
+            if q.waiting.len() >= self.inner.queue_capacity {
+                return Err(EngineError::QueueFull {
+                    capacity: self.inner.queue_capacity,
+                });
+            }
+            let order = QueueOrder::new(priority, q.next_sequence);
+            q.next_sequence += 1;
+            self.inner.sessions.lock().insert(
+                id,
+                Session {
+                    model: model.clone(),
+                    task: request.task.name(),
+                    priority,
+                    submitted: Instant::now(),
+                    slot: Arc::clone(&slot),
+                },
+            );
+            q.waiting.insert(
+                Reverse(order),
+                Job {
+                    id,
+                    spec,
+                    work,
+                    priority,
+                    deadline: request.timeout.map(|t| Instant::now() + t),
+                    slot: Arc::clone(&slot),
+                },
+            );
+        }
+        self.tally(&model, |m| m.submitted += 1);
+        self.inner.wake.notify_one();
+        let reporter: Arc<dyn Reporter> = self.inner.clone();
+        Ok(Handle::new(id, model, slot, reporter))
+    }
+
+    /// Submits and waits: the blocking one-call form.
+    ///
+    /// # Errors
+    /// As [`Engine::submit`] and [`Handle::wait`].
+    pub fn process_sync(&self, request: Request) -> Result<Response> {
+        self.submit(request)?.wait()
+    }
+
+    /// Checks a request without running it: the model exists and serves
+    /// it, its parameters are valid, and its model can fit in the memory
+    /// budget.
+    ///
+    /// # Errors
+    /// What [`Engine::submit`] would refuse it with.
+    pub fn validate(&self, request: &Request) -> Result<()> {
+        self.inner.check(request).map(drop)
+    }
+
+    /// Cancels request `id`, queued or running. Returns whether it was
+    /// found.
+    pub fn cancel(&self, id: RequestId) -> bool {
+        let slot = self
+            .inner
+            .sessions
+            .lock()
+            .get(&id)
+            .map(|s| Arc::clone(&s.slot));
+        let Some(slot) = slot else { return false };
+        slot.cancel.cancel();
+        // A queued one ends now rather than when a dispatcher reaches it.
+        let mut q = self.inner.queue.lock();
+        let key = q
+            .waiting
+            .iter()
+            .find(|(_, job)| job.id == id)
+            .map(|(k, _)| *k);
+        if let Some(job) = key.and_then(|k| q.waiting.remove(&k)) {
+            job.slot.fail(EngineError::Cancelled);
+        }
+        true
+    }
+
+    /// Queued and running requests, most urgent first.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let positions: HashMap<RequestId, (usize, String, u64)> = {
+            let q = self.inner.queue.lock();
+            q.waiting
+                .values()
+                .enumerate()
+                .map(|(i, job)| (job.id, (i, job.spec.id.clone(), job.slot.total_units)))
+                .collect()
+        };
+        let rates: HashMap<String, f64> = self
+            .inner
+            .tallies
+            .lock()
+            .iter()
+            .filter_map(|(m, t)| Some((m.clone(), t.metrics.throughput?)))
+            .collect();
+        let sessions = self.inner.sessions.lock();
+        let mut out: Vec<SessionInfo> = sessions
+            .iter()
+            .map(|(&id, s)| {
+                let done = s.slot.done_units.load(Ordering::Relaxed);
+                let total = s.slot.total_units;
+                let rate = rates.get(&s.model).copied();
+                let (state, ahead_units) = match positions.get(&id) {
+                    Some((position, _, _)) => {
+                        let ahead: u64 = positions
+                            .values()
+                            .filter(|(p, m, _)| p < position && *m == s.model)
+                            .map(|(_, _, u)| u)
+                            .sum();
+                        (
+                            SessionState::Queued {
+                                position: *position,
+                            },
+                            ahead,
+                        )
+                    }
+                    None => (SessionState::Running, 0),
+                };
+                let left = (total.saturating_sub(done) + ahead_units) as f64;
+                SessionInfo {
+                    id,
+                    model: s.model.clone(),
+                    task: s.task,
+                    priority: s.priority,
+                    state,
+                    age: s.submitted.elapsed(),
+                    progress: (done, total),
+                    eta: rate
+                        .filter(|r| *r > 0.0)
+                        .map(|r| Duration::from_secs_f64(left / r)),
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| match s.state {
+            SessionState::Running => (0, 0, Reverse(s.age)),
+            SessionState::Queued { position } => (1, position, Reverse(s.age)),
+        });
+        out
+    }
+
+    /// What the engine serves and its limits.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut kinds: Vec<ModelKind> = ModelKind::ALL.into_iter().filter(|k| served(*k)).collect();
+        kinds.sort();
+        Capabilities {
+            kinds,
+            models: self
+                .inner
+                .registry
+                .models()
+                .iter()
+                .map(|m| ModelInfo {
+                    id: m.id.clone(),
+                    kind: m.kind,
+                    devices: m.devices.clone(),
+                    loaded: self
+                        .inner
+                        .caches
+                        .get(&m.devices[0])
+                        .is_some_and(|c| c.contains(&m.id)),
+                    max_batch_size: m.max_batch_size,
+                })
+                .collect(),
+            devices: self.inner.devices.clone(),
+            queue_capacity: self.inner.queue_capacity,
+            max_embedding_inputs: MAX_EMBEDDING_INPUTS,
+            memory_budget: self.inner.memory_budget,
+        }
+    }
+
+    /// Healthy, degraded (a model failed its last load, or the queue is
+    /// over 90 % full) or unhealthy (shutting down, or no dispatcher left).
+    pub fn health(&self) -> Health {
+        let (stopping, waiting) = {
+            let q = self.inner.queue.lock();
+            (q.stopping.is_some(), q.waiting.len())
+        };
+        if stopping {
+            return Health::Unhealthy {
+                reason: "shutting down".into(),
+            };
+        }
+        let threads = self.threads.lock();
+        if threads.iter().all(JoinHandle::is_finished) {
+            return Health::Unhealthy {
+                reason: "no dispatcher thread is running".into(),
+            };
+        }
+        drop(threads);
+        if let Some((model, e)) = self.inner.last_load_error.lock().as_ref() {
+            return Health::Degraded {
+                reason: format!("model `{model}` failed to load: {e}"),
+            };
+        }
+        if waiting * 10 > self.inner.queue_capacity * 9 {
+            return Health::Degraded {
+                reason: format!("queue {waiting} of {}", self.inner.queue_capacity),
+            };
+        }
+        Health::Healthy
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> EngineMetrics {
+        let mut models: HashMap<String, ModelMetrics> = self
+            .inner
+            .tallies
+            .lock()
+            .iter()
+            .map(|(m, t)| (m.clone(), t.metrics.clone()))
+            .collect();
+        for spec in self.inner.registry.models() {
+            let Some(cache) = self.inner.caches.get(&spec.devices[0]) else {
+                continue;
+            };
+            // A peek: only when loaded, without loading or counting a hit.
+            if !cache.contains(&spec.id) {
+                continue;
+            }
+            if let Ok(model) = cache.get(&spec.id)
+                && let Runner::Generation(engine) = &model.runner
+            {
+                models.entry(spec.id.clone()).or_default().generation = Some(engine.stats());
+            }
+        }
+        EngineMetrics {
+            models,
+            queued: self.inner.queue.lock().waiting.len(),
+            cache: self
+                .inner
+                .devices
+                .iter()
+                .filter_map(|d| Some((*d, self.inner.caches.get(d)?.stats())))
+                .collect(),
+        }
+    }
+
+    /// Unloads every idle model (running requests keep theirs until they
+    /// end). Returns how many were unloaded.
+    pub fn clear_cache(&self) -> usize {
+        self.inner.caches.values().map(ModelCache::clear).sum()
+    }
+
+    /// Stops taking requests. With [`ShutdownMode::FailQueued`] queued
+    /// requests end with [`EngineError::ShuttingDown`]; with
+    /// [`ShutdownMode::DrainAll`] they are dispatched first. Running
+    /// requests always finish. Returns when the dispatchers have stopped.
+    pub fn shutdown(&self, mode: ShutdownMode) {
+        let failed: Vec<Job> = {
+            let mut q = self.inner.queue.lock();
+            q.stopping.get_or_insert(mode);
+            if mode == ShutdownMode::FailQueued {
+                std::mem::take(&mut q.waiting).into_values().collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for job in failed {
+            job.slot.fail(EngineError::ShuttingDown);
+        }
+        self.inner.wake.notify_all();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn tally(&self, model: &str, f: impl FnOnce(&mut ModelMetrics)) {
+        f(&mut self
+            .inner
+            .tallies
+            .lock()
+            .entry(model.to_owned())
+            .or_default()
+            .metrics);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown(ShutdownMode::DrainAll);
+    }
+}

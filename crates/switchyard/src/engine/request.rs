@@ -1,0 +1,214 @@
+//! What callers send the engine and what they get back.
+
+use std::time::Duration;
+
+use switchyard_core::{Priority, RequestId};
+use switchyard_text::{ChatMessage, Completion, Prompt, SamplingParams};
+
+use crate::config::{Defaults, ModelKind};
+use crate::engine::error::{EngineError, Result};
+
+/// Generation settings; `None` takes the model's default from the
+/// registry, then the engine's (greedy, 256 tokens).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationOptions {
+    /// Most new tokens.
+    pub max_tokens: Option<usize>,
+    /// Sampling temperature; 0 is greedy.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f32>,
+    /// Keep the `k` likeliest tokens.
+    pub top_k: Option<usize>,
+    /// CTRL repetition penalty (1 is off).
+    pub repetition_penalty: Option<f32>,
+    /// Same seed, same prompt, same model: same text.
+    pub seed: Option<u64>,
+    /// Stop strings (not included in the output).
+    pub stop: Option<Vec<String>>,
+    /// Keep going past the model's end-of-sequence tokens, to exactly
+    /// `max_tokens` (benchmarks).
+    pub ignore_eos: bool,
+}
+
+/// Tokens a generation makes when neither the request nor the model says.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
+impl GenerationOptions {
+    /// The sampling parameters: the request's settings over the model's
+    /// defaults over the engine's.
+    ///
+    /// # Errors
+    /// When the result is not a valid set of parameters.
+    pub fn resolve(&self, defaults: &Defaults) -> Result<SamplingParams> {
+        let max_tokens = self
+            .max_tokens
+            .or(defaults.max_tokens)
+            .unwrap_or(DEFAULT_MAX_TOKENS);
+        let mut p = SamplingParams::greedy(max_tokens);
+        p.temperature = self.temperature.or(defaults.temperature).unwrap_or(0.0);
+        p.top_p = self.top_p.or(defaults.top_p);
+        p.top_k = self.top_k.or(defaults.top_k);
+        p.repetition_penalty = self
+            .repetition_penalty
+            .or(defaults.repetition_penalty)
+            .unwrap_or(1.0);
+        p.seed = self.seed.or(defaults.seed).unwrap_or(0);
+        p.stop = self
+            .stop
+            .clone()
+            .or_else(|| defaults.stop.clone())
+            .unwrap_or_default();
+        p.ignore_eos = self.ignore_eos;
+        p.validate()
+            .map_err(|e| EngineError::from_text("(request)", &e))?;
+        Ok(p)
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Task {
+    /// Continue a prompt (text, tokens or a chat) on a text-generation
+    /// model.
+    Generate {
+        /// What to continue.
+        prompt: Prompt,
+        /// How.
+        options: GenerationOptions,
+    },
+    /// Embed each input on an embedding model.
+    Embed {
+        /// The texts, one vector each.
+        inputs: Vec<String>,
+    },
+}
+
+impl Task {
+    /// What the task is called in errors and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Generate { .. } => "generation",
+            Task::Embed { .. } => "embedding",
+        }
+    }
+
+    /// The model kind that serves it.
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Task::Generate { .. } => ModelKind::TextGeneration,
+            Task::Embed { .. } => ModelKind::Embedding,
+        }
+    }
+}
+
+/// One request to the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The registered model that serves it.
+    pub model: String,
+    /// What it asks for.
+    pub task: Task,
+    /// Its priority; `None` takes the model's.
+    pub priority: Option<Priority>,
+    /// How long it may wait before starting; past it, it ends with
+    /// [`EngineError::TimedOut`] without running.
+    pub timeout: Option<Duration>,
+    /// An id from outside (an HTTP request id); a fresh one by default.
+    pub id: Option<RequestId>,
+}
+
+impl Request {
+    /// A request of `task` on `model` with the model's priority.
+    pub fn new(model: impl Into<String>, task: Task) -> Self {
+        Self {
+            model: model.into(),
+            task,
+            priority: None,
+            timeout: None,
+            id: None,
+        }
+    }
+
+    /// A chat turn: `messages` rendered with the model's template.
+    pub fn chat(model: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
+        Self::new(
+            model,
+            Task::Generate {
+                prompt: Prompt::Chat(messages),
+                options: GenerationOptions::default(),
+            },
+        )
+    }
+
+    /// A plain-text completion.
+    pub fn complete(model: impl Into<String>, text: impl Into<String>) -> Self {
+        Self::new(
+            model,
+            Task::Generate {
+                prompt: Prompt::Text(text.into()),
+                options: GenerationOptions::default(),
+            },
+        )
+    }
+
+    /// Embeddings of `inputs`.
+    pub fn embed(model: impl Into<String>, inputs: Vec<String>) -> Self {
+        Self::new(model, Task::Embed { inputs })
+    }
+
+    /// With generation options (no effect on other tasks).
+    pub fn with_options(mut self, new: GenerationOptions) -> Self {
+        if let Task::Generate { options, .. } = &mut self.task {
+            *options = new;
+        }
+        self
+    }
+
+    /// With a priority.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// With a timeout before starting.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// With an id chosen by the caller.
+    pub fn with_id(mut self, id: RequestId) -> Self {
+        self.id = Some(id);
+        self
+    }
+}
+
+/// What a finished request gives.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Response {
+    /// A whole generation.
+    Completion(Completion),
+    /// One vector per input, in input order.
+    Embeddings(Vec<Vec<f32>>),
+}
+
+impl Response {
+    /// The completion, if this is one.
+    pub fn into_completion(self) -> Option<Completion> {
+        match self {
+            Response::Completion(c) => Some(c),
+            Response::Embeddings(_) => None,
+        }
+    }
+
+    /// The vectors, if these are embeddings.
+    pub fn into_embeddings(self) -> Option<Vec<Vec<f32>>> {
+        match self {
+            Response::Embeddings(v) => Some(v),
+            Response::Completion(_) => None,
+        }
+    }
+}

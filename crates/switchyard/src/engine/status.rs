@@ -1,0 +1,188 @@
+//! What the engine reports about itself: sessions, capabilities, health
+//! and metrics, and the bookkeeping behind them.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use switchyard_cache::CacheStats;
+use switchyard_core::{DeviceId, Priority, RequestId};
+use switchyard_text::GenerationStats;
+
+use crate::config::ModelKind;
+use crate::engine::error::EngineError;
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Waiting in the engine's queue; `position` 0 is served next.
+    Queued {
+        /// Requests ahead of it.
+        position: usize,
+    },
+    /// Its model is loading or it runs.
+    Running,
+}
+
+/// One queued or running request, as [`Engine::sessions`](crate::Engine::sessions)
+/// lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// The request.
+    pub id: RequestId,
+    /// Its model.
+    pub model: String,
+    /// `generation` or `embedding`.
+    pub task: &'static str,
+    /// Its priority.
+    pub priority: Priority,
+    /// Where it is.
+    pub state: SessionState,
+    /// Time since it was submitted.
+    pub age: Duration,
+    /// Units done (tokens read, inputs embedded) and asked for.
+    pub progress: (u64, u64),
+    /// Time to finish, from the model's measured throughput (and, while
+    /// queued, the work ahead of it); `None` before anything was measured.
+    pub eta: Option<Duration>,
+}
+
+/// A registered model, as [`Capabilities`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// Its id.
+    pub id: String,
+    /// What it does.
+    pub kind: ModelKind,
+    /// Where it runs.
+    pub devices: Vec<DeviceId>,
+    /// Whether it is loaded now.
+    pub loaded: bool,
+    /// Most requests per batch.
+    pub max_batch_size: usize,
+}
+
+/// What the engine can do: [`Engine::capabilities`](crate::Engine::capabilities).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capabilities {
+    /// Model kinds this build serves.
+    pub kinds: Vec<ModelKind>,
+    /// The registered models.
+    pub models: Vec<ModelInfo>,
+    /// Devices models are placed on.
+    pub devices: Vec<DeviceId>,
+    /// Waiting requests accepted before [`EngineError::QueueFull`].
+    pub queue_capacity: usize,
+    /// Most inputs in one embedding request.
+    pub max_embedding_inputs: usize,
+    /// The memory budget for loaded models, when one is set.
+    pub memory_budget: Option<u64>,
+}
+
+/// The engine's overall state: [`Engine::health`](crate::Engine::health).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Serving normally.
+    Healthy,
+    /// Serving, with a problem worth knowing.
+    Degraded {
+        /// What.
+        reason: String,
+    },
+    /// Not serving.
+    Unhealthy {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Latency percentiles over recent requests, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// One model's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelMetrics {
+    /// Requests accepted.
+    pub submitted: u64,
+    /// Requests that completed.
+    pub succeeded: u64,
+    /// Requests that failed.
+    pub failed: u64,
+    /// Requests cancelled.
+    pub cancelled: u64,
+    /// Requests that timed out before starting.
+    pub timed_out: u64,
+    /// Submission to result, over the last 1024 successes.
+    pub latency: Latency,
+    /// Units (tokens, inputs) per second while running, smoothed.
+    pub throughput: Option<f64>,
+    /// The generation engine's counters, while the model is loaded.
+    pub generation: Option<GenerationStats>,
+}
+
+/// A snapshot of everything the engine counts: [`Engine::metrics`](crate::Engine::metrics).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineMetrics {
+    /// Per model id.
+    pub models: HashMap<String, ModelMetrics>,
+    /// Requests waiting in the engine's queue.
+    pub queued: usize,
+    /// Per device: the model cache's counters.
+    pub cache: Vec<(DeviceId, CacheStats<String>)>,
+}
+
+/// Successes kept for percentiles.
+const WINDOW: usize = 1024;
+
+/// Running counters of one model.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) metrics: ModelMetrics,
+    latencies: VecDeque<f64>,
+}
+
+impl Tally {
+    pub(crate) fn record(
+        &mut self,
+        outcome: &Result<(), EngineError>,
+        latency: Duration,
+        units: u64,
+    ) {
+        let m = &mut self.metrics;
+        match outcome {
+            Ok(()) => {
+                m.succeeded += 1;
+                if self.latencies.len() == WINDOW {
+                    self.latencies.pop_front();
+                }
+                let secs = latency.as_secs_f64();
+                self.latencies.push_back(secs);
+                if units > 0 && secs > 0.0 {
+                    let rate = units as f64 / secs;
+                    m.throughput = Some(match m.throughput {
+                        Some(old) => 0.8 * old + 0.2 * rate,
+                        None => rate,
+                    });
+                }
+                let mut sorted: Vec<f64> = self.latencies.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+                m.latency = Latency {
+                    p50: at(0.5),
+                    p95: at(0.95),
+                    p99: at(0.99),
+                };
+            }
+            Err(EngineError::Cancelled) => m.cancelled += 1,
+            Err(EngineError::TimedOut) => m.timed_out += 1,
+            Err(_) => m.failed += 1,
+        }
+    }
+}
