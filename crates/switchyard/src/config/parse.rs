@@ -368,22 +368,28 @@ pub(super) fn check_spec(spec: &ModelSpec) -> Result<(), ConfigError> {
 
 fn check_defaults(kind: ModelKind, d: &Defaults) -> Result<(), ConfigError> {
     let bad = |field: &str, reason: &str| Err(ConfigError::new(reason).at_field(field));
-    let set: [(&str, bool); 13] = [
-        ("max_tokens", d.max_tokens.is_some()),
-        ("temperature", d.temperature.is_some()),
-        ("top_p", d.top_p.is_some()),
-        ("top_k", d.top_k.is_some()),
-        ("repetition_penalty", d.repetition_penalty.is_some()),
-        ("seed", d.seed.is_some()),
-        ("stop", d.stop.is_some()),
-        ("normalize", d.normalize.is_some()),
-        ("steps", d.steps.is_some()),
-        ("guidance_scale", d.guidance_scale.is_some()),
-        ("width", d.width.is_some()),
-        ("height", d.height.is_some()),
-        ("strength", d.strength.is_some()),
+    const { assert!(DEFAULT_FIELDS.len() == 13) };
+    let present: [bool; 13] = [
+        d.max_tokens.is_some(),
+        d.temperature.is_some(),
+        d.top_p.is_some(),
+        d.top_k.is_some(),
+        d.repetition_penalty.is_some(),
+        d.seed.is_some(),
+        d.stop.is_some(),
+        d.normalize.is_some(),
+        d.steps.is_some(),
+        d.guidance_scale.is_some(),
+        d.width.is_some(),
+        d.height.is_some(),
+        d.strength.is_some(),
     ];
-    if let Some((field, _)) = set.iter().find(|(f, on)| *on && !applies(kind, f)) {
+    // `present` follows DEFAULT_FIELDS' order.
+    let misplaced = DEFAULT_FIELDS
+        .iter()
+        .zip(present)
+        .find(|&(f, on)| on && !applies(kind, f));
+    if let Some((field, _)) = misplaced {
         return bad(field, &format!("does not apply to {kind} models"));
     }
     if d.max_tokens == Some(0) {

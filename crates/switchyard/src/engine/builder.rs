@@ -161,6 +161,7 @@ impl EngineBuilder {
             sessions: Mutex::new(HashMap::new()),
             tallies: Mutex::new(BTreeMap::new()),
             last_load_error: Mutex::new(None),
+            live: Mutex::new(HashMap::new()),
         });
         let threads = (0..self.dispatchers)
             .map(|i| {

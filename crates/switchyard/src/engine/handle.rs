@@ -310,11 +310,9 @@ impl Handle {
 
     /// The generation's text as it is produced (blocking iterator or
     /// `futures_core::Stream`). The request's end is reported when the
-    /// stream ends; dropping it cancels the generation.
-    ///
-    /// # Errors
-    /// When the request is not a generation (the stream's first item says
-    /// so for requests that fail before starting).
+    /// stream ends; dropping it cancels the generation. A request that is
+    /// not a generation, or that fails before starting, gives one `Err`
+    /// item and ends.
     pub fn into_stream(mut self) -> TokenStream {
         let slot = Arc::clone(&self.slot);
         let reporter = Arc::clone(&self.reporter);

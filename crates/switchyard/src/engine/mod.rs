@@ -18,8 +18,8 @@ mod status;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,8 @@ struct Inner {
     sessions: Mutex<HashMap<RequestId, Session>>,
     tallies: Mutex<BTreeMap<String, Tally>>,
     last_load_error: Mutex<Option<(String, EngineError)>>,
+    /// The last pipeline each model was dispatched to, for metrics.
+    live: Mutex<HashMap<String, Weak<LoadedModel>>>,
 }
 
 impl Reporter for Inner {
@@ -189,14 +191,15 @@ impl Inner {
                 return job.slot.fail(e);
             }
         };
-        if self
-            .last_load_error
-            .lock()
-            .as_ref()
-            .is_some_and(|(m, _)| *m == job.spec.id)
         {
-            *self.last_load_error.lock() = None;
+            let mut last = self.last_load_error.lock();
+            if last.as_ref().is_some_and(|(m, _)| *m == job.spec.id) {
+                *last = None;
+            }
         }
+        self.live
+            .lock()
+            .insert(job.spec.id.clone(), Arc::downgrade(&model));
         let started = match (&model.runner, job.work) {
             (Runner::Generation(engine), Work::Generate(prompt, params)) => {
                 let request = GenerateRequest {
@@ -452,12 +455,20 @@ impl Engine {
 
     /// Queued and running requests, most urgent first.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        let positions: HashMap<RequestId, (usize, String, u64)> = {
+        // Queue position and the work queued ahead on the same model, in
+        // one pass over the queue in order.
+        let queued: HashMap<RequestId, (usize, u64)> = {
             let q = self.inner.queue.lock();
+            let mut ahead: HashMap<&str, u64> = HashMap::new();
             q.waiting
                 .values()
                 .enumerate()
-                .map(|(i, job)| (job.id, (i, job.spec.id.clone(), job.slot.total_units)))
+                .map(|(i, job)| {
+                    let before = ahead.entry(job.spec.id.as_str()).or_default();
+                    let entry = (job.id, (i, *before));
+                    *before += job.slot.total_units;
+                    entry
+                })
                 .collect()
         };
         let rates: HashMap<String, f64> = self
@@ -474,20 +485,8 @@ impl Engine {
                 let done = s.slot.done_units.load(Ordering::Relaxed);
                 let total = s.slot.total_units;
                 let rate = rates.get(&s.model).copied();
-                let (state, ahead_units) = match positions.get(&id) {
-                    Some((position, _, _)) => {
-                        let ahead: u64 = positions
-                            .values()
-                            .filter(|(p, m, _)| p < position && *m == s.model)
-                            .map(|(_, _, u)| u)
-                            .sum();
-                        (
-                            SessionState::Queued {
-                                position: *position,
-                            },
-                            ahead,
-                        )
-                    }
+                let (state, ahead_units) = match queued.get(&id) {
+                    Some(&(position, ahead)) => (SessionState::Queued { position }, ahead),
                     None => (SessionState::Running, 0),
                 };
                 let left = (total.saturating_sub(done) + ahead_units) as f64;
@@ -581,20 +580,21 @@ impl Engine {
             .tallies
             .lock()
             .iter()
-            .map(|(m, t)| (m.clone(), t.metrics.clone()))
+            .map(|(m, t)| (m.clone(), t.snapshot()))
             .collect();
-        for spec in self.inner.registry.models() {
-            let Some(cache) = self.inner.caches.get(&spec.devices[0]) else {
-                continue;
-            };
-            // A peek: only when loaded, without loading or counting a hit.
-            if !cache.contains(&spec.id) {
-                continue;
-            }
-            if let Ok(model) = cache.get(&spec.id)
+        // Loaded generation models, read without a cache lookup (which
+        // would count a hit and refresh the model's place in the LRU order).
+        for (id, model) in self.inner.live.lock().iter() {
+            let loaded = self
+                .inner
+                .registry
+                .get(id)
+                .and_then(|spec| self.inner.caches.get(&spec.devices[0]))
+                .is_some_and(|c| c.contains(id));
+            if let Some(model) = model.upgrade().filter(|_| loaded)
                 && let Runner::Generation(engine) = &model.runner
             {
-                models.entry(spec.id.clone()).or_default().generation = Some(engine.stats());
+                models.entry(id.clone()).or_default().generation = Some(engine.stats());
             }
         }
         EngineMetrics {

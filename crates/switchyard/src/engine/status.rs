@@ -171,18 +171,27 @@ impl Tally {
                         None => rate,
                     });
                 }
-                let mut sorted: Vec<f64> = self.latencies.iter().copied().collect();
-                sorted.sort_by(f64::total_cmp);
-                let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-                m.latency = Latency {
-                    p50: at(0.5),
-                    p95: at(0.95),
-                    p99: at(0.99),
-                };
             }
             Err(EngineError::Cancelled) => m.cancelled += 1,
             Err(EngineError::TimedOut) => m.timed_out += 1,
             Err(_) => m.failed += 1,
         }
+    }
+
+    /// The counters, with latency percentiles over the recent successes
+    /// (sorted here, when asked, rather than on every request).
+    pub(crate) fn snapshot(&self) -> ModelMetrics {
+        let mut m = self.metrics.clone();
+        let mut sorted: Vec<f64> = self.latencies.iter().copied().collect();
+        if !sorted.is_empty() {
+            sorted.sort_by(f64::total_cmp);
+            let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+            m.latency = Latency {
+                p50: at(0.5),
+                p95: at(0.95),
+                p99: at(0.99),
+            };
+        }
+        m
     }
 }
