@@ -13,6 +13,9 @@ use switchyard_diffusion::{
 };
 use switchyard_image::{ImageFormat, ImageLimits};
 use switchyard_testkit::tiny::{self, TinyStableDiffusion};
+
+mod common;
+use common::max_diff;
 use tempfile::TempDir;
 
 fn folder(spec: &TinyStableDiffusion) -> (TempDir, StableDiffusion) {
@@ -51,15 +54,6 @@ fn inpaint(prompt: &str, seed: u64) -> Inpaint {
     r.params.seed = seed;
     r.params.guidance_scale = 4.0;
     r
-}
-
-fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
 }
 
 fn steps_of(sd: &StableDiffusion, request: DiffusionRequest) -> Vec<StepProgress> {

@@ -12,11 +12,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use switchyard_diffusion::{
-    DiffusionError, GeneratedImage, ImageToImage, LoadOptions, Lora, Offload, RunOptions,
-    SchedulerKind, StableDiffusion, TextToImage,
+    DiffusionError, ImageToImage, LoadOptions, Lora, Offload, RunOptions, SchedulerKind,
+    StableDiffusion, TextToImage,
 };
 use switchyard_testkit::tiny::{self, TinyStableDiffusion, TinyTextEncoder2, TinyTextTime};
 use tempfile::TempDir;
+
+mod common;
+use common::{edit_json, max_diff, request, run};
 
 fn write(spec: &TinyStableDiffusion) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -26,37 +29,6 @@ fn write(spec: &TinyStableDiffusion) -> TempDir {
 
 fn load(dir: &Path) -> Result<StableDiffusion, DiffusionError> {
     StableDiffusion::load(dir, &LoadOptions::default())
-}
-
-fn request(prompt: &str, seed: u64) -> TextToImage {
-    TextToImage {
-        width: 32,
-        height: 32,
-        steps: 3,
-        seed,
-        guidance_scale: 5.0,
-        ..TextToImage::new(prompt)
-    }
-}
-
-fn run(sd: &StableDiffusion, requests: &[TextToImage]) -> Vec<GeneratedImage> {
-    sd.text_to_image(requests, RunOptions::default()).unwrap()
-}
-
-fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
-}
-
-fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let mut value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    edit(&mut value);
-    std::fs::write(path, value.to_string()).unwrap();
 }
 
 #[test]

@@ -15,6 +15,9 @@ use switchyard_diffusion::{
 use switchyard_testkit::tiny::{self, TinySchedulerSpec, TinyStableDiffusion};
 use tempfile::TempDir;
 
+mod common;
+use common::{edit_json, request, run};
+
 fn folder(spec: &TinyStableDiffusion) -> (TempDir, StableDiffusion) {
     let dir = tempfile::tempdir().unwrap();
     tiny::write_stable_diffusion(dir.path(), spec, 11).unwrap();
@@ -22,30 +25,9 @@ fn folder(spec: &TinyStableDiffusion) -> (TempDir, StableDiffusion) {
     (dir, sd)
 }
 
-fn request(prompt: &str, seed: u64) -> TextToImage {
-    TextToImage {
-        width: 32,
-        height: 32,
-        steps: 3,
-        seed,
-        guidance_scale: 5.0,
-        ..TextToImage::new(prompt)
-    }
-}
-
-fn run(sd: &StableDiffusion, requests: &[TextToImage]) -> Vec<GeneratedImage> {
-    sd.text_to_image(requests, RunOptions::default()).unwrap()
-}
-
-/// The largest per-channel difference between two images.
+/// The largest per-channel difference between two generated images.
 fn max_diff(a: &GeneratedImage, b: &GeneratedImage) -> u8 {
-    a.image
-        .as_raw()
-        .iter()
-        .zip(b.image.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
+    common::max_diff(&a.image, &b.image)
 }
 
 fn spread(image: &GeneratedImage) -> u8 {
@@ -332,13 +314,6 @@ fn an_inpainting_unet_refuses_text_to_image() {
         sd.text_to_image(&[request("x", 1)], RunOptions::default()),
         Err(DiffusionError::InvalidInput { field: "model", .. })
     ));
-}
-
-fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let mut value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    edit(&mut value);
-    std::fs::write(path, value.to_string()).unwrap();
 }
 
 #[test]
