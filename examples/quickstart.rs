@@ -3,7 +3,10 @@
 //! Fetches SmolLM2-135M-Instruct (GGUF, Q4_1) and all-MiniLM-L6-v2 into
 //! `$SWITCHYARD_MODELS` or `models/` on first use, registers both with one
 //! [`Engine`], streams a chat answer to the terminal, embeds a batch of
-//! sentences and compares them, then prints the engine's metrics.
+//! sentences and compares them, draws a picture with a tiny Stable
+//! Diffusion model (the real architecture with random weights, written in
+//! the diffusers layout: no real SD weights can be fetched here, so expect
+//! coloured noise) into a PNG, then prints the engine's metrics.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -11,16 +14,18 @@
 //! ```
 
 use std::io::Write;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use switchyard::config::{ModelKind, ModelSource, ModelSpec};
 use switchyard::core::{DeviceId, Priority};
 use switchyard::text::{ChatMessage, cosine_similarity};
-use switchyard::{Engine, GenerationOptions, Request};
+use switchyard::{Engine, GenerationOptions, ImageOptions, Request, SessionState};
 use switchyard_examples::preview;
 use switchyard_testkit::fetch;
+use switchyard_testkit::tiny::{self, TinyStableDiffusion};
 
 #[derive(Parser, Debug)]
 #[command(about = "Chat with SmolLM2 and embed sentences with MiniLM through one engine")]
@@ -37,6 +42,9 @@ struct Args {
     /// Device to run on: cpu, cuda:N or metal:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceId,
+    /// Where the tiny model's picture is written (PNG).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("switchyard-quickstart.png"))]
+    image_out: PathBuf,
     /// Sentences to embed (defaults to a small built-in set).
     sentences: Vec<String>,
 }
@@ -56,7 +64,19 @@ fn main() -> anyhow::Result<()> {
     chat.priority = Priority::High;
     let mut embed = ModelSpec::new("minilm", ModelKind::Embedding, ModelSource::Path(minilm));
     embed.devices = vec![args.device];
-    let engine = Engine::builder().model(chat)?.model(embed)?.build()?;
+    let sd_dir = std::env::temp_dir().join("switchyard-quickstart-tiny-sd");
+    if !sd_dir.join("model_index.json").exists() {
+        tiny::write_stable_diffusion(&sd_dir, &TinyStableDiffusion::default(), 7)
+            .context("writing the tiny Stable Diffusion folder")?;
+    }
+    let mut draw = ModelSpec::new("tiny-sd", ModelKind::TextToImage, ModelSource::Path(sd_dir));
+    draw.devices = vec![args.device];
+    draw.priority = Priority::Low;
+    let engine = Engine::builder()
+        .model(chat)?
+        .model(embed)?
+        .model(draw)?
+        .build()?;
 
     // 1. A chat answer, streamed as it is generated.
     print!("user: {}\nassistant: ", args.prompt);
@@ -119,7 +139,50 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    // 3. What the engine measured.
+    // 3. A picture from the tiny diffusion model, its steps followed as
+    // progress.
+    let request = Request::image("tiny-sd", "a red train in a snowy switchyard")
+        .with_image_options(ImageOptions {
+            width: Some(64),
+            height: Some(64),
+            steps: Some(20),
+            seed: Some(7),
+            ..ImageOptions::default()
+        });
+    let started = Instant::now();
+    let handle = engine.submit(request)?;
+    let mut seen = 0;
+    while let Some(s) = engine.sessions().into_iter().find(|s| s.id == handle.id()) {
+        let (done, total) = s.progress;
+        if s.state == SessionState::Running && done > seen {
+            seen = done;
+            eprint!("\r  denoising step {done}/{total}");
+        }
+        if done == total {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let images = handle
+        .wait()?
+        .into_images()
+        .context("an image request answers with images")?;
+    let image = &images[0];
+    image
+        .image
+        .save(&args.image_out)
+        .with_context(|| format!("writing {}", args.image_out.display()))?;
+    eprintln!();
+    println!(
+        "\nimage: {}x{} (seed {}) from the tiny random-weight model in {:.0} ms -> {}",
+        image.image.width(),
+        image.image.height(),
+        image.seed,
+        started.elapsed().as_secs_f64() * 1e3,
+        args.image_out.display()
+    );
+
+    // 4. What the engine measured.
     let metrics = engine.metrics();
     println!("\nmetrics:");
     let mut ids: Vec<_> = metrics.models.keys().cloned().collect();
@@ -128,6 +191,7 @@ fn main() -> anyhow::Result<()> {
         let m = &metrics.models[&id];
         let unit = match engine.registry().get(&id).map(|s| s.kind) {
             Some(ModelKind::TextGeneration) => "tokens",
+            Some(ModelKind::TextToImage) => "steps",
             _ => "inputs",
         };
         println!(

@@ -5,8 +5,9 @@
 //!
 //! - `quickstart`: fetches SmolLM2-135M-Instruct and all-MiniLM-L6-v2 if
 //!   missing, runs both through one `switchyard::Engine`: a streamed chat
-//!   answer, a batch of embeddings compared by cosine similarity, and the
-//!   engine's metrics.
+//!   answer, a batch of embeddings compared by cosine similarity, a picture
+//!   from a tiny random-weight Stable Diffusion model written to a PNG, and
+//!   the engine's metrics.
 //!
 //! # Example
 //!

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use switchyard_batch::{BatchContext, BatchHandler, BatchKey};
+use switchyard_core::RequestId;
 
 use crate::error::DiffusionError;
-use crate::pipeline::{GeneratedImage, RunOptions, StableDiffusion};
+use crate::pipeline::{GeneratedImage, RunOptions, StableDiffusion, StepProgress};
 use crate::request::DiffusionRequest;
 
 /// Runs batches of diffusion requests on one pipeline. Requests share a
@@ -21,6 +22,8 @@ use crate::request::DiffusionRequest;
 /// batch is cancelled; a request cancelled while the others go on gets
 /// [`DiffusionError::Cancelled`] and its images are dropped. The pipeline
 /// sits behind a lock so LoRA or memory settings can change between batches.
+/// A [`StepObserver`] hears of every step with the ids of the batch's
+/// requests (an engine turns it into per-request progress).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -41,10 +44,25 @@ use crate::request::DiffusionRequest;
 /// assert_eq!(images.len(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DiffusionHandler {
     model: Arc<str>,
     pipeline: Arc<RwLock<StableDiffusion>>,
+    observer: Option<StepObserver>,
+}
+
+/// Told after every denoising step of a batch: the ids of the requests
+/// running in it (those the batcher assigned or the caller gave with
+/// `Request::with_id`) and the step reached.
+pub type StepObserver = Arc<dyn Fn(&[RequestId], StepProgress) + Send + Sync>;
+
+impl std::fmt::Debug for DiffusionHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiffusionHandler")
+            .field("model", &self.model)
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DiffusionHandler {
@@ -53,7 +71,14 @@ impl DiffusionHandler {
         Self {
             model: model.into(),
             pipeline,
+            observer: None,
         }
+    }
+
+    /// Reports every step of every batch to `observer`.
+    pub fn with_step_observer(mut self, observer: StepObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The pipeline (lock it to change LoRA or memory settings).
@@ -87,8 +112,15 @@ impl BatchHandler for DiffusionHandler {
         }
         let requests: Vec<DiffusionRequest> = valid.iter().map(|&i| batch[i].clone()).collect();
         let all_cancelled = || valid.iter().all(|&i| context.is_cancelled(i));
+        let ids: Vec<RequestId> = valid.iter().filter_map(|&i| context.id(i)).collect();
+        let mut observe = |progress: StepProgress| {
+            if let Some(observer) = &self.observer {
+                observer(&ids, progress);
+            }
+        };
         let run = RunOptions {
             cancel_when: Some(&all_cancelled),
+            on_step: Some(&mut observe),
             ..RunOptions::default()
         };
         match sd.generate(&requests, run) {

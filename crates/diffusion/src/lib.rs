@@ -131,7 +131,7 @@ mod weights;
 pub use clip::{ClipOutput, ClipTextEncoder, ClipTokenizer};
 pub use controlnet::{ControlNet, ControlResiduals};
 pub use error::{DiffusionError, Result};
-pub use handler::DiffusionHandler;
+pub use handler::{DiffusionHandler, StepObserver};
 pub use input::{decode_image, decode_mask};
 pub use lora::{Lora, LoraComponent, LoraReport};
 pub use memory::{AttentionSlicing, MemoryOptions, VaeTiling};

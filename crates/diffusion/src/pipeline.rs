@@ -118,7 +118,7 @@ impl std::fmt::Debug for RunOptions<'_> {
 }
 
 /// One generated image.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GeneratedImage {
     /// Index of the request in the batch that asked for it.
     pub request: usize,

@@ -135,3 +135,45 @@ fn the_cost_budget_limits_a_batch_by_pixels_and_steps() {
     }
     assert_eq!(batcher.metrics().batches, 3);
 }
+
+#[test]
+fn the_step_observer_hears_every_step_with_the_batch_ids() {
+    use switchyard_core::RequestId;
+    use switchyard_diffusion::StepProgress;
+
+    let (_dir, handler) = handler();
+    type Heard = Vec<(Vec<RequestId>, StepProgress)>;
+    let heard: Arc<parking_lot::Mutex<Heard>> = Arc::default();
+    let sink = Arc::clone(&heard);
+    let handler = handler.with_step_observer(Arc::new(move |ids, progress| {
+        sink.lock().push((ids.to_vec(), progress));
+    }));
+    let batcher = Batcher::builder(handler)
+        .workers(1)
+        .fixed(4)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let ids = [RequestId::next(), RequestId::next()];
+    let handles: Vec<_> = ids
+        .iter()
+        .zip(1..)
+        .map(|(&id, seed)| {
+            let r = switchyard_batch::Request::new(request("a train", seed, 32)).with_id(id);
+            batcher.submit(r).unwrap()
+        })
+        .collect();
+    for h in handles {
+        h.wait().unwrap();
+    }
+    let heard = heard.lock();
+    let steps: Vec<(usize, usize)> = heard.iter().map(|(_, p)| (p.step, p.total)).collect();
+    assert_eq!(steps, [(1, 2), (2, 2)], "one batch of two steps");
+    for (got, _) in heard.iter() {
+        let mut got = got.clone();
+        got.sort();
+        let mut want = ids.to_vec();
+        want.sort();
+        assert_eq!(got, want);
+    }
+}

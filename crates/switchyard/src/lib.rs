@@ -14,7 +14,12 @@
 //!   optional memory budget, the text crate's continuous batching for
 //!   generation and the batcher for embeddings; [`Handle`]s wait, stream
 //!   tokens ([`TokenStream`]) or are `.await`ed; `sessions`, `capabilities`,
-//!   `validate`, `health`, `metrics`, `cancel`, `shutdown`.
+//!   `validate`, `health`, `metrics`, `cancel`, `shutdown`. Image processing
+//!   ([`ImageOp`]s through `switchyard-image`) is always served; with the
+//!   `diffusion` feature the engine also runs text-to-image, image-to-image
+//!   and inpainting on Stable Diffusion folders (`ImageInput`,
+//!   `ImageOptions`), batching compatible requests and reporting each
+//!   denoising step as the request's progress.
 //!
 //! | module | crate | owns |
 //! |---|---|---|
@@ -24,6 +29,7 @@
 //! | [`cache`] | `switchyard-cache` | which models stay loaded |
 //! | [`batch`] | `switchyard-batch` | priority queue, dynamic batcher, controllers |
 //! | `text` | `switchyard-text` | tokenizers, embeddings, generation (feature `text`) |
+//! | [`image`] | `switchyard-image` | image decoding within limits, encoding, resizing |
 //! | `diffusion` | `switchyard-diffusion` | image pipelines (feature `diffusion`) |
 //!
 //! # Example
@@ -50,12 +56,18 @@ pub use config::{ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
 #[cfg(feature = "text")]
 pub use engine::{
     Capabilities, DEFAULT_MAX_TOKENS, Engine, EngineBuilder, EngineError, EngineMetrics,
-    GenerationOptions, Handle, Health, Latency, MAX_EMBEDDING_INPUTS, ModelInfo, ModelMetrics,
-    Request, Response, Result, SessionInfo, SessionState, ShutdownMode, Task, TokenStream,
+    GenerationOptions, Handle, Health, ImageOp, Latency, MAX_EMBEDDING_INPUTS, MAX_IMAGE_OPS,
+    ModelInfo, ModelMetrics, Request, Response, Result, SessionInfo, SessionState, ShutdownMode,
+    Task, TokenStream,
+};
+#[cfg(feature = "diffusion")]
+pub use engine::{
+    DEFAULT_GUIDANCE_SCALE, DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_STRENGTH, ImageInput, ImageOptions,
 };
 pub use switchyard_batch as batch;
 pub use switchyard_cache as cache;
 pub use switchyard_core as core;
+pub use switchyard_image as image;
 pub use switchyard_pool as pool;
 pub use switchyard_vram as vram;
 

@@ -418,12 +418,12 @@ fn a_config_file_drives_the_engine() {
         Priority::Urgent
     );
     // Kinds this build does not serve are refused when the engine is built.
-    let images = Registry::parse(
-        "[[models]]\nid = \"sd\"\nkind = \"text-to-image\"\npath = \"x\"\n",
+    let unserved = Registry::parse(
+        "[[models]]\nid = \"t5\"\nkind = \"text-to-text\"\npath = \"x\"\n",
         ConfigFormat::Toml,
         None,
     )
     .unwrap();
-    let e = Engine::builder().registry(images).build().unwrap_err();
+    let e = Engine::builder().registry(unserved).build().unwrap_err();
     assert!(matches!(e, EngineError::Unsupported { .. }), "{e:?}");
 }

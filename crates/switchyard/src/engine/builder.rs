@@ -10,7 +10,7 @@ use switchyard_cache::{CacheConfig, ModelCache};
 use switchyard_core::DeviceId;
 
 use super::models::{ModelLoader, RunnerSettings};
-use super::{Engine, EngineError, Inner, Queue, Result, served};
+use super::{Engine, EngineError, Inner, Queue, Result, Sessions, served};
 use crate::config::{ModelSpec, Registry, hf_cache_dir};
 
 /// Builds an [`Engine`].
@@ -21,7 +21,7 @@ pub struct EngineBuilder {
     queue_capacity: usize,
     dispatchers: usize,
     kv_tokens: usize,
-    embed_max_wait: Duration,
+    batch_max_wait: Duration,
     hf_cache: Option<PathBuf>,
 }
 
@@ -33,7 +33,7 @@ impl Default for EngineBuilder {
             queue_capacity: 1024,
             dispatchers: 2,
             kv_tokens: 4096,
-            embed_max_wait: Duration::from_millis(2),
+            batch_max_wait: Duration::from_millis(2),
             hf_cache: None,
         }
     }
@@ -84,9 +84,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Longest an embedding batch waits to fill (default 2 ms).
-    pub fn embed_max_wait(mut self, wait: Duration) -> Self {
-        self.embed_max_wait = wait;
+    /// Longest an embedding or image batch waits to fill (default 2 ms).
+    pub fn batch_max_wait(mut self, wait: Duration) -> Self {
+        self.batch_max_wait = wait;
         self
     }
 
@@ -111,13 +111,15 @@ impl EngineBuilder {
             }
         }
         let registry = Arc::new(self.registry);
+        let sessions: Sessions = Arc::default();
         let loader = Arc::new(ModelLoader {
             registry: Arc::clone(&registry),
             hf_cache: self.hf_cache.unwrap_or_else(hf_cache_dir),
             settings: RunnerSettings {
                 kv_tokens: self.kv_tokens,
-                embed_max_wait: self.embed_max_wait,
+                batch_max_wait: self.batch_max_wait,
             },
+            sessions: Arc::clone(&sessions),
         });
         let mut devices: Vec<DeviceId> = Vec::new();
         for spec in registry.models() {
@@ -158,7 +160,7 @@ impl EngineBuilder {
             queue_capacity: self.queue_capacity,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions,
             tallies: Mutex::new(BTreeMap::new()),
             last_load_error: Mutex::new(None),
             live: Mutex::new(HashMap::new()),

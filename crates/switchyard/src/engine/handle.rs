@@ -4,137 +4,21 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
 use switchyard_batch::{BatchError, HandleOf};
-use switchyard_core::{CancellationToken, RequestId};
+use switchyard_core::RequestId;
 use switchyard_text::{
     Completion, EmbeddingHandler, FinishReason, GenerationStream, TextDelta, TextError,
 };
 
 use crate::engine::error::{EngineError, Result};
+use crate::engine::image_ops::ImageOpsHandler;
 use crate::engine::models::LoadedModel;
 use crate::engine::request::Response;
-
-/// A started request's pipeline end.
-pub(crate) enum Started {
-    /// Text arriving from a generation engine.
-    Stream(GenerationStream),
-    /// One batcher handle per input.
-    Embeddings(Vec<HandleOf<EmbeddingHandler>>),
-}
-
-enum SlotState {
-    /// Waiting in the engine's queue (or for its model to load).
-    Waiting,
-    /// Running; the model is kept alive until the result is read.
-    Started(Started, Arc<LoadedModel>),
-    /// Ended before starting.
-    Failed(EngineError),
-    /// Handed to the reader.
-    Taken,
-}
-
-/// Where a request's start lands: the dispatcher fills it, the handle
-/// reads it.
-pub(crate) struct Slot {
-    state: Mutex<(SlotState, Option<Waker>)>,
-    ready: Condvar,
-    /// Cancels the request wherever it is.
-    pub(crate) cancel: CancellationToken,
-    /// Units done (tokens read, inputs embedded).
-    pub(crate) done_units: AtomicU64,
-    /// Units the request asks for (max tokens, inputs).
-    pub(crate) total_units: u64,
-}
-
-impl Slot {
-    pub(crate) fn new(total_units: u64) -> Self {
-        Self {
-            state: Mutex::new((SlotState::Waiting, None)),
-            ready: Condvar::new(),
-            cancel: CancellationToken::new(),
-            done_units: AtomicU64::new(0),
-            total_units,
-        }
-    }
-
-    fn set(&self, new: SlotState) {
-        let waker = {
-            let mut st = self.state.lock();
-            if !matches!(st.0, SlotState::Waiting) {
-                return;
-            }
-            st.0 = new;
-            st.1.take()
-        };
-        self.ready.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// The request started.
-    pub(crate) fn start(&self, started: Started, model: Arc<LoadedModel>) {
-        self.set(SlotState::Started(started, model));
-    }
-
-    /// The request ended without running.
-    pub(crate) fn fail(&self, error: EngineError) {
-        self.set(SlotState::Failed(error));
-    }
-
-    fn take_now(&self) -> Option<Result<(Started, Arc<LoadedModel>)>> {
-        let mut st = self.state.lock();
-        match std::mem::replace(&mut st.0, SlotState::Taken) {
-            SlotState::Waiting => {
-                st.0 = SlotState::Waiting;
-                None
-            }
-            SlotState::Started(s, m) => Some(Ok((s, m))),
-            SlotState::Failed(e) => Some(Err(e)),
-            SlotState::Taken => Some(Err(EngineError::invalid(
-                "handle",
-                "the result was already taken",
-            ))),
-        }
-    }
-
-    fn take_blocking(&self) -> Result<(Started, Arc<LoadedModel>)> {
-        let mut st = self.state.lock();
-        while matches!(st.0, SlotState::Waiting) {
-            self.ready.wait(&mut st);
-        }
-        drop(st);
-        self.take_now()
-            .unwrap_or_else(|| Err(EngineError::invalid("handle", "not started")))
-    }
-
-    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<(Started, Arc<LoadedModel>)>> {
-        if let Some(r) = self.take_now() {
-            return Poll::Ready(r);
-        }
-        let mut st = self.state.lock();
-        if matches!(st.0, SlotState::Waiting) {
-            st.1 = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        drop(st);
-        match self.take_now() {
-            Some(r) => Poll::Ready(r),
-            None => Poll::Pending,
-        }
-    }
-}
-
-/// How a request ended, reported to the engine's metrics and sessions.
-pub(crate) trait Reporter: Send + Sync {
-    /// `id` ended with `outcome` after `latency` (from submission).
-    fn ended(&self, id: RequestId, outcome: &Result<()>, latency: Duration);
-}
+use crate::engine::slot::{Reporter, Slot, Started};
 
 /// Follows one submitted request: wait for its [`Response`] (blocking, with
 /// a timeout, or as a `Future`), read a generation as a [`TokenStream`], or
@@ -155,6 +39,9 @@ pub struct Handle {
 enum Polling {
     Stream(Collect, GenerationStream),
     Embeddings(Vec<Option<Vec<f32>>>, Vec<HandleOf<EmbeddingHandler>>),
+    Image(HandleOf<ImageOpsHandler>),
+    #[cfg(feature = "diffusion")]
+    Images(HandleOf<switchyard_diffusion::DiffusionHandler>),
 }
 
 impl std::fmt::Debug for Handle {
@@ -191,18 +78,48 @@ impl Collect {
     }
 }
 
-fn embed_error(model: &str, e: BatchError<Arc<TextError>>) -> EngineError {
+/// The engine's reading of a batcher's error; `handler` reads the
+/// pipeline's own.
+fn batch_error<E: std::fmt::Display>(
+    model: &str,
+    e: BatchError<E>,
+    handler: impl FnOnce(E) -> EngineError,
+) -> EngineError {
     match e {
         BatchError::Cancelled => EngineError::Cancelled,
         BatchError::TimedOut => EngineError::TimedOut,
         BatchError::ShuttingDown => EngineError::ShuttingDown,
         BatchError::QueueFull { capacity, .. } => EngineError::QueueFull { capacity },
-        BatchError::Handler(e) => EngineError::from_text(model, &e),
+        BatchError::Handler(e) => handler(e),
         other => EngineError::Failed {
             model: model.to_owned(),
             reason: other.to_string(),
         },
     }
+}
+
+fn embed_error(model: &str, e: BatchError<Arc<TextError>>) -> EngineError {
+    batch_error(model, e, |e| EngineError::from_text(model, &e))
+}
+
+fn image_error(model: &str, e: BatchError<Arc<switchyard_image::ImageError>>) -> EngineError {
+    batch_error(model, e, |e| match &*e {
+        switchyard_image::ImageError::InvalidArgument { .. } => {
+            EngineError::invalid("ops", e.to_string())
+        }
+        other => EngineError::Failed {
+            model: model.to_owned(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+#[cfg(feature = "diffusion")]
+fn diffusion_error(
+    model: &str,
+    e: BatchError<Arc<switchyard_diffusion::DiffusionError>>,
+) -> EngineError {
+    batch_error(model, e, |e| EngineError::from_diffusion(model, &e))
 }
 
 impl Handle {
@@ -238,7 +155,7 @@ impl Handle {
     /// Cancels the request: a waiting one never runs, a running one stops
     /// within a step; either ends with [`EngineError::Cancelled`].
     pub fn cancel(&self) {
-        self.slot.cancel.cancel();
+        self.slot.cancel_now();
     }
 
     fn report<T>(&mut self, result: Result<T>) -> Result<T> {
@@ -294,6 +211,16 @@ impl Handle {
                 }
                 Ok(Response::Embeddings(out))
             }
+            Started::Image(h) => {
+                let image = h.wait().map_err(|e| image_error(&self.model, e))?;
+                self.slot.done_units.store(1, Ordering::Relaxed);
+                Ok(Response::Image(image))
+            }
+            #[cfg(feature = "diffusion")]
+            Started::Images(h) => h
+                .wait()
+                .map(Response::Images)
+                .map_err(|e| diffusion_error(&self.model, e)),
         }
     }
 
@@ -342,6 +269,9 @@ impl Handle {
                     self.poll = Some(match started {
                         Started::Stream(s) => Polling::Stream(Collect::default(), s),
                         Started::Embeddings(h) => Polling::Embeddings(vec![None; h.len()], h),
+                        Started::Image(h) => Polling::Image(h),
+                        #[cfg(feature = "diffusion")]
+                        Started::Images(h) => Polling::Images(h),
                     });
                 }
                 Some(Polling::Stream(collect, stream)) => {
@@ -379,6 +309,28 @@ impl Handle {
                     let vectors = out.iter_mut().filter_map(Option::take).collect();
                     return Poll::Ready(Ok(Response::Embeddings(vectors)));
                 }
+                Some(Polling::Image(h)) => {
+                    return match Pin::new(h).poll(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(r) => {
+                            self.slot.done_units.store(1, Ordering::Relaxed);
+                            Poll::Ready(
+                                r.map(Response::Image)
+                                    .map_err(|e| image_error(&self.model, e)),
+                            )
+                        }
+                    };
+                }
+                #[cfg(feature = "diffusion")]
+                Some(Polling::Images(h)) => {
+                    return match Pin::new(h).poll(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(r) => Poll::Ready(
+                            r.map(Response::Images)
+                                .map_err(|e| diffusion_error(&self.model, e)),
+                        ),
+                    };
+                }
             }
         }
     }
@@ -405,7 +357,7 @@ impl Future for Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         if !self.finished {
-            self.slot.cancel.cancel();
+            self.slot.cancel_now();
             self.finished = true;
             self.reporter.ended(
                 self.id,
@@ -448,7 +400,7 @@ impl TokenStream {
 
     /// Cancels the generation; the stream ends within a step.
     pub fn cancel(&self) {
-        self.slot.cancel.cancel();
+        self.slot.cancel_now();
     }
 
     /// Reads the rest into one [`Completion`].
@@ -484,8 +436,8 @@ impl TokenStream {
                 self._model = Some(model);
                 None
             }
-            Ok((Started::Embeddings(h), _)) => {
-                h.iter().for_each(|h| h.cancel());
+            Ok((other, _)) => {
+                other.cancel();
                 let e = EngineError::invalid("task", "only generation requests stream");
                 self.end(Err(e.clone()));
                 Some(Err(e))
@@ -586,7 +538,7 @@ impl futures_core::Stream for TokenStream {
 impl Drop for TokenStream {
     fn drop(&mut self) {
         if !self.done {
-            self.slot.cancel.cancel();
+            self.slot.cancel_now();
             self.end(Err(EngineError::Cancelled));
         }
     }

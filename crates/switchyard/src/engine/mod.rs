@@ -10,10 +10,15 @@
 //! embeddings. The caller's [`Handle`] follows it from there.
 
 mod builder;
+mod dispatch;
 mod error;
 mod handle;
+mod image_ops;
+#[cfg(feature = "diffusion")]
+mod images;
 mod models;
 mod request;
+mod slot;
 mod status;
 
 use std::cmp::Reverse;
@@ -24,14 +29,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use switchyard_cache::Loader;
-use switchyard_cache::{CacheError, ModelCache};
+use switchyard_cache::ModelCache;
 use switchyard_core::{DeviceId, Priority, QueueOrder, RequestId};
-use switchyard_text::{GenerateRequest, Prompt, RequestOptions, SamplingParams};
+use switchyard_text::{Prompt, SamplingParams};
 
 pub use builder::EngineBuilder;
 pub use error::{EngineError, Result};
 pub use handle::{Handle, TokenStream};
+pub use image_ops::{ImageOp, MAX_IMAGE_OPS};
+#[cfg(feature = "diffusion")]
+pub use images::{
+    DEFAULT_GUIDANCE_SCALE, DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_STRENGTH, ImageInput, ImageOptions,
+};
 pub use request::{DEFAULT_MAX_TOKENS, GenerationOptions, Request, Response, Task};
 pub use status::{
     Capabilities, EngineMetrics, Health, Latency, ModelInfo, ModelMetrics, SessionInfo,
@@ -39,8 +48,9 @@ pub use status::{
 };
 
 use crate::config::{ModelKind, ModelSpec, Registry};
-use handle::{Reporter, Slot, Started};
+use image_ops::ImageJob;
 use models::{LoadedModel, ModelLoader, Runner};
+use slot::{Reporter, Slot};
 use status::Tally;
 
 /// Most inputs one embedding request may carry.
@@ -59,7 +69,18 @@ pub enum ShutdownMode {
 
 /// Whether this build serves `kind`.
 fn served(kind: ModelKind) -> bool {
-    matches!(kind, ModelKind::TextGeneration | ModelKind::Embedding)
+    match kind {
+        ModelKind::TextGeneration | ModelKind::Embedding | ModelKind::ImageProcessing => true,
+        k if k.is_diffusion() => cfg!(feature = "diffusion"),
+        _ => false,
+    }
+}
+
+/// Whether a model of kind `model` serves requests of kind `request`: the
+/// same kind, or any diffusion kind on any diffusion model (one Stable
+/// Diffusion folder runs all three pipelines).
+fn serves(model: ModelKind, request: ModelKind) -> bool {
+    model == request || (model.is_diffusion() && request.is_diffusion())
 }
 
 /// A request waiting in the queue.
@@ -76,6 +97,9 @@ struct Job {
 enum Work {
     Generate(Prompt, SamplingParams),
     Embed(Vec<String>),
+    Process(ImageJob),
+    #[cfg(feature = "diffusion")]
+    Diffuse(switchyard_diffusion::DiffusionRequest),
 }
 
 #[derive(Default)]
@@ -85,6 +109,9 @@ struct Queue {
     next_sequence: u64,
     stopping: Option<ShutdownMode>,
 }
+
+/// The sessions, shared with the loader (diffusion steps become progress).
+type Sessions = Arc<Mutex<HashMap<RequestId, Session>>>;
 
 /// A session's bookkeeping.
 struct Session {
@@ -104,7 +131,7 @@ struct Inner {
     queue_capacity: usize,
     queue: Mutex<Queue>,
     wake: Condvar,
-    sessions: Mutex<HashMap<RequestId, Session>>,
+    sessions: Sessions,
     tallies: Mutex<BTreeMap<String, Tally>>,
     last_load_error: Mutex<Option<(String, EngineError)>>,
     /// The last pipeline each model was dispatched to, for metrics.
@@ -122,198 +149,6 @@ impl Reporter for Inner {
             .entry(session.model)
             .or_default()
             .record(outcome, latency, units);
-    }
-}
-
-fn cache_error(model: &str, e: CacheError) -> EngineError {
-    match e {
-        CacheError::InsufficientMemory { needed, free, .. } => EngineError::InsufficientMemory {
-            model: model.to_owned(),
-            needed,
-            free,
-        },
-        CacheError::Load { source, .. } => match source.downcast_ref::<EngineError>() {
-            Some(e) => e.clone(),
-            None => EngineError::ModelLoad {
-                model: model.to_owned(),
-                reason: source.to_string(),
-            },
-        },
-        other => EngineError::ModelLoad {
-            model: model.to_owned(),
-            reason: other.to_string(),
-        },
-    }
-}
-
-impl Inner {
-    fn dispatch_loop(self: Arc<Self>) {
-        loop {
-            let job = {
-                let mut q = self.queue.lock();
-                loop {
-                    if q.stopping == Some(ShutdownMode::FailQueued) {
-                        break None;
-                    }
-                    if let Some((_, job)) = q.waiting.pop_first() {
-                        break Some(job);
-                    }
-                    if q.stopping.is_some() {
-                        break None;
-                    }
-                    self.wake.wait(&mut q);
-                }
-            };
-            let Some(job) = job else { return };
-            self.dispatch(job);
-        }
-    }
-
-    fn dispatch(self: &Arc<Self>, job: Job) {
-        if job.slot.cancel.is_cancelled() {
-            return job.slot.fail(EngineError::Cancelled);
-        }
-        if job.deadline.is_some_and(|d| Instant::now() >= d) {
-            return job.slot.fail(EngineError::TimedOut);
-        }
-        let device = job.spec.devices[0];
-        let Some(cache) = self.caches.get(&device) else {
-            return job.slot.fail(EngineError::Failed {
-                model: job.spec.id.clone(),
-                reason: format!("no cache for {device}"),
-            });
-        };
-        let model = match cache.get(&job.spec.id) {
-            Ok(m) => m,
-            Err(e) => {
-                let e = cache_error(&job.spec.id, e);
-                *self.last_load_error.lock() = Some((job.spec.id.clone(), e.clone()));
-                return job.slot.fail(e);
-            }
-        };
-        {
-            let mut last = self.last_load_error.lock();
-            if last.as_ref().is_some_and(|(m, _)| *m == job.spec.id) {
-                *last = None;
-            }
-        }
-        self.live
-            .lock()
-            .insert(job.spec.id.clone(), Arc::downgrade(&model));
-        let started = match (&model.runner, job.work) {
-            (Runner::Generation(engine), Work::Generate(prompt, params)) => {
-                let request = GenerateRequest {
-                    prompt,
-                    params,
-                    cancel: job.slot.cancel.clone(),
-                };
-                let options = RequestOptions {
-                    priority: job.priority,
-                    deadline: None,
-                };
-                engine
-                    .submit_with(&request, options)
-                    .map(Started::Stream)
-                    .map_err(|e| EngineError::from_text(&job.spec.id, &e))
-            }
-            (Runner::Embedding(batcher), Work::Embed(inputs)) => {
-                let mut handles = Vec::with_capacity(inputs.len());
-                let mut refused = None;
-                for text in inputs {
-                    let r = switchyard_batch::Request::new(text).with_priority(job.priority);
-                    match batcher.submit(r) {
-                        Ok(h) => handles.push(h),
-                        Err(e) => {
-                            refused = Some(match e.error {
-                                switchyard_batch::BatchError::QueueFull { capacity, .. } => {
-                                    EngineError::QueueFull { capacity }
-                                }
-                                _ => EngineError::ShuttingDown,
-                            });
-                            break;
-                        }
-                    }
-                }
-                match refused {
-                    Some(e) => {
-                        handles.iter().for_each(|h| h.cancel());
-                        Err(e)
-                    }
-                    None => Ok(Started::Embeddings(handles)),
-                }
-            }
-            _ => Err(EngineError::Failed {
-                model: job.spec.id.clone(),
-                reason: "the loaded pipeline does not match the request".into(),
-            }),
-        };
-        match started {
-            Ok(s) => job.slot.start(s, model),
-            Err(e) => job.slot.fail(e),
-        }
-    }
-
-    /// Checks `request` and turns it into a job's parts.
-    fn check(&self, request: &Request) -> Result<(ModelSpec, Work, Priority, u64)> {
-        let spec = self
-            .registry
-            .get(&request.model)
-            .ok_or_else(|| EngineError::UnknownModel {
-                model: request.model.clone(),
-            })?;
-        if spec.kind != request.task.kind() {
-            return Err(EngineError::WrongKind {
-                model: spec.id.clone(),
-                kind: spec.kind,
-                request: request.task.name(),
-            });
-        }
-        let priority = request.priority.unwrap_or(spec.priority);
-        let (work, units) = match &request.task {
-            Task::Generate { prompt, options } => {
-                let empty = match prompt {
-                    Prompt::Text(t) => t.is_empty(),
-                    Prompt::Tokens(t) => t.is_empty(),
-                    Prompt::Chat(m) => m.is_empty(),
-                };
-                if empty {
-                    return Err(EngineError::invalid("prompt", "is empty"));
-                }
-                let params = options.resolve(&spec.defaults)?;
-                let units = params.max_tokens as u64;
-                (Work::Generate(prompt.clone(), params), units)
-            }
-            Task::Embed { inputs } => {
-                if inputs.is_empty() {
-                    return Err(EngineError::invalid("inputs", "is empty"));
-                }
-                if inputs.len() > MAX_EMBEDDING_INPUTS {
-                    return Err(EngineError::invalid(
-                        "inputs",
-                        format!("{} inputs; at most {MAX_EMBEDDING_INPUTS}", inputs.len()),
-                    ));
-                }
-                (Work::Embed(inputs.clone()), inputs.len() as u64)
-            }
-        };
-        if let Some(budget) = self.memory_budget {
-            let device = spec.devices[0];
-            let estimate = self.caches.get(&device).and_then(|c| {
-                if c.contains(&spec.id) {
-                    None
-                } else {
-                    self.loader.estimate_bytes(&spec.id, device)
-                }
-            });
-            if let Some(needed) = estimate.filter(|&n| n > budget) {
-                return Err(EngineError::InsufficientMemory {
-                    model: spec.id.clone(),
-                    needed,
-                    free: budget,
-                });
-            }
-        }
-        Ok((spec.clone(), work, priority, units))
     }
 }
 
@@ -439,7 +274,7 @@ impl Engine {
             .get(&id)
             .map(|s| Arc::clone(&s.slot));
         let Some(slot) = slot else { return false };
-        slot.cancel.cancel();
+        slot.cancel_now();
         // A queued one ends now rather than when a dispatcher reaches it.
         let mut q = self.inner.queue.lock();
         let key = q

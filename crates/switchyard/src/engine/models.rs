@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "diffusion")]
+use parking_lot::RwLock;
 use switchyard_batch::Batcher;
 use switchyard_cache::{LoadError, Loaded, Loader};
 use switchyard_core::DeviceId;
@@ -13,7 +15,9 @@ use switchyard_text::{
 };
 
 use crate::config::{ModelKind, ModelSpec, Registry};
+use crate::engine::Sessions;
 use crate::engine::error::EngineError;
+use crate::engine::image_ops::ImageOpsHandler;
 
 /// A loaded model's pipeline.
 pub(crate) enum Runner {
@@ -21,6 +25,30 @@ pub(crate) enum Runner {
     Generation(Box<GenerationEngine>),
     /// Dynamic batching of embedding inputs.
     Embedding(Batcher<EmbeddingHandler>),
+    /// Image processing on a worker thread.
+    ImageOps(Batcher<ImageOpsHandler>),
+    /// Stable Diffusion, compatible requests batched.
+    #[cfg(feature = "diffusion")]
+    Diffusion(Batcher<switchyard_diffusion::DiffusionHandler>),
+}
+
+impl Runner {
+    /// Cancels batcher request `id` if this runner has it.
+    pub(crate) fn cancel(&self, id: switchyard_core::RequestId) {
+        match self {
+            Runner::Generation(_) => {}
+            Runner::Embedding(b) => {
+                b.cancel(id);
+            }
+            Runner::ImageOps(b) => {
+                b.cancel(id);
+            }
+            #[cfg(feature = "diffusion")]
+            Runner::Diffusion(b) => {
+                b.cancel(id);
+            }
+        }
+    }
 }
 
 /// A model the cache holds: its spec and its running pipeline. Requests in
@@ -44,8 +72,8 @@ impl std::fmt::Debug for LoadedModel {
 pub(crate) struct RunnerSettings {
     /// KV cache tokens per generation model.
     pub(crate) kv_tokens: usize,
-    /// Longest an embedding batch waits to fill.
-    pub(crate) embed_max_wait: Duration,
+    /// Longest an embedding or image batch waits to fill.
+    pub(crate) batch_max_wait: Duration,
 }
 
 /// The cache's loader: registry entries to pipelines.
@@ -53,6 +81,9 @@ pub(crate) struct ModelLoader {
     pub(crate) registry: Arc<Registry>,
     pub(crate) hf_cache: PathBuf,
     pub(crate) settings: RunnerSettings,
+    /// The engine's sessions, for diffusion progress.
+    #[cfg_attr(not(feature = "diffusion"), allow(dead_code))]
+    pub(crate) sessions: Sessions,
 }
 
 fn boxed(e: EngineError) -> LoadError {
@@ -99,11 +130,25 @@ impl ModelLoader {
         spec: &ModelSpec,
         device: DeviceId,
     ) -> Result<Loaded<LoadedModel>, EngineError> {
-        let path = self.path(spec)?;
         let fail = |reason: String| EngineError::ModelLoad {
             model: spec.id.clone(),
             reason,
         };
+        if spec.kind == ModelKind::ImageProcessing {
+            let batcher = Batcher::builder(ImageOpsHandler::new(&spec.id))
+                .workers(1)
+                .fixed(1)
+                .build()
+                .map_err(|e| fail(e.to_string()))?;
+            return Ok(Loaded {
+                value: LoadedModel {
+                    spec: spec.clone(),
+                    runner: Runner::ImageOps(batcher),
+                },
+                bytes: spec.memory_bytes.unwrap_or(0),
+            });
+        }
+        let path = self.path(spec)?;
         let (runner, extra) = match spec.kind {
             ModelKind::TextGeneration => {
                 let generator = Generator::load(&path, device).map_err(|e| fail(e.to_string()))?;
@@ -122,10 +167,15 @@ impl ModelLoader {
                 let batcher = Batcher::builder(EmbeddingHandler::new(Arc::new(embedder)))
                     .workers(1)
                     .fixed(spec.max_batch_size)
-                    .max_wait(self.settings.embed_max_wait)
+                    .max_wait(self.settings.batch_max_wait)
                     .build()
                     .map_err(|e| fail(e.to_string()))?;
                 (Runner::Embedding(batcher), 0)
+            }
+            #[cfg(feature = "diffusion")]
+            kind if kind.is_diffusion() => {
+                let batcher = self.diffusion(spec, &path, device).map_err(fail)?;
+                (Runner::Diffusion(batcher), 0)
             }
             other => {
                 return Err(EngineError::Unsupported {
@@ -144,6 +194,52 @@ impl ModelLoader {
             },
             bytes,
         })
+    }
+}
+
+#[cfg(feature = "diffusion")]
+impl ModelLoader {
+    /// A Stable Diffusion folder behind a batcher whose steps are reported
+    /// as its requests' progress.
+    fn diffusion(
+        &self,
+        spec: &ModelSpec,
+        path: &Path,
+        device: DeviceId,
+    ) -> Result<Batcher<switchyard_diffusion::DiffusionHandler>, String> {
+        use crate::config::WeightDtype;
+        use candle_core::DType;
+        use switchyard_diffusion::{DiffusionHandler, LoadOptions, StableDiffusion};
+
+        let options = LoadOptions {
+            device: device.to_candle().map_err(|e| e.to_string())?,
+            dtype: Some(match spec.dtype {
+                WeightDtype::F32 => DType::F32,
+                WeightDtype::F16 => DType::F16,
+                WeightDtype::Bf16 => DType::BF16,
+            }),
+            ..LoadOptions::default()
+        };
+        let sd = StableDiffusion::load(path, &options).map_err(|e| e.to_string())?;
+        let sessions = Arc::clone(&self.sessions);
+        let observer: switchyard_diffusion::StepObserver = Arc::new(move |ids, progress| {
+            let sessions = sessions.lock();
+            for id in ids {
+                if let Some(s) = sessions.get(id) {
+                    s.slot
+                        .done_units
+                        .store(progress.step as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let handler = DiffusionHandler::new(spec.id.as_str(), Arc::new(RwLock::new(sd)))
+            .with_step_observer(observer);
+        Batcher::builder(handler)
+            .workers(1)
+            .fixed(spec.max_batch_size)
+            .max_wait(self.settings.batch_max_wait)
+            .build()
+            .map_err(|e| e.to_string())
     }
 }
 

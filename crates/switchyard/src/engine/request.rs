@@ -5,8 +5,13 @@ use std::time::Duration;
 use switchyard_core::{Priority, RequestId};
 use switchyard_text::{ChatMessage, Completion, Prompt, SamplingParams};
 
+use switchyard_image::DynamicImage;
+
 use crate::config::{Defaults, ModelKind};
 use crate::engine::error::{EngineError, Result};
+use crate::engine::image_ops::ImageOp;
+#[cfg(feature = "diffusion")]
+use crate::engine::images::{ImageInput, ImageOptions};
 
 /// Generation settings; `None` takes the model's default from the
 /// registry, then the engine's (greedy, 256 tokens).
@@ -83,6 +88,24 @@ pub enum Task {
         /// The texts, one vector each.
         inputs: Vec<String>,
     },
+    /// Run image operations in order on an image-processing model.
+    ProcessImage {
+        /// The picture.
+        image: DynamicImage,
+        /// What to do to it, in order.
+        ops: Vec<ImageOp>,
+    },
+    /// Generate images on a diffusion model: from noise, from a picture, or
+    /// inpainting, as `input` says.
+    #[cfg(feature = "diffusion")]
+    Image {
+        /// What to draw.
+        prompt: String,
+        /// What to start from.
+        input: ImageInput,
+        /// How.
+        options: ImageOptions,
+    },
 }
 
 impl Task {
@@ -91,6 +114,9 @@ impl Task {
         match self {
             Task::Generate { .. } => "generation",
             Task::Embed { .. } => "embedding",
+            Task::ProcessImage { .. } => "image-processing",
+            #[cfg(feature = "diffusion")]
+            Task::Image { input, .. } => input.kind().as_str(),
         }
     }
 
@@ -99,6 +125,9 @@ impl Task {
         match self {
             Task::Generate { .. } => ModelKind::TextGeneration,
             Task::Embed { .. } => ModelKind::Embedding,
+            Task::ProcessImage { .. } => ModelKind::ImageProcessing,
+            #[cfg(feature = "diffusion")]
+            Task::Image { input, .. } => input.kind(),
         }
     }
 }
@@ -158,6 +187,51 @@ impl Request {
         Self::new(model, Task::Embed { inputs })
     }
 
+    /// `ops` run in order on `image`.
+    pub fn process_image(model: impl Into<String>, image: DynamicImage, ops: Vec<ImageOp>) -> Self {
+        Self::new(model, Task::ProcessImage { image, ops })
+    }
+
+    /// Text-to-image for `prompt` with the model's settings.
+    #[cfg(feature = "diffusion")]
+    pub fn image(model: impl Into<String>, prompt: impl Into<String>) -> Self {
+        Self::new(
+            model,
+            Task::Image {
+                prompt: prompt.into(),
+                input: ImageInput::Noise,
+                options: ImageOptions::default(),
+            },
+        )
+    }
+
+    /// Image-to-image (`ImageInput::Image`) or inpainting
+    /// (`ImageInput::Inpaint`) for `prompt`.
+    #[cfg(feature = "diffusion")]
+    pub fn image_from(
+        model: impl Into<String>,
+        prompt: impl Into<String>,
+        input: ImageInput,
+    ) -> Self {
+        Self::new(
+            model,
+            Task::Image {
+                prompt: prompt.into(),
+                input,
+                options: ImageOptions::default(),
+            },
+        )
+    }
+
+    /// With image options (no effect on other tasks).
+    #[cfg(feature = "diffusion")]
+    pub fn with_image_options(mut self, new: ImageOptions) -> Self {
+        if let Task::Image { options, .. } = &mut self.task {
+            *options = new;
+        }
+        self
+    }
+
     /// With generation options (no effect on other tasks).
     pub fn with_options(mut self, new: GenerationOptions) -> Self {
         if let Task::Generate { options, .. } = &mut self.task {
@@ -193,6 +267,11 @@ pub enum Response {
     Completion(Completion),
     /// One vector per input, in input order.
     Embeddings(Vec<Vec<f32>>),
+    /// A processed image.
+    Image(DynamicImage),
+    /// Generated images with their seeds, in order.
+    #[cfg(feature = "diffusion")]
+    Images(Vec<switchyard_diffusion::GeneratedImage>),
 }
 
 impl Response {
@@ -200,7 +279,7 @@ impl Response {
     pub fn into_completion(self) -> Option<Completion> {
         match self {
             Response::Completion(c) => Some(c),
-            Response::Embeddings(_) => None,
+            _ => None,
         }
     }
 
@@ -208,7 +287,24 @@ impl Response {
     pub fn into_embeddings(self) -> Option<Vec<Vec<f32>>> {
         match self {
             Response::Embeddings(v) => Some(v),
-            Response::Completion(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The processed image, if this is one.
+    pub fn into_image(self) -> Option<DynamicImage> {
+        match self {
+            Response::Image(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The generated images, if these are.
+    #[cfg(feature = "diffusion")]
+    pub fn into_images(self) -> Option<Vec<switchyard_diffusion::GeneratedImage>> {
+        match self {
+            Response::Images(i) => Some(i),
+            _ => None,
         }
     }
 }
