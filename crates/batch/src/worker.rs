@@ -256,8 +256,14 @@ fn execute<H: BatchHandler>(
         members: &members,
         running: Some(slot),
     };
+    let span = tracing::debug_span!(
+        "batch",
+        model = %key.model(),
+        size = inputs.len(),
+        cost,
+    );
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        shared.handler.run(&mut inputs, &context)
+        span.in_scope(|| shared.handler.run(&mut inputs, &context))
     }));
     drop(members);
     let finished = shared.clock.now();

@@ -270,7 +270,10 @@ where
         let estimate = inner.loader.estimate_bytes(key, device);
         self.make_room(key, estimate)?;
         let started = inner.clock.now();
-        let loaded = catch_unwind(AssertUnwindSafe(|| inner.loader.load(key, device)));
+        let span = tracing::info_span!("load", model = ?key, device = %device);
+        let loaded = catch_unwind(AssertUnwindSafe(|| {
+            span.in_scope(|| inner.loader.load(key, device))
+        }));
         let took = inner.clock.now().saturating_duration_since(started);
         let loaded = match loaded {
             Ok(Ok(loaded)) => loaded,

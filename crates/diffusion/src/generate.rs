@@ -213,6 +213,7 @@ impl StableDiffusion {
             {
                 return Err(DiffusionError::Cancelled);
             }
+            let _step = tracing::trace_span!("step", step = i + 1, total).entered();
             let mut input = scheduler.scale_model_input(&latents, i)?;
             if key.guided {
                 input = Tensor::cat(&[&input, &input], 0)?;

@@ -20,6 +20,11 @@
 //!   and inpainting on Stable Diffusion folders (`ImageInput`,
 //!   `ImageOptions`), batching compatible requests and reporting each
 //!   denoising step as the request's progress.
+//! - observability: `tracing` spans `request` (id, model, task, priority;
+//!   open until the request ends), `load` (cache), `batch` (batcher) and
+//!   `step` (generation and denoising steps), for any subscriber the
+//!   application installs; [`EngineMetrics::to_prometheus`] writes the
+//!   metrics in Prometheus' text format.
 //!
 //! | module | crate | owns |
 //! |---|---|---|

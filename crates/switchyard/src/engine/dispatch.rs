@@ -70,7 +70,8 @@ impl Inner {
                 }
             };
             let Some(job) = job else { return };
-            self.dispatch(job);
+            let span = job.span.clone();
+            span.in_scope(|| self.dispatch(job));
         }
     }
 

@@ -17,6 +17,7 @@ mod image_ops;
 #[cfg(feature = "diffusion")]
 mod images;
 mod models;
+mod prometheus;
 mod request;
 mod slot;
 mod status;
@@ -91,6 +92,8 @@ struct Job {
     priority: Priority,
     deadline: Option<Instant>,
     slot: Arc<Slot>,
+    /// The request's `tracing` span (dispatch and load run inside it).
+    span: tracing::Span,
 }
 
 /// A checked task, ready to hand to a pipeline.
@@ -120,6 +123,8 @@ struct Session {
     priority: Priority,
     submitted: Instant,
     slot: Arc<Slot>,
+    /// Open until the request ends.
+    _span: tracing::Span,
 }
 
 struct Inner {
@@ -206,6 +211,13 @@ impl Engine {
         let id = request.id.unwrap_or_else(RequestId::next);
         let slot = Arc::new(Slot::new(units));
         let model = spec.id.clone();
+        let span = tracing::info_span!(
+            "request",
+            id = %id,
+            model = %model,
+            task = request.task.name(),
+            priority = ?priority,
+        );
         {
             let mut q = self.inner.queue.lock();
             if q.stopping.is_some() {
@@ -226,6 +238,7 @@ impl Engine {
                     priority,
                     submitted: Instant::now(),
                     slot: Arc::clone(&slot),
+                    _span: span.clone(),
                 },
             );
             q.waiting.insert(
@@ -237,6 +250,7 @@ impl Engine {
                     priority,
                     deadline: request.timeout.map(|t| Instant::now() + t),
                     slot: Arc::clone(&slot),
+                    span,
                 },
             );
         }

@@ -496,7 +496,8 @@ impl Loop<'_> {
             senders: &mut self.senders,
             finals: &mut self.finals,
         };
-        let outcome = self.scheduler.step(&mut sink);
+        let span = tracing::trace_span!("step", running = self.scheduler.running());
+        let outcome = span.in_scope(|| self.scheduler.step(&mut sink));
         let elapsed = started.elapsed();
         if let Err(e) = outcome {
             self.fail_all(e);
