@@ -62,8 +62,8 @@ pub use config::{ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
 pub use engine::{
     Capabilities, DEFAULT_MAX_TOKENS, Engine, EngineBuilder, EngineError, EngineMetrics,
     GenerationOptions, Handle, Health, ImageOp, Latency, MAX_EMBEDDING_INPUTS, MAX_IMAGE_OPS,
-    ModelInfo, ModelMetrics, Request, Response, Result, SessionInfo, SessionState, ShutdownMode,
-    Task, TokenStream,
+    ModelInfo, ModelMetrics, Request, Response, Result, ResultCacheStats, SessionInfo,
+    SessionState, ShutdownMode, Task, TokenStream,
 };
 #[cfg(feature = "diffusion")]
 pub use engine::{

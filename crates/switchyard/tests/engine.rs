@@ -427,3 +427,81 @@ fn a_config_file_drives_the_engine() {
     let e = Engine::builder().registry(unserved).build().unwrap_err();
     assert!(matches!(e, EngineError::Unsupported { .. }), "{e:?}");
 }
+
+#[test]
+fn the_result_cache_answers_repeated_requests_and_is_off_by_default() {
+    let m = models();
+    let off = engine(&m);
+    off.process_sync(Request::embed("bert", vec!["x".into()]))
+        .unwrap();
+    assert_eq!(off.metrics().results, None);
+
+    let engine = Engine::builder()
+        .model(spec("llama", ModelKind::TextGeneration, &m.llama))
+        .unwrap()
+        .model(spec("bert", ModelKind::Embedding, &m.bert))
+        .unwrap()
+        .result_cache(2)
+        .build()
+        .unwrap();
+    let ask = |seed: u64| {
+        Request::complete("llama", "Once upon a time").with_options(GenerationOptions {
+            max_tokens: Some(6),
+            temperature: Some(0.9),
+            seed: Some(seed),
+            ignore_eos: true,
+            ..GenerationOptions::default()
+        })
+    };
+    let first = engine.process_sync(ask(1)).unwrap();
+    // The same seeded request: answered from the cache, identical.
+    assert_eq!(engine.process_sync(ask(1)).unwrap(), first);
+    // Streamed from the cache: one delta carrying the whole answer.
+    let streamed = engine
+        .submit(ask(1))
+        .unwrap()
+        .into_stream()
+        .collect_completion()
+        .unwrap();
+    assert_eq!(Response::Completion(streamed), first);
+    // Another seed runs.
+    let other = engine.process_sync(ask(2)).unwrap();
+    let stats = engine.metrics().results.unwrap();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (2, 2, 2));
+    assert_ne!(other, first, "a different seed gives a different sample");
+
+    // A streamed run is remembered too; embeddings are cached like the rest.
+    let fresh = engine
+        .submit(ask(3))
+        .unwrap()
+        .into_stream()
+        .collect_completion()
+        .unwrap();
+    assert_eq!(
+        engine.process_sync(ask(3)).unwrap(),
+        Response::Completion(fresh)
+    );
+    let v = engine
+        .process_sync(Request::embed("bert", vec!["y".into()]))
+        .unwrap();
+    assert_eq!(
+        engine
+            .process_sync(Request::embed("bert", vec!["y".into()]))
+            .unwrap(),
+        v
+    );
+    let stats = engine.metrics().results.unwrap();
+    assert_eq!((stats.hits, stats.misses), (4, 4));
+    // Capacity 2: the oldest answers were dropped.
+    assert_eq!(stats.entries, 2);
+    engine.process_sync(ask(1)).unwrap();
+    assert_eq!(engine.metrics().results.unwrap().misses, 5);
+    let m = &engine.metrics().models["llama"];
+    assert_eq!((m.submitted, m.succeeded), (7, 7));
+    assert!(
+        engine
+            .metrics()
+            .to_prometheus()
+            .contains("switchyard_result_cache_hits_total 4\n")
+    );
+}

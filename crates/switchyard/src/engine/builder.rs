@@ -23,6 +23,7 @@ pub struct EngineBuilder {
     kv_tokens: usize,
     batch_max_wait: Duration,
     hf_cache: Option<PathBuf>,
+    result_cache: Option<usize>,
 }
 
 impl Default for EngineBuilder {
@@ -35,6 +36,7 @@ impl Default for EngineBuilder {
             kv_tokens: 4096,
             batch_max_wait: Duration::from_millis(2),
             hf_cache: None,
+            result_cache: None,
         }
     }
 }
@@ -94,6 +96,17 @@ impl EngineBuilder {
     /// cache, see [`hf_cache_dir`]).
     pub fn hf_cache(mut self, dir: impl Into<PathBuf>) -> Self {
         self.hf_cache = Some(dir.into());
+        self
+    }
+
+    /// Answer identical requests from a cache of the last `capacity`
+    /// results (off by default). Every request the engine runs is
+    /// deterministic (greedy or seeded sampling, seeded diffusion noise), so
+    /// a repeated request gets exactly the answer it would compute; hits and
+    /// misses show in [`EngineMetrics::results`](super::EngineMetrics).
+    /// Results are kept whole: size `capacity` with image results in mind.
+    pub fn result_cache(mut self, capacity: usize) -> Self {
+        self.result_cache = Some(capacity);
         self
     }
 
@@ -164,6 +177,7 @@ impl EngineBuilder {
             tallies: Mutex::new(BTreeMap::new()),
             last_load_error: Mutex::new(None),
             live: Mutex::new(HashMap::new()),
+            results: self.result_cache.map(super::results::ResultCache::new),
         });
         let threads = (0..self.dispatchers)
             .map(|i| {

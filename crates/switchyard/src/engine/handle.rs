@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use switchyard_batch::{BatchError, HandleOf};
 use switchyard_core::RequestId;
 use switchyard_text::{
-    Completion, EmbeddingHandler, FinishReason, GenerationStream, TextDelta, TextError,
+    Completion, EmbeddingHandler, FinishReason, Finished, GenerationStream, TextDelta, TextError,
 };
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::image_ops::ImageOpsHandler;
 use crate::engine::models::LoadedModel;
 use crate::engine::request::Response;
+use crate::engine::results::ResultKey;
 use crate::engine::slot::{Reporter, Slot, Started};
 
 /// Follows one submitted request: wait for its [`Response`] (blocking, with
@@ -34,6 +35,8 @@ pub struct Handle {
     /// Keeps the model loaded while the future reads from it.
     held: Option<Arc<LoadedModel>>,
     finished: bool,
+    /// Where a success goes in the result cache.
+    remember: Option<ResultKey>,
 }
 
 enum Polling {
@@ -138,7 +141,14 @@ impl Handle {
             poll: None,
             held: None,
             finished: false,
+            remember: None,
         }
+    }
+
+    /// Stores a success in the result cache under `key`.
+    pub(crate) fn remembering(mut self, key: Option<ResultKey>) -> Self {
+        self.remember = key;
+        self
     }
 
     /// The request's id (for [`Engine::cancel`](crate::Engine::cancel) and
@@ -158,12 +168,15 @@ impl Handle {
         self.slot.cancel_now();
     }
 
-    fn report<T>(&mut self, result: Result<T>) -> Result<T> {
+    fn report(&mut self, result: Result<Response>) -> Result<Response> {
         if !self.finished {
             self.finished = true;
             let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
             self.reporter
                 .ended(self.id, &outcome, self.submitted.elapsed());
+            if let (Ok(response), Some(key)) = (&result, self.remember) {
+                self.reporter.remember(key, response);
+            }
         }
         result
     }
@@ -211,6 +224,7 @@ impl Handle {
                 }
                 Ok(Response::Embeddings(out))
             }
+            Started::Cached(response) => Ok(response),
             Started::Image(h) => {
                 let image = h.wait().map_err(|e| image_error(&self.model, e))?;
                 self.slot.done_units.store(1, Ordering::Relaxed);
@@ -254,6 +268,7 @@ impl Handle {
             stream: None,
             _model: None,
             done: false,
+            remember: self.remember.map(|key| (Collect::default(), key)),
         }
     }
 
@@ -265,8 +280,9 @@ impl Handle {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(r) => r?,
                     };
-                    self.held = Some(model);
+                    self.held = model;
                     self.poll = Some(match started {
+                        Started::Cached(response) => return Poll::Ready(Ok(response)),
                         Started::Stream(s) => Polling::Stream(Collect::default(), s),
                         Started::Embeddings(h) => Polling::Embeddings(vec![None; h.len()], h),
                         Started::Image(h) => Polling::Image(h),
@@ -380,6 +396,8 @@ pub struct TokenStream {
     stream: Option<GenerationStream>,
     _model: Option<Arc<LoadedModel>>,
     done: bool,
+    /// The text so far and its result-cache key, when it is to be kept.
+    remember: Option<(Collect, ResultKey)>,
 }
 
 impl std::fmt::Debug for TokenStream {
@@ -428,13 +446,25 @@ impl TokenStream {
 
     fn accept(
         &mut self,
-        started: Result<(Started, Arc<LoadedModel>)>,
+        started: Result<(Started, Option<Arc<LoadedModel>>)>,
     ) -> Option<Result<TextDelta>> {
         match started {
             Ok((Started::Stream(s), model)) => {
                 self.stream = Some(s);
-                self._model = Some(model);
+                self._model = model;
                 None
+            }
+            Ok((Started::Cached(Response::Completion(c)), _)) => {
+                // The whole answer as one delta.
+                self.end(Ok(()));
+                Some(Ok(TextDelta {
+                    text: c.text,
+                    tokens: c.tokens,
+                    finish: Some(Finished {
+                        reason: c.finish_reason,
+                        usage: c.usage,
+                    }),
+                }))
             }
             Ok((other, _)) => {
                 other.cancel();
@@ -475,6 +505,12 @@ impl TokenStream {
                 self.slot
                     .done_units
                     .fetch_add(delta.tokens.len() as u64, Ordering::Relaxed);
+                if let Some((collect, key)) = &mut self.remember
+                    && let Some(Ok(completion)) = collect.push(delta.clone())
+                {
+                    self.reporter
+                        .remember(*key, &Response::Completion(completion));
+                }
                 if let Some(f) = delta.finish {
                     let outcome = if f.reason == FinishReason::Cancelled {
                         Err(EngineError::Cancelled)

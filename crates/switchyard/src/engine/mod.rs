@@ -19,6 +19,7 @@ mod images;
 mod models;
 mod prometheus;
 mod request;
+mod results;
 mod slot;
 mod status;
 
@@ -43,6 +44,7 @@ pub use images::{
     DEFAULT_GUIDANCE_SCALE, DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_STRENGTH, ImageInput, ImageOptions,
 };
 pub use request::{DEFAULT_MAX_TOKENS, GenerationOptions, Request, Response, Task};
+pub use results::ResultCacheStats;
 pub use status::{
     Capabilities, EngineMetrics, Health, Latency, ModelInfo, ModelMetrics, SessionInfo,
     SessionState,
@@ -51,6 +53,7 @@ pub use status::{
 use crate::config::{ModelKind, ModelSpec, Registry};
 use image_ops::ImageJob;
 use models::{LoadedModel, ModelLoader, Runner};
+use results::ResultCache;
 use slot::{Reporter, Slot};
 use status::Tally;
 
@@ -141,6 +144,8 @@ struct Inner {
     last_load_error: Mutex<Option<(String, EngineError)>>,
     /// The last pipeline each model was dispatched to, for metrics.
     live: Mutex<HashMap<String, Weak<LoadedModel>>>,
+    /// Answers to repeated requests, when enabled.
+    results: Option<ResultCache>,
 }
 
 impl Reporter for Inner {
@@ -154,6 +159,12 @@ impl Reporter for Inner {
             .entry(session.model)
             .or_default()
             .record(outcome, latency, units);
+    }
+
+    fn remember(&self, key: results::ResultKey, response: &Response) {
+        if let Some(cache) = &self.results {
+            cache.put(key, response.clone());
+        }
     }
 }
 
@@ -209,6 +220,25 @@ impl Engine {
     pub fn submit(&self, request: Request) -> Result<Handle> {
         let (spec, work, priority, units) = self.inner.check(&request)?;
         let id = request.id.unwrap_or_else(RequestId::next);
+        let reporter: Arc<dyn Reporter> = self.inner.clone();
+        let key = self
+            .inner
+            .results
+            .as_ref()
+            .map(|_| results::key_of(&spec.id, &work));
+        if let Some(response) = key.and_then(|k| self.inner.results.as_ref()?.get(k)) {
+            let slot = Arc::new(Slot::new(units));
+            slot.done_units.store(units, Ordering::Relaxed);
+            slot.ready(response);
+            self.tally(&spec.id, |m| m.submitted += 1);
+            self.inner
+                .tallies
+                .lock()
+                .entry(spec.id.clone())
+                .or_default()
+                .record(&Ok(()), Duration::ZERO, 0);
+            return Ok(Handle::new(id, spec.id, slot, reporter));
+        }
         let slot = Arc::new(Slot::new(units));
         let model = spec.id.clone();
         let span = tracing::info_span!(
@@ -256,8 +286,7 @@ impl Engine {
         }
         self.tally(&model, |m| m.submitted += 1);
         self.inner.wake.notify_one();
-        let reporter: Arc<dyn Reporter> = self.inner.clone();
-        Ok(Handle::new(id, model, slot, reporter))
+        Ok(Handle::new(id, model, slot, reporter).remembering(key))
     }
 
     /// Submits and waits: the blocking one-call form.
@@ -447,6 +476,7 @@ impl Engine {
             }
         }
         EngineMetrics {
+            results: self.inner.results.as_ref().map(ResultCache::stats),
             models,
             queued: self.inner.queue.lock().waiting.len(),
             cache: self

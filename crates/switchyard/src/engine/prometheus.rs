@@ -198,6 +198,31 @@ impl EngineMetrics {
         )
         .sample(&[], self.queued as f64);
 
+        if let Some(r) = &self.results {
+            for (name, help, kind, value) in [
+                (
+                    "switchyard_result_cache_hits_total",
+                    "Requests answered from the result cache.",
+                    "counter",
+                    r.hits as f64,
+                ),
+                (
+                    "switchyard_result_cache_misses_total",
+                    "Requests the result cache could not answer.",
+                    "counter",
+                    r.misses as f64,
+                ),
+                (
+                    "switchyard_result_cache_entries",
+                    "Results kept.",
+                    "gauge",
+                    r.entries as f64,
+                ),
+            ] {
+                Family::new(&mut out, name, help, kind).sample(&[], value);
+            }
+        }
+
         let mut devices: Vec<_> = self.cache.iter().collect();
         devices.sort_by_key(|(d, _)| d.to_string());
         for (name, help, kind, read) in [

@@ -14,6 +14,8 @@ use switchyard_text::{EmbeddingHandler, GenerationStream};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::image_ops::ImageOpsHandler;
 use crate::engine::models::LoadedModel;
+use crate::engine::request::Response;
+use crate::engine::results::ResultKey;
 
 /// A started request's pipeline end.
 pub(crate) enum Started {
@@ -26,13 +28,15 @@ pub(crate) enum Started {
     /// Generated images.
     #[cfg(feature = "diffusion")]
     Images(HandleOf<switchyard_diffusion::DiffusionHandler>),
+    /// The answer, from the result cache.
+    Cached(Response),
 }
 
 impl Started {
     /// The batcher request ids it waits on (none for a generation).
     pub(crate) fn batch_ids(&self) -> Vec<RequestId> {
         match self {
-            Started::Stream(_) => Vec::new(),
+            Started::Stream(_) | Started::Cached(_) => Vec::new(),
             Started::Embeddings(handles) => handles.iter().map(|h| h.id()).collect(),
             Started::Image(h) => vec![h.id()],
             #[cfg(feature = "diffusion")]
@@ -44,6 +48,7 @@ impl Started {
     pub(crate) fn cancel(&self) {
         match self {
             Started::Stream(s) => s.cancel(),
+            Started::Cached(_) => {}
             Started::Embeddings(handles) => handles.iter().for_each(|h| h.cancel()),
             Started::Image(h) => h.cancel(),
             #[cfg(feature = "diffusion")]
@@ -59,7 +64,7 @@ enum SlotState {
     /// Waiting in the engine's queue (or for its model to load).
     Waiting,
     /// Running; the model is kept alive until the result is read.
-    Started(Started, Arc<LoadedModel>),
+    Started(Started, Option<Arc<LoadedModel>>),
     /// Ended before starting.
     Failed(EngineError),
     /// Handed to the reader.
@@ -130,7 +135,12 @@ impl Slot {
 
     /// The request started.
     pub(crate) fn start(&self, started: Started, model: Arc<LoadedModel>) {
-        self.set(SlotState::Started(started, model));
+        self.set(SlotState::Started(started, Some(model)));
+    }
+
+    /// The request was answered without running (from the result cache).
+    pub(crate) fn ready(&self, response: Response) {
+        self.set(SlotState::Started(Started::Cached(response), None));
     }
 
     /// The request ended without running.
@@ -138,7 +148,7 @@ impl Slot {
         self.set(SlotState::Failed(error));
     }
 
-    pub(crate) fn take_now(&self) -> Option<Result<(Started, Arc<LoadedModel>)>> {
+    pub(crate) fn take_now(&self) -> Option<Result<(Started, Option<Arc<LoadedModel>>)>> {
         let mut st = self.state.lock();
         match std::mem::replace(&mut st.0, SlotState::Taken) {
             SlotState::Waiting => {
@@ -154,7 +164,7 @@ impl Slot {
         }
     }
 
-    pub(crate) fn take_blocking(&self) -> Result<(Started, Arc<LoadedModel>)> {
+    pub(crate) fn take_blocking(&self) -> Result<(Started, Option<Arc<LoadedModel>>)> {
         let mut st = self.state.lock();
         while matches!(st.0, SlotState::Waiting) {
             self.ready.wait(&mut st);
@@ -167,7 +177,7 @@ impl Slot {
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(Started, Arc<LoadedModel>)>> {
+    ) -> Poll<Result<(Started, Option<Arc<LoadedModel>>)>> {
         if let Some(r) = self.take_now() {
             return Poll::Ready(r);
         }
@@ -188,4 +198,7 @@ impl Slot {
 pub(crate) trait Reporter: Send + Sync {
     /// `id` ended with `outcome` after `latency` (from submission).
     fn ended(&self, id: RequestId, outcome: &Result<()>, latency: Duration);
+
+    /// A request under result-cache `key` succeeded with `response`.
+    fn remember(&self, key: ResultKey, response: &Response);
 }

@@ -10,6 +10,7 @@ use switchyard_text::GenerationStats;
 
 use crate::config::ModelKind;
 use crate::engine::error::EngineError;
+use crate::engine::results::ResultCacheStats;
 
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +137,8 @@ pub struct EngineMetrics {
     pub queued: usize,
     /// Per device: the model cache's counters.
     pub cache: Vec<(DeviceId, CacheStats<String>)>,
+    /// The result cache's counters, when it is enabled.
+    pub results: Option<ResultCacheStats>,
 }
 
 /// Successes kept for percentiles.
