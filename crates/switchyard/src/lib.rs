@@ -57,13 +57,13 @@ pub mod config;
 #[cfg(feature = "text")]
 mod engine;
 
-pub use config::{ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
+pub use config::{Balance, ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
 #[cfg(feature = "text")]
 pub use engine::{
     Capabilities, DEFAULT_MAX_TOKENS, Engine, EngineBuilder, EngineError, EngineMetrics,
     GenerationOptions, Handle, Health, ImageOp, Latency, MAX_EMBEDDING_INPUTS, MAX_IMAGE_OPS,
-    ModelInfo, ModelMetrics, Request, Response, Result, ResultCacheStats, SessionInfo,
-    SessionState, ShutdownMode, Task, TokenStream,
+    ModelInfo, ModelMetrics, ReplicaMetrics, Request, Response, Result, ResultCacheStats,
+    SessionInfo, SessionState, ShutdownMode, Task, TokenStream,
 };
 #[cfg(feature = "diffusion")]
 pub use engine::{

@@ -7,6 +7,8 @@
 //! kind = "text-generation"            # see ModelKind
 //! path = "models/smollm2/SmolLM2-135M-Instruct-Q4_1.gguf"  # relative to this file
 //! devices = ["cpu"]                   # default ["cpu"]; several = replicas
+//! replicas = 1                        # copies on each device (default 1)
+//! balance = "least-loaded"            # or "round-robin", "fastest"
 //! priority = "high"                   # default for its requests
 //! max_batch_size = 16
 //! keep_alive_secs = 300               # unload after 5 idle minutes
@@ -155,6 +157,52 @@ impl FromStr for WeightDtype {
     }
 }
 
+/// How requests are spread over a model's replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// Each replica in turn.
+    RoundRobin,
+    /// The replica with the least work dispatched and not yet ended.
+    #[default]
+    LeastLoaded,
+    /// The replica expected to finish the request first: its outstanding
+    /// work times its measured seconds per unit (replicas not measured yet
+    /// are tried first).
+    Fastest,
+}
+
+impl Balance {
+    /// The name config files use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastLoaded => "least-loaded",
+            Balance::Fastest => "fastest",
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Balance {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "round-robin" => Ok(Balance::RoundRobin),
+            "least-loaded" => Ok(Balance::LeastLoaded),
+            "fastest" | "measured-speed" => Ok(Balance::Fastest),
+            _ => Err(format!(
+                "unknown balance {s:?}; expected round-robin, least-loaded or fastest"
+            )),
+        }
+    }
+}
+
 /// Parameters a model's requests get when they leave them out. Each field
 /// applies to some kinds only; the registry refuses the others.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -196,8 +244,13 @@ pub struct ModelSpec {
     pub kind: ModelKind,
     /// Where its files are.
     pub source: ModelSource,
-    /// Devices it runs on (one replica per device); never empty.
+    /// Devices it runs on; never empty, no device twice.
     pub devices: Vec<DeviceId>,
+    /// Replicas on each device (1 to 64; default 1): several copies on one
+    /// device serve requests side by side.
+    pub replicas: usize,
+    /// How requests are spread over the replicas.
+    pub balance: Balance,
     /// Compute dtype.
     pub dtype: WeightDtype,
     /// Priority of requests that name none.
@@ -214,7 +267,7 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    /// A spec with the defaults: one CPU replica, f32, Normal priority,
+    /// A spec with the defaults: one CPU replica (least-loaded balance), f32, Normal priority,
     /// batches of up to 16, kept loaded.
     pub fn new(id: impl Into<String>, kind: ModelKind, source: ModelSource) -> Self {
         Self {
@@ -222,6 +275,8 @@ impl ModelSpec {
             kind,
             source,
             devices: vec![DeviceId::Cpu],
+            replicas: 1,
+            balance: Balance::default(),
             dtype: WeightDtype::F32,
             priority: Priority::Normal,
             max_batch_size: 16,

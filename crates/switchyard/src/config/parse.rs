@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use switchyard_core::{DeviceId, Priority};
 
-use super::{ConfigError, ConfigFormat, Defaults, ModelKind, ModelSource, ModelSpec, WeightDtype};
+use super::{
+    Balance, ConfigError, ConfigFormat, Defaults, ModelKind, ModelSource, ModelSpec, WeightDtype,
+};
 
 /// The whole document as one JSON value (TOML converted).
 pub(super) fn document(text: &str, format: ConfigFormat) -> Result<Value, ConfigError> {
@@ -36,6 +38,8 @@ const MODEL_FIELDS: &[&str] = &[
     "hf_file",
     "device",
     "devices",
+    "replicas",
+    "balance",
     "dtype",
     "priority",
     "max_batch_size",
@@ -147,6 +151,12 @@ fn model(entry: &Value, base: Option<&Path>) -> Result<ModelSpec, ConfigError> {
         }
         (None, None) => vec![DeviceId::Cpu],
     };
+    if let Some(v) = get("replicas") {
+        spec.replicas = count(v, "replicas")?;
+    }
+    if let Some(v) = get("balance") {
+        spec.balance = parsed::<Balance>(v, "balance")?;
+    }
     if let Some(v) = get("dtype") {
         spec.dtype = parsed::<WeightDtype>(v, "dtype")?;
     }
@@ -359,6 +369,9 @@ pub(super) fn check_spec(spec: &ModelSpec) -> Result<(), ConfigError> {
         if spec.devices[..i].contains(d) {
             return Err(ConfigError::new(format!("{d} is listed twice")).at_field("devices"));
         }
+    }
+    if !(1..=64).contains(&spec.replicas) {
+        return Err(ConfigError::new("must be between 1 and 64").at_field("replicas"));
     }
     if !(1..=4096).contains(&spec.max_batch_size) {
         return Err(ConfigError::new("must be between 1 and 4096").at_field("max_batch_size"));

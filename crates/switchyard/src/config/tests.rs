@@ -11,6 +11,8 @@ id = "smollm2"
 kind = "text-generation"
 path = "weights/smollm2.gguf"
 devices = ["cpu", "cuda:1"]
+replicas = 2
+balance = "round-robin"
 priority = "high"
 max_batch_size = 8
 keep_alive_secs = 1.5
@@ -46,6 +48,8 @@ fn reads_every_field_from_toml() {
         ModelSource::Path(PathBuf::from("/etc/sy/weights/smollm2.gguf"))
     );
     assert_eq!(s.devices, vec![DeviceId::Cpu, DeviceId::Cuda(1)]);
+    assert_eq!(s.replicas, 2);
+    assert_eq!(s.balance, Balance::RoundRobin);
     assert_eq!(s.priority, Priority::High);
     assert_eq!(s.max_batch_size, 8);
     assert_eq!(s.keep_alive, Some(Duration::from_millis(1500)));
@@ -63,6 +67,7 @@ fn reads_every_field_from_toml() {
         }
     );
     assert_eq!(m.devices, vec![DeviceId::Cpu]);
+    assert_eq!((m.replicas, m.balance), (1, Balance::LeastLoaded));
     assert_eq!(m.priority, Priority::Normal);
     assert_eq!(m.defaults.normalize, Some(true));
     assert_eq!(r.get("resize").unwrap().source, ModelSource::None);
@@ -74,7 +79,8 @@ fn reads_every_field_from_toml() {
 fn json_and_toml_give_the_same_registry() {
     let json = r#"{"models": [
         {"id": "smollm2", "kind": "text-generation", "path": "weights/smollm2.gguf",
-         "devices": ["cpu", "cuda:1"], "priority": "high", "max_batch_size": 8,
+         "devices": ["cpu", "cuda:1"], "replicas": 2, "balance": "round_robin",
+         "priority": "high", "max_batch_size": 8,
          "keep_alive_secs": 1.5, "memory_bytes": 200000000,
          "defaults": {"max_tokens": 64, "temperature": 0.7, "stop": ["\n\n"]}},
         {"model_id": "minilm", "kind": "embedding",
@@ -165,6 +171,18 @@ fn bad_values_are_typed_errors() {
         (
             "kind = \"embedding\"\npath = \"x\"\ndevice = \"cpu\"\ndevices = [\"cpu\"]",
             "devices",
+        ),
+        (
+            "kind = \"embedding\"\npath = \"x\"\nreplicas = 0",
+            "replicas",
+        ),
+        (
+            "kind = \"embedding\"\npath = \"x\"\nreplicas = 65",
+            "replicas",
+        ),
+        (
+            "kind = \"embedding\"\npath = \"x\"\nbalance = \"random\"",
+            "balance",
         ),
         (
             "kind = \"embedding\"\npath = \"x\"\ndtype = \"f8\"",

@@ -10,6 +10,7 @@ use switchyard_cache::{CacheConfig, ModelCache};
 use switchyard_core::DeviceId;
 
 use super::models::{ModelLoader, RunnerSettings};
+use super::replicas::ReplicaSet;
 use super::{Engine, EngineError, Inner, Queue, Result, Sessions, served};
 use crate::config::{ModelSpec, Registry, hf_cache_dir};
 
@@ -142,6 +143,11 @@ impl EngineBuilder {
                 }
             }
         }
+        let replicas: HashMap<String, ReplicaSet> = registry
+            .models()
+            .iter()
+            .map(|spec| (spec.id.clone(), ReplicaSet::new(spec)))
+            .collect();
         let caches = devices
             .iter()
             .map(|&device| {
@@ -156,9 +162,13 @@ impl EngineBuilder {
                     switchyard_core::SystemClock::shared(),
                     None,
                 );
-                for spec in registry.models() {
-                    if spec.keep_alive.is_some() {
-                        cache.set_keep_alive(&spec.id, spec.keep_alive);
+                for spec in registry.models().iter().filter(|s| s.keep_alive.is_some()) {
+                    let on_device = replicas[&spec.id]
+                        .all()
+                        .iter()
+                        .filter(|r| r.device == device);
+                    for replica in on_device {
+                        cache.set_keep_alive(&replica.key, spec.keep_alive);
                     }
                 }
                 (device, cache)
@@ -168,6 +178,7 @@ impl EngineBuilder {
             registry,
             loader,
             caches,
+            replicas,
             devices,
             memory_budget: self.memory_budget,
             queue_capacity: self.queue_capacity,
@@ -176,7 +187,6 @@ impl EngineBuilder {
             sessions,
             tallies: Mutex::new(BTreeMap::new()),
             last_load_error: Mutex::new(None),
-            live: Mutex::new(HashMap::new()),
             results: self.result_cache.map(super::results::ResultCache::new),
         });
         let threads = (0..self.dispatchers)

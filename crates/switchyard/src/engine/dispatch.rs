@@ -82,14 +82,28 @@ impl Inner {
         if job.deadline.is_some_and(|d| Instant::now() >= d) {
             return job.slot.fail(EngineError::TimedOut);
         }
-        let device = job.spec.devices[0];
-        let Some(cache) = self.caches.get(&device) else {
-            return job.slot.fail(EngineError::Failed {
+        let Some(replica) = self
+            .replicas
+            .get(&job.spec.id)
+            .map(|set| Arc::clone(set.pick(job.slot.total_units)))
+        else {
+            return job.slot.fail(EngineError::UnknownModel {
                 model: job.spec.id.clone(),
-                reason: format!("no cache for {device}"),
             });
         };
-        let model = match cache.get(&job.spec.id) {
+        let Some(cache) = self.caches.get(&replica.device) else {
+            return job.slot.fail(EngineError::Failed {
+                model: job.spec.id.clone(),
+                reason: format!("no cache for {}", replica.device),
+            });
+        };
+        // From here the request counts against the replica until its
+        // handle reports the end (unless it already ended: cancelled).
+        if let Some(session) = self.sessions.lock().get_mut(&job.id) {
+            replica.begin(job.slot.total_units);
+            session.replica = Some((Arc::clone(&replica), Instant::now()));
+        }
+        let model = match cache.get(&replica.key) {
             Ok(m) => m,
             Err(e) => {
                 let e = cache_error(&job.spec.id, e);
@@ -103,9 +117,7 @@ impl Inner {
                 *last = None;
             }
         }
-        self.live
-            .lock()
-            .insert(job.spec.id.clone(), Arc::downgrade(&model));
+        replica.set_live(&model);
         let started = match (&model.runner, job.work) {
             (Runner::Generation(engine), Work::Generate(prompt, params)) => {
                 let request = GenerateRequest {
@@ -252,12 +264,13 @@ impl Inner {
             }
         };
         if let Some(budget) = self.memory_budget {
-            let device = spec.devices[0];
-            let estimate = self.caches.get(&device).and_then(|c| {
-                if c.contains(&spec.id) {
+            let estimate = self.replicas.get(&spec.id).and_then(|set| {
+                let first = set.all().first()?;
+                let cache = self.caches.get(&first.device)?;
+                if cache.contains(&first.key) {
                     None
                 } else {
-                    self.loader.estimate_bytes(&spec.id, device)
+                    self.loader.estimate_bytes(&first.key, first.device)
                 }
             });
             if let Some(needed) = estimate.filter(|&n| n > budget) {

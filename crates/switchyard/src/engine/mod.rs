@@ -1,8 +1,10 @@
 //! [`Engine`]: the registry's models behind one submit call.
 //!
 //! Requests wait in one priority queue (Urgent first, FIFO within a level).
-//! Dispatcher threads take them in order, get the model from the model
-//! cache of its device (loading it, once, if it is cold; evicting idle
+//! Dispatcher threads take them in order, choose one of the model's
+//! replicas (a copy on one of its devices; `replicas` copies per device,
+//! spread by its [`Balance`](crate::config::Balance)), get that replica from
+//! its device's model cache (loading it, once, if it is cold; evicting idle
 //! models when the memory budget is reached) and hand the request to the
 //! model's pipeline: the text crate's continuous-batching
 //! [`GenerationEngine`](switchyard_text::GenerationEngine) for generation, a
@@ -18,6 +20,7 @@ mod image_ops;
 mod images;
 mod models;
 mod prometheus;
+mod replicas;
 mod request;
 mod results;
 mod slot;
@@ -25,8 +28,8 @@ mod status;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,7 @@ pub use image_ops::{ImageOp, MAX_IMAGE_OPS};
 pub use images::{
     DEFAULT_GUIDANCE_SCALE, DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_STRENGTH, ImageInput, ImageOptions,
 };
+pub use replicas::ReplicaMetrics;
 pub use request::{DEFAULT_MAX_TOKENS, GenerationOptions, Request, Response, Task};
 pub use results::ResultCacheStats;
 pub use status::{
@@ -53,6 +57,7 @@ pub use status::{
 use crate::config::{ModelKind, ModelSpec, Registry};
 use image_ops::ImageJob;
 use models::{LoadedModel, ModelLoader, Runner};
+use replicas::{Replica, ReplicaKey, ReplicaSet};
 use results::ResultCache;
 use slot::{Reporter, Slot};
 use status::Tally;
@@ -126,6 +131,8 @@ struct Session {
     priority: Priority,
     submitted: Instant,
     slot: Arc<Slot>,
+    /// The replica it was sent to, and when.
+    replica: Option<(Arc<Replica>, Instant)>,
     /// Open until the request ends.
     _span: tracing::Span,
 }
@@ -133,7 +140,9 @@ struct Session {
 struct Inner {
     registry: Arc<Registry>,
     loader: Arc<ModelLoader>,
-    caches: HashMap<DeviceId, ModelCache<String, LoadedModel>>,
+    caches: HashMap<DeviceId, ModelCache<ReplicaKey, LoadedModel>>,
+    /// Per model id.
+    replicas: HashMap<String, ReplicaSet>,
     devices: Vec<DeviceId>,
     memory_budget: Option<u64>,
     queue_capacity: usize,
@@ -142,8 +151,6 @@ struct Inner {
     sessions: Sessions,
     tallies: Mutex<BTreeMap<String, Tally>>,
     last_load_error: Mutex<Option<(String, EngineError)>>,
-    /// The last pipeline each model was dispatched to, for metrics.
-    live: Mutex<HashMap<String, Weak<LoadedModel>>>,
     /// Answers to repeated requests, when enabled.
     results: Option<ResultCache>,
 }
@@ -154,6 +161,15 @@ impl Reporter for Inner {
             return;
         };
         let units = session.slot.done_units.load(Ordering::Relaxed);
+        if let Some((replica, started)) = &session.replica {
+            let done = if units > 0 {
+                units
+            } else {
+                session.slot.total_units
+            };
+            let measured = outcome.is_ok().then(|| (done, started.elapsed()));
+            replica.end(session.slot.total_units, measured);
+        }
         self.tallies
             .lock()
             .entry(session.model)
@@ -268,6 +284,7 @@ impl Engine {
                     priority,
                     submitted: Instant::now(),
                     slot: Arc::clone(&slot),
+                    replica: None,
                     _span: span.clone(),
                 },
             );
@@ -406,9 +423,9 @@ impl Engine {
                     devices: m.devices.clone(),
                     loaded: self
                         .inner
-                        .caches
-                        .get(&m.devices[0])
-                        .is_some_and(|c| c.contains(&m.id)),
+                        .replicas
+                        .get(&m.id)
+                        .is_some_and(|set| set.all().iter().any(|r| self.inner.is_loaded(r))),
                     max_batch_size: m.max_batch_size,
                 })
                 .collect(),
@@ -460,20 +477,24 @@ impl Engine {
             .iter()
             .map(|(m, t)| (m.clone(), t.snapshot()))
             .collect();
-        // Loaded generation models, read without a cache lookup (which
-        // would count a hit and refresh the model's place in the LRU order).
-        for (id, model) in self.inner.live.lock().iter() {
-            let loaded = self
-                .inner
-                .registry
-                .get(id)
-                .and_then(|spec| self.inner.caches.get(&spec.devices[0]))
-                .is_some_and(|c| c.contains(id));
-            if let Some(model) = model.upgrade().filter(|_| loaded)
-                && let Runner::Generation(engine) = &model.runner
-            {
-                models.entry(id.clone()).or_default().generation = Some(engine.stats());
-            }
+        for (id, set) in &self.inner.replicas {
+            let replicas: Vec<ReplicaMetrics> = set
+                .all()
+                .iter()
+                .map(|r| {
+                    let mut m = r.metrics();
+                    m.loaded = self.inner.is_loaded(r);
+                    if let Some(model) = r.live().filter(|_| m.loaded)
+                        && let Runner::Generation(engine) = &model.runner
+                    {
+                        m.generation = Some(engine.stats());
+                    }
+                    m
+                })
+                .collect();
+            let entry = models.entry(id.clone()).or_default();
+            entry.generation = replicas.iter().find_map(|r| r.generation);
+            entry.replicas = replicas;
         }
         EngineMetrics {
             results: self.inner.results.as_ref().map(ResultCache::stats),
@@ -483,7 +504,7 @@ impl Engine {
                 .inner
                 .devices
                 .iter()
-                .filter_map(|d| Some((*d, self.inner.caches.get(d)?.stats())))
+                .filter_map(|d| Some((*d, replicas::named(self.inner.caches.get(d)?.stats()))))
                 .collect(),
         }
     }
@@ -525,6 +546,16 @@ impl Engine {
             .entry(model.to_owned())
             .or_default()
             .metrics);
+    }
+}
+
+impl Inner {
+    /// Whether `replica` is in its device's cache now (without counting a
+    /// lookup).
+    fn is_loaded(&self, replica: &Replica) -> bool {
+        self.caches
+            .get(&replica.device)
+            .is_some_and(|c| c.contains(&replica.key))
     }
 }
 

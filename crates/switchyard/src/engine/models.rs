@@ -18,6 +18,7 @@ use crate::config::{ModelKind, ModelSpec, Registry};
 use crate::engine::Sessions;
 use crate::engine::error::EngineError;
 use crate::engine::image_ops::ImageOpsHandler;
+use crate::engine::replicas::ReplicaKey;
 
 /// A loaded model's pipeline.
 pub(crate) enum Runner {
@@ -243,14 +244,14 @@ impl ModelLoader {
     }
 }
 
-impl Loader<String, LoadedModel> for ModelLoader {
-    fn load(&self, key: &String, device: DeviceId) -> Result<Loaded<LoadedModel>, LoadError> {
-        let spec = self.spec(key).map_err(boxed)?;
+impl Loader<ReplicaKey, LoadedModel> for ModelLoader {
+    fn load(&self, key: &ReplicaKey, device: DeviceId) -> Result<Loaded<LoadedModel>, LoadError> {
+        let spec = self.spec(&key.model).map_err(boxed)?;
         self.build(spec, device).map_err(boxed)
     }
 
-    fn estimate_bytes(&self, key: &String, _: DeviceId) -> Option<u64> {
-        let spec = self.registry.get(key)?;
+    fn estimate_bytes(&self, key: &ReplicaKey, _: DeviceId) -> Option<u64> {
+        let spec = self.registry.get(&key.model)?;
         spec.memory_bytes.or_else(|| {
             let path = spec.source.resolve(&self.hf_cache).ok()?;
             Some(disk_bytes(&path))

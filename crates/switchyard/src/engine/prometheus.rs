@@ -190,6 +190,33 @@ impl EngineMetrics {
                 f.sample(&[("model", model)], read(g));
             }
         }
+        for (name, help, kind, read) in [
+            (
+                "switchyard_replica_dispatched_total",
+                "Requests sent to each replica.",
+                "counter",
+                (|r| r.dispatched as f64) as fn(&crate::engine::ReplicaMetrics) -> f64,
+            ),
+            (
+                "switchyard_replica_outstanding_units",
+                "Units sent to each replica that have not ended.",
+                "gauge",
+                |r| r.outstanding_units as f64,
+            ),
+        ] {
+            let mut f = Family::new(&mut out, name, help, kind);
+            for (model, m) in &models {
+                for r in &m.replicas {
+                    let (device, slot) = (r.device.to_string(), r.slot.to_string());
+                    let labels = [
+                        ("model", model.as_str()),
+                        ("device", &device),
+                        ("slot", &slot),
+                    ];
+                    f.sample(&labels, read(r));
+                }
+            }
+        }
         Family::new(
             &mut out,
             "switchyard_queue_depth",

@@ -124,8 +124,11 @@ pub struct ModelMetrics {
     pub latency: Latency,
     /// Units (tokens, inputs) per second while running, smoothed.
     pub throughput: Option<f64>,
-    /// The generation engine's counters, while the model is loaded.
+    /// The generation engine's counters, while the model is loaded (its
+    /// first loaded replica's).
     pub generation: Option<GenerationStats>,
+    /// Per replica, device by device.
+    pub replicas: Vec<crate::engine::ReplicaMetrics>,
 }
 
 /// A snapshot of everything the engine counts: [`Engine::metrics`](crate::Engine::metrics).
