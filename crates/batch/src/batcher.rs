@@ -154,7 +154,12 @@ pub(crate) struct Shared<H: BatchHandler> {
     pub(crate) batch_ready: Padded<AtomicBool>,
     pub(crate) rejected: AtomicU64,
     pub(crate) cloner: Option<Cloner<H>>,
+    pub(crate) on_out_of_memory: Option<MemoryHook>,
 }
+
+/// Called before a batch that ran out of memory is run again (see
+/// [`BatcherBuilder::on_out_of_memory`]).
+pub type MemoryHook = Arc<dyn Fn() + Send + Sync>;
 
 impl<H: BatchHandler> Shared<H> {
     /// Complete every waiter of entries that leave without running.
@@ -276,9 +281,19 @@ pub struct BatcherBuilder<H: BatchHandler> {
     clock: Option<SharedClock>,
     factory: ControllerFactory,
     cloner: Option<Cloner<H>>,
+    on_out_of_memory: Option<MemoryHook>,
 }
 
 impl<H: BatchHandler> BatcherBuilder<H> {
+    /// Run `hook` when a batch fails for lack of memory (as the handler's
+    /// [`is_out_of_memory`](BatchHandler::is_out_of_memory) tells), before
+    /// its failed inputs run once more in two halves: the place to free
+    /// memory (evict idle models, empty pools).
+    pub fn on_out_of_memory(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_out_of_memory = Some(Arc::new(hook));
+        self
+    }
+
     /// Replace the whole configuration.
     pub fn config(mut self, config: BatcherConfig) -> Self {
         self.config = config;
@@ -373,6 +388,7 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             batch_ready: Padded(AtomicBool::new(false)),
             rejected: AtomicU64::new(0),
             cloner: self.cloner,
+            on_out_of_memory: self.on_out_of_memory,
         });
         let batcher = Batcher {
             owner: Arc::new(HandleOwner(Arc::clone(&shared))),
@@ -413,6 +429,7 @@ impl<H: BatchHandler> Batcher<H> {
             clock: None,
             factory: Arc::new(|_| Box::new(Fixed::new(32))),
             cloner: None,
+            on_out_of_memory: None,
         }
     }
 
@@ -708,6 +725,7 @@ impl<H: BatchHandler> fmt::Debug for BatcherBuilder<H> {
         f.debug_struct("BatcherBuilder")
             .field("config", &self.config)
             .field("coalescing", &self.cloner.is_some())
+            .field("on_out_of_memory", &self.on_out_of_memory.is_some())
             .finish()
     }
 }

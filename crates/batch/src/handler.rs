@@ -70,6 +70,16 @@ pub trait BatchHandler: Send + Sync + 'static {
         let _ = input;
         1
     }
+
+    /// Whether `error` means the batch did not fit in memory. The inputs
+    /// that failed so are run once more, after the batcher's
+    /// [out-of-memory hook](crate::BatcherBuilder::on_out_of_memory) (which
+    /// may free memory), in two halves; so `run` must leave such inputs as
+    /// it got them. Default: never.
+    fn is_out_of_memory(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }
 
 impl<H: BatchHandler> BatchHandler for Arc<H> {
@@ -83,6 +93,10 @@ impl<H: BatchHandler> BatchHandler for Arc<H> {
         context: &BatchContext<'_>,
     ) -> Vec<Result<Self::Output, Self::Error>> {
         (**self).run(batch, context)
+    }
+
+    fn is_out_of_memory(&self, error: &Self::Error) -> bool {
+        (**self).is_out_of_memory(error)
     }
 
     fn key(&self, input: &Self::Input) -> BatchKey {

@@ -72,7 +72,7 @@ pub mod sim;
 mod worker;
 
 pub use batcher::{
-    Batcher, BatcherBuilder, BatcherConfig, ControllerFactory, HandleOf, ShutdownMode,
+    Batcher, BatcherBuilder, BatcherConfig, ControllerFactory, HandleOf, MemoryHook, ShutdownMode,
 };
 pub use controller::{
     BatchObservation, BatchSizeController, ControllerState, Fixed, MemoryClamp, MemoryHeadroom,

@@ -185,6 +185,8 @@ pub struct MetricsSnapshot {
     pub coalesced: u64,
     /// Batches whose handler panicked.
     pub panics: u64,
+    /// Batches that failed for lack of memory and ran again, smaller.
+    pub memory_retries: u64,
     /// Batches whose handler returned the wrong number of results.
     pub miscounted: u64,
     /// Requests failed at shutdown.
@@ -223,6 +225,7 @@ pub(crate) struct Metrics {
     pub(crate) cancelled: u64,
     pub(crate) coalesced: u64,
     pub(crate) panics: u64,
+    pub(crate) memory_retries: u64,
     pub(crate) miscounted: u64,
     pub(crate) shut_down: u64,
     pub(crate) batches: u64,
@@ -244,6 +247,7 @@ impl Metrics {
             cancelled: 0,
             coalesced: 0,
             panics: 0,
+            memory_retries: 0,
             miscounted: 0,
             shut_down: 0,
             batches: 0,
@@ -273,6 +277,7 @@ impl Metrics {
             cancelled: self.cancelled,
             coalesced: self.coalesced,
             panics: self.panics,
+            memory_retries: self.memory_retries,
             miscounted: self.miscounted,
             shut_down: self.shut_down,
             batches: self.batches,

@@ -200,6 +200,74 @@ fn spin_for_ready<H: BatchHandler>(
     ready || shared.batch_ready.load(Ordering::Acquire)
 }
 
+/// The inputs whose results say they ran out of memory run once more,
+/// after the batcher's out-of-memory hook, in two halves (alone if only one
+/// failed); their new results replace the old. A second failure stands.
+fn retry_out_of_memory<H: BatchHandler>(
+    shared: &Shared<H>,
+    running: &RunningSet,
+    key: &BatchKey,
+    members: &[Member<'_>],
+    inputs: &mut Vec<H::Input>,
+    results: &mut [Result<H::Output, H::Error>],
+) {
+    let failed: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.as_ref()
+                .is_err_and(|e| shared.handler.is_out_of_memory(e))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if failed.is_empty() {
+        return;
+    }
+    shared.metrics.lock().memory_retries += 1;
+    tracing::warn!(
+        model = %key.model(),
+        failed = failed.len(),
+        size = inputs.len(),
+        "batch ran out of memory; retrying smaller"
+    );
+    if let Some(hook) = &shared.on_out_of_memory {
+        // A panicking hook must not take the worker down.
+        let _ = catch_unwind(AssertUnwindSafe(|| hook()));
+    }
+    let mut taken: Vec<Option<H::Input>> = std::mem::take(inputs).into_iter().map(Some).collect();
+    let half = failed.len().div_ceil(2);
+    for part in failed.chunks(half) {
+        let mut batch: Vec<H::Input> = part.iter().filter_map(|&i| taken[i].take()).collect();
+        let sub: Vec<Member<'_>> = part
+            .iter()
+            .map(|&i| Member {
+                id: members[i].id,
+                cancel: members[i].cancel,
+            })
+            .collect();
+        let context = BatchContext {
+            key,
+            members: &sub,
+            running: Some(running),
+        };
+        let again = catch_unwind(AssertUnwindSafe(|| {
+            shared.handler.run(&mut batch, &context)
+        }));
+        if let Ok(again) = again
+            && again.len() == part.len()
+        {
+            for (&i, r) in part.iter().zip(again) {
+                results[i] = r;
+            }
+        }
+        // Back in place, so the inputs drop with the batch as before.
+        for (&i, input) in part.iter().zip(batch) {
+            taken[i] = Some(input);
+        }
+    }
+    inputs.extend(taken.into_iter().flatten());
+}
+
 fn execute<H: BatchHandler>(
     shared: &Shared<H>,
     slot: &RunningSet,
@@ -262,9 +330,14 @@ fn execute<H: BatchHandler>(
         size = inputs.len(),
         cost,
     );
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let mut outcome = catch_unwind(AssertUnwindSafe(|| {
         span.in_scope(|| shared.handler.run(&mut inputs, &context))
     }));
+    if let Ok(results) = &mut outcome
+        && results.len() == inputs.len()
+    {
+        span.in_scope(|| retry_out_of_memory(shared, slot, &key, &members, &mut inputs, results));
+    }
     drop(members);
     let finished = shared.clock.now();
     slot.finish();

@@ -51,7 +51,7 @@ pub(crate) struct Entry<V> {
     frequency: u64,
     priority: f64,
     last_used: u64,
-    last_access: Instant,
+    pub(crate) last_access: Instant,
     pub(crate) pinned: bool,
 }
 
@@ -73,7 +73,7 @@ pub(crate) struct State<K, V> {
     pub(crate) bytes: u64,
     stats: CacheStats<K>,
     models: HashMap<K, ModelStats>,
-    keep_alive: HashMap<K, Option<Duration>>,
+    pub(crate) keep_alive: HashMap<K, Option<Duration>>,
 }
 
 impl<K, V> State<K, V> {
@@ -91,7 +91,7 @@ type Listener<K> = Arc<dyn Fn(&K, EvictReason) + Send + Sync>;
 pub(crate) struct Inner<K, V> {
     loader: Arc<dyn Loader<K, V>>,
     pub(crate) config: CacheConfig,
-    clock: SharedClock,
+    pub(crate) clock: SharedClock,
     memory: Option<Arc<MemoryWatch>>,
     pub(crate) state: Mutex<State<K, V>>,
     listeners: Mutex<Vec<Listener<K>>>,
@@ -524,52 +524,6 @@ where
         let found = evicted.is_some();
         self.notify(evicted.into_iter().collect());
         found
-    }
-
-    /// Evict every model that is not pinned. Returns how many went.
-    pub fn clear(&self) -> usize {
-        let evicted: Vec<_> = {
-            let mut st = self.inner.state.lock();
-            let keys: Vec<K> = st
-                .slots
-                .iter()
-                .filter(|(_, s)| matches!(s, Slot::Ready(e) if !e.pinned))
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter()
-                .filter_map(|k| self.remove_entry(&mut st, k, EvictReason::Manual))
-                .collect()
-        };
-        let n = evicted.len();
-        self.notify(evicted);
-        n
-    }
-
-    /// Unload every model that nobody uses, that is not pinned, and that
-    /// has been idle for its keep-alive. Returns how many went.
-    pub fn expire_idle(&self) -> usize {
-        let now = self.inner.clock.now();
-        let default = self.inner.config.keep_alive;
-        let evicted: Vec<_> = {
-            let mut st = self.inner.state.lock();
-            let idle: Vec<K> = st
-                .slots
-                .iter()
-                .filter_map(|(k, s)| match s {
-                    Slot::Ready(e) if !e.pinned && !e.in_use() => {
-                        let keep = st.keep_alive.get(k).copied().unwrap_or(default)?;
-                        (now.saturating_duration_since(e.last_access) >= keep).then(|| k.clone())
-                    }
-                    _ => None,
-                })
-                .collect();
-            idle.iter()
-                .filter_map(|k| self.remove_entry(&mut st, k, EvictReason::Idle))
-                .collect()
-        };
-        let n = evicted.len();
-        self.notify(evicted);
-        n
     }
 
     /// Counters, gauges and per-model history.

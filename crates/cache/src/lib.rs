@@ -64,6 +64,7 @@ mod loader;
 mod plan;
 mod policy;
 mod stats;
+mod unload;
 
 pub use cache::{CacheConfig, ModelCache};
 pub use error::{CacheError, LoadError, Result};

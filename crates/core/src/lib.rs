@@ -63,6 +63,42 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
+/// Whether an error's message reports a failed allocation: CUDA's
+/// `CUDA_ERROR_OUT_OF_MEMORY`, "out of memory" from cuBLAS, Metal or an
+/// allocator. Backends report these as text; this is how the layers above
+/// tell them from other failures (to free memory and retry smaller).
+pub fn is_out_of_memory_message(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "out of memory",
+        "out_of_memory",
+        "outofmemory",
+        "failed to allocate",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+#[cfg(test)]
+mod oom_messages {
+    use super::is_out_of_memory_message;
+
+    #[test]
+    fn allocation_failures_are_told_from_other_errors() {
+        for yes in [
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "CUDA out of memory. Tried to allocate 2.00 GiB",
+            "memory allocation of 1073741824 bytes failed to allocate",
+            "Metal: OutOfMemory",
+        ] {
+            assert!(is_out_of_memory_message(yes), "{yes}");
+        }
+        for no in ["shape mismatch in matmul", "no such file", "memory layout"] {
+            assert!(!is_out_of_memory_message(no), "{no}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod send_sync {
     use super::*;
