@@ -160,4 +160,9 @@ impl BatchHandler for DiffusionHandler {
     fn cost(&self, input: &DiffusionRequest) -> u64 {
         input.cost()
     }
+    /// Allocation failures (CUDA's out of memory, as candle reports them):
+    /// the batcher frees memory and runs the inputs again in halves.
+    fn is_out_of_memory(&self, error: &Self::Error) -> bool {
+        switchyard_core::is_out_of_memory_message(&error.to_string())
+    }
 }

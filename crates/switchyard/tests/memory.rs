@@ -93,3 +93,95 @@ fn high_pressure_trims_the_buffer_pool() {
     assert_eq!(pool.stats().bytes_cached, 0);
     assert_eq!(pool.stats().bytes_released, MIB + 4096);
 }
+
+mod engine_budget {
+    //! The engine's loads held against a `BudgetMonitor`: a load the budget
+    //! refuses evicts unused models and tries once more; with nothing to
+    //! evict it fails with `InsufficientMemory` and the engine keeps serving.
+    use switchyard::config::{ModelKind, ModelSource, ModelSpec};
+    use switchyard::core::DeviceId;
+    use switchyard::vram::BudgetMonitor;
+    use switchyard::{Engine, EngineError, GenerationOptions, Request};
+    use switchyard_testkit::tiny::{self, GgufQuant, TinyBert, TinyLlama};
+
+    fn sized(id: &str, kind: ModelKind, path: std::path::PathBuf, bytes: u64) -> ModelSpec {
+        let mut spec = ModelSpec::new(id, kind, ModelSource::Path(path));
+        spec.memory_bytes = Some(bytes);
+        spec
+    }
+
+    fn ask(n: usize) -> Request {
+        Request::complete("llama", "once upon a time").with_options(GenerationOptions {
+            max_tokens: Some(n),
+            ..GenerationOptions::default()
+        })
+    }
+
+    fn embed() -> Request {
+        Request::embed("bert", vec!["hello".into()])
+    }
+
+    #[test]
+    fn a_refused_load_evicts_unused_models_and_retries_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let llama = dir.path().join("tiny.gguf");
+        tiny::write_llama_gguf(&llama, &TinyLlama::default(), GgufQuant::Q8_0, 7).unwrap();
+        let bert = dir.path().join("bert");
+        tiny::write_bert(&bert, &TinyBert::default(), 7).unwrap();
+        // Either model fits the budget; both together do not. The engine
+        // has no byte limit of its own, so only the monitor refuses.
+        let budget = BudgetMonitor::new().with_budget(DeviceId::Cpu, 1000);
+        let engine = Engine::builder()
+            .memory_monitor(budget.clone())
+            .model(sized("llama", ModelKind::TextGeneration, llama, 600))
+            .unwrap()
+            .model(sized("bert", ModelKind::Embedding, bert, 600))
+            .unwrap()
+            .model(sized(
+                "huge",
+                ModelKind::Embedding,
+                dir.path().join("bert"),
+                2000,
+            ))
+            .unwrap()
+            .build()
+            .unwrap();
+
+        engine.process_sync(ask(4)).unwrap();
+        assert_eq!(budget.reserved(DeviceId::Cpu), 600);
+        // bert's load is refused, llama (unused) is evicted, bert loads.
+        engine.process_sync(embed()).unwrap();
+        assert_eq!(budget.reserved(DeviceId::Cpu), 600);
+        let stats = &engine.metrics().cache[0].1;
+        assert_eq!((stats.loads, stats.evictions, stats.entries), (2, 1, 1));
+
+        // A running generation holds llama (bert is evicted for it): now
+        // bert cannot load, and its request fails with a typed error.
+        let mut stream = engine.submit(ask(64)).unwrap().into_stream();
+        assert!(stream.next().unwrap().is_ok(), "llama runs");
+        match engine.process_sync(embed()) {
+            Err(EngineError::InsufficientMemory {
+                model,
+                needed,
+                free,
+            }) => assert_eq!((model.as_str(), needed, free), ("bert", 600, 400)),
+            other => panic!("expected InsufficientMemory, got {other:?}"),
+        }
+        // The generation was not disturbed, and once it ends bert serves.
+        assert!(stream.all(|d| d.is_ok()));
+        let vectors = engine.process_sync(embed()).unwrap().into_embeddings();
+        assert_eq!(vectors.unwrap().len(), 1);
+        assert_eq!(budget.reserved(DeviceId::Cpu), 600);
+
+        // A model that can never fit is refused before it queues.
+        let huge = Request::embed("huge", vec!["x".into()]);
+        assert!(matches!(
+            engine.validate(&huge),
+            Err(EngineError::InsufficientMemory {
+                needed: 2000,
+                free: 1000,
+                ..
+            })
+        ));
+    }
+}

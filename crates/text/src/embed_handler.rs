@@ -71,4 +71,9 @@ impl BatchHandler for EmbeddingHandler {
         let tokens = (input.len() / 4 + 2).min(self.embedder.max_tokens());
         tokens as u64
     }
+    /// Allocation failures (CUDA's out of memory, as candle reports them):
+    /// the batcher frees memory and runs the inputs again in halves.
+    fn is_out_of_memory(&self, error: &Self::Error) -> bool {
+        switchyard_core::is_out_of_memory_message(&error.to_string())
+    }
 }

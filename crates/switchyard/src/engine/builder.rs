@@ -8,6 +8,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use switchyard_cache::{CacheConfig, ModelCache};
 use switchyard_core::DeviceId;
+use switchyard_vram::BudgetMonitor;
 
 use super::models::{ModelLoader, RunnerSettings};
 use super::replicas::ReplicaSet;
@@ -25,6 +26,7 @@ pub struct EngineBuilder {
     batch_max_wait: Duration,
     hf_cache: Option<PathBuf>,
     result_cache: Option<usize>,
+    monitor: Option<BudgetMonitor>,
 }
 
 impl Default for EngineBuilder {
@@ -38,6 +40,7 @@ impl Default for EngineBuilder {
             batch_max_wait: Duration::from_millis(2),
             hf_cache: None,
             result_cache: None,
+            monitor: None,
         }
     }
 }
@@ -64,6 +67,17 @@ impl EngineBuilder {
     /// Unlimited by default.
     pub fn memory_budget(mut self, bytes: u64) -> Self {
         self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Hold each loaded model's bytes against `monitor`'s budget for its
+    /// device (devices it has no budget for are not limited). A load the
+    /// budget refuses, or a batch that runs out of memory, evicts the
+    /// device's unused models and tries once more before failing with
+    /// [`EngineError::InsufficientMemory`]; so does a model that can never
+    /// fit the budget, at submit.
+    pub fn memory_monitor(mut self, monitor: BudgetMonitor) -> Self {
+        self.monitor = Some(monitor);
         self
     }
 
@@ -133,6 +147,8 @@ impl EngineBuilder {
                 kv_tokens: self.kv_tokens,
                 batch_max_wait: self.batch_max_wait,
             },
+            monitor: self.monitor.clone(),
+            free_memory: std::sync::OnceLock::new(),
             sessions: Arc::clone(&sessions),
         });
         let mut devices: Vec<DeviceId> = Vec::new();
@@ -188,7 +204,9 @@ impl EngineBuilder {
             tallies: Mutex::new(BTreeMap::new()),
             last_load_error: Mutex::new(None),
             results: self.result_cache.map(super::results::ResultCache::new),
+            monitor: self.monitor,
         });
+        let _ = inner.loader.free_memory.set(Arc::downgrade(&inner));
         let threads = (0..self.dispatchers)
             .map(|i| {
                 let inner = Arc::clone(&inner);

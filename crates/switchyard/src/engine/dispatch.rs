@@ -5,20 +5,30 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_cache::{CacheError, Loader};
+use switchyard_cache::{CacheError, Loader, ModelCache};
 use switchyard_core::Priority;
 use switchyard_text::{GenerateRequest, Prompt, RequestOptions};
 
 use super::image_ops::{self, ImageJob};
 #[cfg(feature = "diffusion")]
 use super::images::ImageInput;
-use super::models::Runner;
+use super::models::{LoadedModel, Runner};
+use super::replicas::{Replica, ReplicaKey};
 use super::slot::Started;
 use super::{
     EngineError, Inner, Job, MAX_EMBEDDING_INPUTS, Request, Result, ShutdownMode, Task, Work,
     serves,
 };
 use crate::config::ModelSpec;
+
+/// `monitor`'s whole budget for `device` (unlimited without one).
+fn device_budget(
+    monitor: &switchyard_vram::BudgetMonitor,
+    device: switchyard_core::DeviceId,
+) -> u64 {
+    use switchyard_vram::MemoryMonitor;
+    monitor.snapshot(device).map_or(u64::MAX, |s| s.total)
+}
 
 fn cache_error(model: &str, e: CacheError) -> EngineError {
     match e {
@@ -103,10 +113,9 @@ impl Inner {
             replica.begin(job.slot.total_units);
             session.replica = Some((Arc::clone(&replica), Instant::now()));
         }
-        let model = match cache.get(&replica.key) {
+        let model = match self.load(cache, &replica, &job.spec.id) {
             Ok(m) => m,
             Err(e) => {
-                let e = cache_error(&job.spec.id, e);
                 *self.last_load_error.lock() = Some((job.spec.id.clone(), e.clone()));
                 return job.slot.fail(e);
             }
@@ -198,6 +207,39 @@ impl Inner {
         }
     }
 
+    /// `replica` from its device's cache, loading it if need be. A load that
+    /// fails for lack of memory evicts the device's unused models and tries
+    /// once more; a second such failure is [`EngineError::InsufficientMemory`].
+    fn load(
+        &self,
+        cache: &ModelCache<ReplicaKey, LoadedModel>,
+        replica: &Replica,
+        model: &str,
+    ) -> Result<Arc<LoadedModel>> {
+        let first = match cache.get(&replica.key) {
+            Ok(m) => return Ok(m),
+            Err(e) => cache_error(model, e),
+        };
+        if !first.is_out_of_memory() {
+            return Err(first);
+        }
+        self.free_memory(replica.device);
+        cache
+            .get(&replica.key)
+            .map_err(|e| match cache_error(model, e) {
+                e @ EngineError::InsufficientMemory { .. } => e,
+                e if e.is_out_of_memory() => EngineError::InsufficientMemory {
+                    model: model.to_owned(),
+                    needed: self
+                        .loader
+                        .estimate_bytes(&replica.key, replica.device)
+                        .unwrap_or(0),
+                    free: 0,
+                },
+                e => e,
+            })
+    }
+
     /// Checks `request` and turns it into a job's parts.
     pub(super) fn check(&self, request: &Request) -> Result<(ModelSpec, Work, Priority, u64)> {
         let spec = self
@@ -263,7 +305,13 @@ impl Inner {
                 (Work::Diffuse(request), run as u64)
             }
         };
-        if let Some(budget) = self.memory_budget {
+        let budget = match (self.memory_budget, &self.monitor) {
+            (Some(b), Some(m)) => Some(b.min(device_budget(m, spec.devices[0]))),
+            (Some(b), None) => Some(b),
+            (None, Some(m)) => Some(device_budget(m, spec.devices[0])),
+            (None, None) => None,
+        };
+        if let Some(budget) = budget {
             let estimate = self.replicas.get(&spec.id).and_then(|set| {
                 let first = set.all().first()?;
                 let cache = self.caches.get(&first.device)?;

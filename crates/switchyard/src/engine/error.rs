@@ -89,6 +89,18 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Whether this reports a lack of memory: [`EngineError::InsufficientMemory`],
+    /// or a load or run that failed allocating.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            EngineError::InsufficientMemory { .. } => true,
+            EngineError::ModelLoad { reason, .. } | EngineError::Failed { reason, .. } => {
+                switchyard_core::is_out_of_memory_message(reason)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         EngineError::InvalidInput {
             field: field.into(),

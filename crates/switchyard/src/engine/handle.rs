@@ -439,6 +439,8 @@ impl TokenStream {
         if !self.done {
             self.done = true;
             self.stream = None;
+            // An ended stream no longer holds its model in memory.
+            self._model = None;
             self.reporter
                 .ended(self.id, &outcome, self.submitted.elapsed());
         }

@@ -153,6 +153,8 @@ struct Inner {
     last_load_error: Mutex<Option<(String, EngineError)>>,
     /// Answers to repeated requests, when enabled.
     results: Option<ResultCache>,
+    /// The memory budget loaded models are held against, when set.
+    monitor: Option<switchyard_vram::BudgetMonitor>,
 }
 
 impl Reporter for Inner {
@@ -550,6 +552,14 @@ impl Engine {
 }
 
 impl Inner {
+    /// Evicts `device`'s unused models (after something failed for lack of
+    /// memory there). Returns how many went.
+    fn free_memory(&self, device: DeviceId) -> usize {
+        let n = self.caches.get(&device).map_or(0, ModelCache::evict_unused);
+        tracing::warn!(%device, evicted = n, "out of memory: evicted unused models");
+        n
+    }
+
     /// Whether `replica` is in its device's cache now (without counting a
     /// lookup).
     fn is_loaded(&self, replica: &Replica) -> bool {

@@ -13,6 +13,7 @@ use switchyard_core::DeviceId;
 use switchyard_text::{
     BertEmbedder, EmbeddingHandler, GenerationEngine, GenerationEngineConfig, Generator,
 };
+use switchyard_vram::{BudgetMonitor, Reservation, VramError};
 
 use crate::config::{ModelKind, ModelSpec, Registry};
 use crate::engine::Sessions;
@@ -57,6 +58,9 @@ impl Runner {
 pub(crate) struct LoadedModel {
     pub(crate) spec: ModelSpec,
     pub(crate) runner: Runner,
+    /// Its bytes held against the engine's memory monitor, given back when
+    /// the last user lets go of it.
+    pub(crate) _memory: Option<Reservation>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -82,6 +86,11 @@ pub(crate) struct ModelLoader {
     pub(crate) registry: Arc<Registry>,
     pub(crate) hf_cache: PathBuf,
     pub(crate) settings: RunnerSettings,
+    /// Loaded models' bytes are reserved against it, when set.
+    pub(crate) monitor: Option<BudgetMonitor>,
+    /// Frees memory on a device (evicts its unused models) when a batch
+    /// runs out; set once the engine is built.
+    pub(crate) free_memory: std::sync::OnceLock<std::sync::Weak<super::Inner>>,
     /// The engine's sessions, for diffusion progress.
     #[cfg_attr(not(feature = "diffusion"), allow(dead_code))]
     pub(crate) sessions: Sessions,
@@ -112,6 +121,43 @@ pub(crate) fn disk_bytes(path: &Path) -> u64 {
 }
 
 impl ModelLoader {
+    /// Holds `bytes` for `spec` against the monitor (nothing to hold
+    /// without one, or for a device it has no budget for).
+    fn reserve(
+        &self,
+        spec: &ModelSpec,
+        device: DeviceId,
+        bytes: u64,
+    ) -> Result<Option<Reservation>, EngineError> {
+        let Some(monitor) = &self.monitor else {
+            return Ok(None);
+        };
+        match monitor.reserve(device, bytes) {
+            Ok(r) => Ok(Some(r)),
+            Err(VramError::OverBudget {
+                requested,
+                available,
+                ..
+            }) => Err(EngineError::InsufficientMemory {
+                model: spec.id.clone(),
+                needed: requested,
+                free: available,
+            }),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// What a runner's batcher calls when a batch ran out of memory on
+    /// `device`: evict the device's unused models.
+    fn memory_hook(&self, device: DeviceId) -> impl Fn() + Send + Sync + 'static {
+        let engine = self.free_memory.get().cloned().unwrap_or_default();
+        move || {
+            if let Some(inner) = engine.upgrade() {
+                inner.free_memory(device);
+            }
+        }
+    }
+
     fn spec(&self, id: &str) -> Result<&ModelSpec, EngineError> {
         self.registry
             .get(id)
@@ -136,6 +182,8 @@ impl ModelLoader {
             reason,
         };
         if spec.kind == ModelKind::ImageProcessing {
+            let bytes = spec.memory_bytes.unwrap_or(0);
+            let memory = self.reserve(spec, device, bytes)?;
             let batcher = Batcher::builder(ImageOpsHandler::new(&spec.id))
                 .workers(1)
                 .fixed(1)
@@ -145,11 +193,16 @@ impl ModelLoader {
                 value: LoadedModel {
                     spec: spec.clone(),
                     runner: Runner::ImageOps(batcher),
+                    _memory: memory,
                 },
-                bytes: spec.memory_bytes.unwrap_or(0),
+                bytes,
             });
         }
         let path = self.path(spec)?;
+        // Held from before the load, on the estimate; set to the measured
+        // size after it.
+        let estimate = spec.memory_bytes.unwrap_or_else(|| disk_bytes(&path));
+        let mut memory = self.reserve(spec, device, estimate)?;
         let (runner, extra) = match spec.kind {
             ModelKind::TextGeneration => {
                 let generator = Generator::load(&path, device).map_err(|e| fail(e.to_string()))?;
@@ -169,6 +222,7 @@ impl ModelLoader {
                     .workers(1)
                     .fixed(spec.max_batch_size)
                     .max_wait(self.settings.batch_max_wait)
+                    .on_out_of_memory(self.memory_hook(device))
                     .build()
                     .map_err(|e| fail(e.to_string()))?;
                 (Runner::Embedding(batcher), 0)
@@ -188,10 +242,24 @@ impl ModelLoader {
         let bytes = spec
             .memory_bytes
             .unwrap_or_else(|| disk_bytes(&path) + extra);
+        if let Some(r) = &mut memory
+            && let Err(e) = r.resize(bytes)
+        {
+            let free = match e {
+                VramError::OverBudget { available, .. } => available,
+                _ => 0,
+            };
+            return Err(EngineError::InsufficientMemory {
+                model: spec.id.clone(),
+                needed: bytes,
+                free: free + r.bytes(),
+            });
+        }
         Ok(Loaded {
             value: LoadedModel {
                 spec: spec.clone(),
                 runner,
+                _memory: memory,
             },
             bytes,
         })
@@ -239,6 +307,7 @@ impl ModelLoader {
             .workers(1)
             .fixed(spec.max_batch_size)
             .max_wait(self.settings.batch_max_wait)
+            .on_out_of_memory(self.memory_hook(device))
             .build()
             .map_err(|e| e.to_string())
     }
