@@ -140,6 +140,7 @@ impl EngineBuilder {
         }
         let registry = Arc::new(self.registry);
         let sessions: Sessions = Arc::default();
+        let tunings: super::tuning::Tunings = Arc::default();
         let loader = Arc::new(ModelLoader {
             registry: Arc::clone(&registry),
             hf_cache: self.hf_cache.unwrap_or_else(hf_cache_dir),
@@ -148,6 +149,7 @@ impl EngineBuilder {
                 batch_max_wait: self.batch_max_wait,
             },
             monitor: self.monitor.clone(),
+            tunings: Arc::clone(&tunings),
             free_memory: std::sync::OnceLock::new(),
             sessions: Arc::clone(&sessions),
         });
@@ -205,6 +207,7 @@ impl EngineBuilder {
             last_load_error: Mutex::new(None),
             results: self.result_cache.map(super::results::ResultCache::new),
             monitor: self.monitor,
+            tunings,
         });
         let _ = inner.loader.free_memory.set(Arc::downgrade(&inner));
         let threads = (0..self.dispatchers)

@@ -25,6 +25,7 @@ mod request;
 mod results;
 mod slot;
 mod status;
+mod tuning;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -153,6 +154,8 @@ struct Inner {
     last_load_error: Mutex<Option<(String, EngineError)>>,
     /// Answers to repeated requests, when enabled.
     results: Option<ResultCache>,
+    /// Batch sizes and worker counts changed at run time.
+    tunings: tuning::Tunings,
     /// The memory budget loaded models are held against, when set.
     monitor: Option<switchyard_vram::BudgetMonitor>,
 }
@@ -486,10 +489,11 @@ impl Engine {
                 .map(|r| {
                     let mut m = r.metrics();
                     m.loaded = self.inner.is_loaded(r);
-                    if let Some(model) = r.live().filter(|_| m.loaded)
-                        && let Runner::Generation(engine) = &model.runner
-                    {
-                        m.generation = Some(engine.stats());
+                    if let Some(model) = r.live().filter(|_| m.loaded) {
+                        if let Runner::Generation(engine) = &model.runner {
+                            m.generation = Some(engine.stats());
+                        }
+                        m.batch = model.runner.batch_metrics();
                     }
                     m
                 })

@@ -20,6 +20,7 @@ use crate::engine::Sessions;
 use crate::engine::error::EngineError;
 use crate::engine::image_ops::ImageOpsHandler;
 use crate::engine::replicas::ReplicaKey;
+use crate::engine::tuning;
 
 /// A loaded model's pipeline.
 pub(crate) enum Runner {
@@ -86,6 +87,8 @@ pub(crate) struct ModelLoader {
     pub(crate) registry: Arc<Registry>,
     pub(crate) hf_cache: PathBuf,
     pub(crate) settings: RunnerSettings,
+    /// Batch sizes and worker counts changed at run time.
+    pub(crate) tunings: super::tuning::Tunings,
     /// Loaded models' bytes are reserved against it, when set.
     pub(crate) monitor: Option<BudgetMonitor>,
     /// Frees memory on a device (evicts its unused models) when a batch
@@ -208,7 +211,7 @@ impl ModelLoader {
                 let generator = Generator::load(&path, device).map_err(|e| fail(e.to_string()))?;
                 let config = GenerationEngineConfig {
                     kv_tokens: self.settings.kv_tokens,
-                    max_running: spec.max_batch_size,
+                    max_running: tuning::batch_size(&self.tunings, spec),
                     ..GenerationEngineConfig::default()
                 };
                 let kv = generator.kv_bytes(config.kv_tokens) as u64;
@@ -219,8 +222,8 @@ impl ModelLoader {
                 let embedder =
                     BertEmbedder::load(&path, device).map_err(|e| fail(e.to_string()))?;
                 let batcher = Batcher::builder(EmbeddingHandler::new(Arc::new(embedder)))
-                    .workers(1)
-                    .fixed(spec.max_batch_size)
+                    .workers(tuning::workers(&self.tunings, spec))
+                    .fixed(tuning::batch_size(&self.tunings, spec))
                     .max_wait(self.settings.batch_max_wait)
                     .on_out_of_memory(self.memory_hook(device))
                     .build()
@@ -304,8 +307,8 @@ impl ModelLoader {
         let handler = DiffusionHandler::new(spec.id.as_str(), Arc::new(RwLock::new(sd)))
             .with_step_observer(observer);
         Batcher::builder(handler)
-            .workers(1)
-            .fixed(spec.max_batch_size)
+            .workers(tuning::workers(&self.tunings, spec))
+            .fixed(tuning::batch_size(&self.tunings, spec))
             .max_wait(self.settings.batch_max_wait)
             .on_out_of_memory(self.memory_hook(device))
             .build()

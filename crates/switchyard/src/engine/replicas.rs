@@ -57,6 +57,9 @@ pub struct ReplicaMetrics {
     pub secs_per_unit: Option<f64>,
     /// The generation engine's counters, while a generation model is loaded.
     pub generation: Option<switchyard_text::GenerationStats>,
+    /// The batcher's counters (batch sizes, latencies, workers, queue),
+    /// while an embedding, image or diffusion model is loaded.
+    pub batch: Option<switchyard_batch::MetricsSnapshot>,
 }
 
 /// One copy of a model on one device.
@@ -142,6 +145,7 @@ impl Replica {
             outstanding_units: self.outstanding(),
             secs_per_unit: self.speed(),
             generation: None,
+            batch: None,
         }
     }
 }

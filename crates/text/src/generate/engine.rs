@@ -9,43 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
-use switchyard_batch::{BatchObservation, BatchSizeController, ControllerState, Pid, PidConfig};
+use switchyard_batch::{BatchObservation, BatchSizeController, ControllerState, Pid};
 use switchyard_core::{Deadline, Priority};
 use switchyard_pool::KvStats;
 
+pub use super::latency::LatencyControl;
 use super::latency::LatencyWindow;
 use super::run::{DeltaSink, Prepared};
 use super::scheduler::{Admission, Scheduler, SchedulerConfig};
 use super::stream::{self, DeltaSender};
 use super::{GenerateRequest, GenerationStream, Generator, TextDelta};
 use crate::{Result, TextError};
-
-/// Holding the p95 inter-token latency at a target.
-#[derive(Debug, Clone)]
-pub struct LatencyControl {
-    /// The controller; its `setpoint` is the p95 inter-token latency to
-    /// hold and its `min`/`max` bound the running sequences (`max` is
-    /// further capped by [`GenerationEngineConfig::max_running`]).
-    pub pid: PidConfig,
-    /// Forward steps per control decision; the p95 is taken over them.
-    pub window_steps: usize,
-}
-
-impl LatencyControl {
-    /// Hold a p95 inter-token latency of `p95` with at most `max_running`
-    /// sequences, deciding every 16 steps.
-    pub fn new(p95: Duration, max_running: usize) -> Self {
-        let mut pid = PidConfig::new(p95, max_running);
-        pid.initial = max_running.max(1);
-        Self {
-            pid,
-            window_steps: 16,
-        }
-    }
-}
 
 /// Settings of a [`GenerationEngine`].
 #[derive(Debug, Clone)]
@@ -155,6 +132,7 @@ pub enum ShutdownMode {
 
 enum Command {
     Submit(Box<Submission>),
+    SetMaxRunning(usize),
     Shutdown(ShutdownMode),
 }
 
@@ -279,6 +257,7 @@ impl GenerationEngine {
                     finals: Vec::new(),
                     shared: thread_shared,
                     controller,
+                    ceiling,
                     window: LatencyWindow::new(256),
                     shutdown: None,
                 }
@@ -372,6 +351,17 @@ impl GenerationEngine {
         Ok(stream)
     }
 
+    /// Changes the most sequences that run at once (at least 1). Running
+    /// ones over a lower cap finish; none is cut short. With latency control
+    /// the controller moves under this cap (never over its own `max`).
+    /// Returns whether the engine was still running to take it.
+    pub fn set_max_running(&self, n: usize) -> bool {
+        self.commands
+            .lock()
+            .as_ref()
+            .is_some_and(|tx| tx.send(Command::SetMaxRunning(n)).is_ok())
+    }
+
     /// The counters now.
     pub fn stats(&self) -> GenerationStats {
         *self.shared.stats.lock()
@@ -426,6 +416,8 @@ struct Loop<'m> {
     finals: Vec<Final>,
     shared: Arc<Shared>,
     controller: Option<(Pid, usize)>,
+    /// Most running sequences (set at start, changed by `set_max_running`).
+    ceiling: usize,
     window: LatencyWindow,
     shutdown: Option<ShutdownMode>,
 }
@@ -483,6 +475,15 @@ impl Loop<'_> {
                     self.flush();
                 }
             }
+            Command::SetMaxRunning(n) => {
+                self.ceiling = n.max(1);
+                let now = match &self.controller {
+                    Some((pid, _)) => pid.target().min(self.ceiling),
+                    None => self.ceiling,
+                };
+                self.scheduler.set_max_running(now);
+                self.publish();
+            }
             Command::Shutdown(mode) => {
                 self.shutdown = Some(mode);
             }
@@ -529,7 +530,7 @@ impl Loop<'_> {
             queued_after: self.scheduler.waiting(),
         };
         let next = pid.observe(&observation);
-        self.scheduler.set_max_running(next);
+        self.scheduler.set_max_running(next.min(self.ceiling));
     }
 
     /// A failure of the model ends every open stream; the engine starts

@@ -1,7 +1,35 @@
-//! [`LatencyWindow`]: the most recent inter-token gaps, for percentiles.
+//! [`LatencyControl`], the setting that holds a p95 inter-token latency,
+//! and [`LatencyWindow`]: the most recent inter-token gaps, for percentiles.
 
 use std::collections::VecDeque;
 use std::time::Duration;
+
+use switchyard_batch::PidConfig;
+
+/// Holding the p95 inter-token latency at a target.
+#[derive(Debug, Clone)]
+pub struct LatencyControl {
+    /// The controller; its `setpoint` is the p95 inter-token latency to
+    /// hold and its `min`/`max` bound the running sequences (`max` is
+    /// further capped by
+    /// [`GenerationEngineConfig::max_running`](crate::GenerationEngineConfig::max_running)).
+    pub pid: PidConfig,
+    /// Forward steps per control decision; the p95 is taken over them.
+    pub window_steps: usize,
+}
+
+impl LatencyControl {
+    /// Hold a p95 inter-token latency of `p95` with at most `max_running`
+    /// sequences, deciding every 16 steps.
+    pub fn new(p95: Duration, max_running: usize) -> Self {
+        let mut pid = PidConfig::new(p95, max_running);
+        pid.initial = max_running.max(1);
+        Self {
+            pid,
+            window_steps: 16,
+        }
+    }
+}
 
 /// The last `capacity` latency samples, oldest first, with a mark that
 /// counts samples since the last control decision.
