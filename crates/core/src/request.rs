@@ -38,6 +38,12 @@ impl RequestId {
     pub const fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// Makes every later [`RequestId::next`] greater than `id`: ids read
+    /// back from a journal after a restart stay unique in this process.
+    pub fn reserve_through(id: RequestId) {
+        NEXT_ID.fetch_max(id.0.saturating_add(1), Ordering::Relaxed);
+    }
 }
 
 impl fmt::Display for RequestId {
@@ -79,6 +85,17 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), n);
+    }
+
+    #[test]
+    fn reserved_ids_are_never_handed_out() {
+        let seen = RequestId::next();
+        let far = RequestId::from_u64(seen.as_u64() + 1_000);
+        RequestId::reserve_through(far);
+        assert!(RequestId::next() > far);
+        // Reserving an id already passed moves nothing back.
+        RequestId::reserve_through(seen);
+        assert!(RequestId::next() > far);
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //!   and inpainting on Stable Diffusion folders (`ImageInput`,
 //!   `ImageOptions`), batching compatible requests and reporting each
 //!   denoising step as the request's progress.
+//! - [`journal`]: an optional crash journal; an engine built with one
+//!   re-queues (or reports failed) the requests a crash left unfinished;
 //! - observability: `tracing` spans `request` (id, model, task, priority;
 //!   open until the request ends), `load` (cache), `batch` (batcher) and
 //!   `step` (generation and denoising steps), for any subscriber the
@@ -56,14 +58,16 @@
 pub mod config;
 #[cfg(feature = "text")]
 mod engine;
+pub mod journal;
 
 pub use config::{Balance, ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
 #[cfg(feature = "text")]
 pub use engine::{
     Capabilities, DEFAULT_MAX_TOKENS, Engine, EngineBuilder, EngineError, EngineMetrics,
     GenerationOptions, Handle, Health, ImageOp, Latency, MAX_EMBEDDING_INPUTS, MAX_IMAGE_OPS,
-    ModelInfo, ModelMetrics, ReplicaMetrics, Request, Response, Result, ResultCacheStats,
-    SessionInfo, SessionState, ShutdownMode, Task, TokenStream,
+    ModelInfo, ModelMetrics, Recovered, RecoveredOutcome, RecoveryPolicy, ReplicaMetrics, Request,
+    Response, Result, ResultCacheStats, SessionInfo, SessionState, ShutdownMode, Task, TokenStream,
+    journaled_request,
 };
 #[cfg(feature = "diffusion")]
 pub use engine::{

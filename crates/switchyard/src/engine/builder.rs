@@ -11,9 +11,11 @@ use switchyard_core::DeviceId;
 use switchyard_vram::BudgetMonitor;
 
 use super::models::{ModelLoader, RunnerSettings};
+use super::recovery::RecoveryPolicy;
 use super::replicas::ReplicaSet;
 use super::{Engine, EngineError, Inner, Queue, Result, Sessions, served};
 use crate::config::{ModelSpec, Registry, hf_cache_dir};
+use crate::journal::Journal;
 
 /// Builds an [`Engine`].
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct EngineBuilder {
     hf_cache: Option<PathBuf>,
     result_cache: Option<usize>,
     monitor: Option<BudgetMonitor>,
+    journal: Option<PathBuf>,
+    recovery: RecoveryPolicy,
 }
 
 impl Default for EngineBuilder {
@@ -41,6 +45,8 @@ impl Default for EngineBuilder {
             hf_cache: None,
             result_cache: None,
             monitor: None,
+            journal: None,
+            recovery: RecoveryPolicy::default(),
         }
     }
 }
@@ -125,10 +131,29 @@ impl EngineBuilder {
         self
     }
 
+    /// Record every accepted request, and its end, in a crash journal at
+    /// `path` (see [`crate::journal`]; off by default). At build, requests a
+    /// previous run accepted and never finished are handled by the
+    /// [`recovery`](Self::recovery) policy and listed by
+    /// [`Engine::recovered`].
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(path.into());
+        self
+    }
+
+    /// What to do with the journal's unfinished requests at build (default
+    /// [`RecoveryPolicy::Requeue`]).
+    pub fn recovery(mut self, policy: RecoveryPolicy) -> Self {
+        self.recovery = policy;
+        self
+    }
+
     /// Starts the engine. Models load when first asked for.
     ///
     /// # Errors
-    /// When a model's kind is not served by this build.
+    /// When a model's kind is not served by this build, or the journal
+    /// cannot be opened ([`EngineError::Journal`]: unreadable, or damaged
+    /// before its end; a torn last record is dropped, not an error).
     pub fn build(self) -> Result<Engine> {
         for spec in self.registry.models() {
             if !served(spec.kind) {
@@ -138,6 +163,10 @@ impl EngineBuilder {
                 });
             }
         }
+        let journal = match &self.journal {
+            Some(path) => Some(Arc::new(Journal::open(path)?)),
+            None => None,
+        };
         let registry = Arc::new(self.registry);
         let sessions: Sessions = Arc::default();
         let tunings: super::tuning::Tunings = Arc::default();
@@ -208,6 +237,7 @@ impl EngineBuilder {
             results: self.result_cache.map(super::results::ResultCache::new),
             monitor: self.monitor,
             tunings,
+            journal: journal.clone(),
         });
         let _ = inner.loader.free_memory.set(Arc::downgrade(&inner));
         let threads = (0..self.dispatchers)
@@ -222,9 +252,15 @@ impl EngineBuilder {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Engine {
+        let engine = Engine {
             inner,
             threads: Mutex::new(threads),
-        })
+            recovered: Mutex::new(Vec::new()),
+        };
+        if let Some(journal) = journal {
+            let recovered = engine.recover(&journal, self.recovery);
+            *engine.recovered.lock() = recovered;
+        }
+        Ok(engine)
     }
 }

@@ -86,6 +86,20 @@ pub enum EngineError {
         /// What failed.
         reason: String,
     },
+    /// The crash journal could not be read or written; a request it could
+    /// not record was not accepted.
+    #[error("crash journal: {reason}")]
+    Journal {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The engine stopped (crashed or was killed) before the request
+    /// finished, and it was not run again after the restart.
+    #[error("the engine stopped before the request finished; not run again: {reason}")]
+    Interrupted {
+        /// Why it was not run again.
+        reason: String,
+    },
 }
 
 impl EngineError {
@@ -121,6 +135,14 @@ impl EngineError {
                 model: model.to_owned(),
                 reason: other.to_string(),
             },
+        }
+    }
+}
+
+impl From<crate::journal::JournalError> for EngineError {
+    fn from(e: crate::journal::JournalError) -> Self {
+        EngineError::Journal {
+            reason: e.to_string(),
         }
     }
 }

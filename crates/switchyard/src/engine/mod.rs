@@ -20,6 +20,7 @@ mod image_ops;
 mod images;
 mod models;
 mod prometheus;
+mod recovery;
 mod replicas;
 mod request;
 mod results;
@@ -47,6 +48,7 @@ pub use image_ops::{ImageOp, MAX_IMAGE_OPS};
 pub use images::{
     DEFAULT_GUIDANCE_SCALE, DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_STRENGTH, ImageInput, ImageOptions,
 };
+pub use recovery::{Recovered, RecoveredOutcome, RecoveryPolicy, journaled_request};
 pub use replicas::ReplicaMetrics;
 pub use request::{DEFAULT_MAX_TOKENS, GenerationOptions, Request, Response, Task};
 pub use results::ResultCacheStats;
@@ -158,10 +160,17 @@ struct Inner {
     tunings: tuning::Tunings,
     /// The memory budget loaded models are held against, when set.
     monitor: Option<switchyard_vram::BudgetMonitor>,
+    /// Where accepted requests and their ends are recorded, when set.
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl Reporter for Inner {
     fn ended(&self, id: RequestId, outcome: &Result<()>, latency: Duration) {
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.finish(id, recovery::outcome_of(outcome))
+        {
+            tracing::warn!(error = %e, %id, "crash journal: cannot record an end");
+        }
         let Some(session) = self.sessions.lock().remove(&id) else {
             return;
         };
@@ -209,6 +218,8 @@ impl Reporter for Inner {
 pub struct Engine {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// What the journal held unfinished at start, until taken.
+    recovered: Mutex<Vec<Recovered>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -231,14 +242,26 @@ impl Engine {
         &self.inner.registry
     }
 
-    /// Queues `request`; its [`Handle`] follows it. Never blocks: models
-    /// load on the engine's threads.
+    /// Queues `request`; its [`Handle`] follows it. Never blocks on
+    /// models (they load on the engine's threads); with a journal, returns
+    /// once the request is on disk.
     ///
     /// # Errors
     /// Bad requests ([`EngineError::UnknownModel`], `WrongKind`,
     /// `InvalidInput`, `InsufficientMemory` when the model can never fit),
-    /// [`EngineError::QueueFull`], [`EngineError::ShuttingDown`].
+    /// [`EngineError::QueueFull`], [`EngineError::ShuttingDown`],
+    /// [`EngineError::Journal`] when it cannot be recorded.
     pub fn submit(&self, request: Request) -> Result<Handle> {
+        self.enqueue(request, false)
+    }
+
+    /// Queues a request read back from the journal: already recorded, and
+    /// taken past a full queue (it was accepted once).
+    fn submit_recovered(&self, request: Request) -> Result<Handle> {
+        self.enqueue(request, true)
+    }
+
+    fn enqueue(&self, request: Request, recovered: bool) -> Result<Handle> {
         let (spec, work, priority, units) = self.inner.check(&request)?;
         let id = request.id.unwrap_or_else(RequestId::next);
         let reporter: Arc<dyn Reporter> = self.inner.clone();
@@ -269,15 +292,26 @@ impl Engine {
             task = request.task.name(),
             priority = ?priority,
         );
+        let journal = self.inner.journal.as_ref().filter(|_| !recovered);
+        if let Some(journal) = journal {
+            journal.accept(id, &recovery::to_payload(&request))?;
+        }
         {
             let mut q = self.inner.queue.lock();
-            if q.stopping.is_some() {
-                return Err(EngineError::ShuttingDown);
-            }
-            if q.waiting.len() >= self.inner.queue_capacity {
-                return Err(EngineError::QueueFull {
+            let refused = if q.stopping.is_some() {
+                Some(EngineError::ShuttingDown)
+            } else if q.waiting.len() >= self.inner.queue_capacity && !recovered {
+                Some(EngineError::QueueFull {
                     capacity: self.inner.queue_capacity,
-                });
+                })
+            } else {
+                None
+            };
+            if let Some(e) = refused {
+                if let Some(journal) = journal {
+                    let _ = journal.finish(id, crate::journal::Outcome::Failed);
+                }
+                return Err(e);
             }
             let order = QueueOrder::new(priority, q.next_sequence);
             q.next_sequence += 1;
@@ -409,68 +443,6 @@ impl Engine {
             SessionState::Queued { position } => (1, position, Reverse(s.age)),
         });
         out
-    }
-
-    /// What the engine serves and its limits.
-    pub fn capabilities(&self) -> Capabilities {
-        let mut kinds: Vec<ModelKind> = ModelKind::ALL.into_iter().filter(|k| served(*k)).collect();
-        kinds.sort();
-        Capabilities {
-            kinds,
-            models: self
-                .inner
-                .registry
-                .models()
-                .iter()
-                .map(|m| ModelInfo {
-                    id: m.id.clone(),
-                    kind: m.kind,
-                    devices: m.devices.clone(),
-                    loaded: self
-                        .inner
-                        .replicas
-                        .get(&m.id)
-                        .is_some_and(|set| set.all().iter().any(|r| self.inner.is_loaded(r))),
-                    max_batch_size: m.max_batch_size,
-                })
-                .collect(),
-            devices: self.inner.devices.clone(),
-            queue_capacity: self.inner.queue_capacity,
-            max_embedding_inputs: MAX_EMBEDDING_INPUTS,
-            memory_budget: self.inner.memory_budget,
-        }
-    }
-
-    /// Healthy, degraded (a model failed its last load, or the queue is
-    /// over 90 % full) or unhealthy (shutting down, or no dispatcher left).
-    pub fn health(&self) -> Health {
-        let (stopping, waiting) = {
-            let q = self.inner.queue.lock();
-            (q.stopping.is_some(), q.waiting.len())
-        };
-        if stopping {
-            return Health::Unhealthy {
-                reason: "shutting down".into(),
-            };
-        }
-        let threads = self.threads.lock();
-        if threads.iter().all(JoinHandle::is_finished) {
-            return Health::Unhealthy {
-                reason: "no dispatcher thread is running".into(),
-            };
-        }
-        drop(threads);
-        if let Some((model, e)) = self.inner.last_load_error.lock().as_ref() {
-            return Health::Degraded {
-                reason: format!("model `{model}` failed to load: {e}"),
-            };
-        }
-        if waiting * 10 > self.inner.queue_capacity * 9 {
-            return Health::Degraded {
-                reason: format!("queue {waiting} of {}", self.inner.queue_capacity),
-            };
-        }
-        Health::Healthy
     }
 
     /// A snapshot of the counters.

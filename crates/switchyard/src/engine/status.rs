@@ -11,6 +11,7 @@ use switchyard_text::GenerationStats;
 use crate::config::ModelKind;
 use crate::engine::error::EngineError;
 use crate::engine::results::ResultCacheStats;
+use crate::engine::{Engine, MAX_EMBEDDING_INPUTS, served};
 
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,5 +200,69 @@ impl Tally {
             };
         }
         m
+    }
+}
+
+impl Engine {
+    /// What the engine serves and its limits.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut kinds: Vec<ModelKind> = ModelKind::ALL.into_iter().filter(|k| served(*k)).collect();
+        kinds.sort();
+        Capabilities {
+            kinds,
+            models: self
+                .inner
+                .registry
+                .models()
+                .iter()
+                .map(|m| ModelInfo {
+                    id: m.id.clone(),
+                    kind: m.kind,
+                    devices: m.devices.clone(),
+                    loaded: self
+                        .inner
+                        .replicas
+                        .get(&m.id)
+                        .is_some_and(|set| set.all().iter().any(|r| self.inner.is_loaded(r))),
+                    max_batch_size: m.max_batch_size,
+                })
+                .collect(),
+            devices: self.inner.devices.clone(),
+            queue_capacity: self.inner.queue_capacity,
+            max_embedding_inputs: MAX_EMBEDDING_INPUTS,
+            memory_budget: self.inner.memory_budget,
+        }
+    }
+
+    /// Healthy, degraded (a model failed its last load, or the queue is
+    /// over 90 % full) or unhealthy (shutting down, or no dispatcher left).
+    pub fn health(&self) -> Health {
+        let (stopping, waiting) = {
+            let q = self.inner.queue.lock();
+            (q.stopping.is_some(), q.waiting.len())
+        };
+        if stopping {
+            return Health::Unhealthy {
+                reason: "shutting down".into(),
+            };
+        }
+        let threads = self.threads.lock();
+        if threads.iter().all(std::thread::JoinHandle::is_finished) {
+            return Health::Unhealthy {
+                reason: "no dispatcher thread is running".into(),
+            };
+        }
+        drop(threads);
+        if let Some((model, e)) = self.inner.last_load_error.lock().as_ref() {
+            return Health::Degraded {
+                reason: format!("model `{model}` failed to load: {e}"),
+            };
+        }
+        if waiting * 10 > self.inner.queue_capacity * 9 {
+            return Health::Degraded {
+                reason: format!("queue {waiting} of {}", self.inner.queue_capacity),
+            };
+        }
+        Health::Healthy
     }
 }
