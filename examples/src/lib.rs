@@ -8,6 +8,14 @@
 //!   answer, a batch of embeddings compared by cosine similarity, a picture
 //!   from a tiny random-weight Stable Diffusion model written to a PNG, and
 //!   the engine's metrics.
+//! - `chat`: an interactive conversation with SmolLM2 (or any Llama-family
+//!   GGUF or Hugging Face folder) through the engine, streamed.
+//! - `embed`: sentence embeddings of the given texts, as text or JSON.
+//! - `generate`: one generation straight from the text pipeline, streamed
+//!   or as JSON (and tokenising, for comparisons with other tools).
+//! - `generate-image`: text-to-image, image-to-image or inpainting on a
+//!   diffusers folder through the engine, with a progress bar; `--tiny`
+//!   uses a tiny random-weight model.
 //!
 //! # Example
 //!
