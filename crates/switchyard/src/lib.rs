@@ -63,11 +63,11 @@ pub mod journal;
 pub use config::{Balance, ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
 #[cfg(feature = "text")]
 pub use engine::{
-    Capabilities, DEFAULT_MAX_TOKENS, Engine, EngineBuilder, EngineError, EngineMetrics,
-    GenerationOptions, Handle, Health, ImageOp, Latency, MAX_EMBEDDING_INPUTS, MAX_IMAGE_OPS,
-    ModelInfo, ModelMetrics, Recovered, RecoveredOutcome, RecoveryPolicy, ReplicaMetrics, Request,
-    Response, Result, ResultCacheStats, SessionInfo, SessionState, ShutdownMode, Task, TokenStream,
-    journaled_request,
+    Capabilities, DEFAULT_MAX_TOKENS, DeviceMemory, Engine, EngineBuilder, EngineError,
+    EngineMetrics, GenerationOptions, Handle, Health, ImageOp, Latency, MAX_EMBEDDING_INPUTS,
+    MAX_IMAGE_OPS, ModelInfo, ModelMetrics, Recovered, RecoveredOutcome, RecoveryPolicy,
+    ReplicaMetrics, Request, Response, Result, ResultCacheStats, SessionInfo, SessionState,
+    ShutdownMode, Task, TokenStream, journaled_request,
 };
 #[cfg(feature = "diffusion")]
 pub use engine::{

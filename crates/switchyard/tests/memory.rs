@@ -100,7 +100,7 @@ mod engine_budget {
     //! evict it fails with `InsufficientMemory` and the engine keeps serving.
     use switchyard::config::{ModelKind, ModelSource, ModelSpec};
     use switchyard::core::DeviceId;
-    use switchyard::vram::BudgetMonitor;
+    use switchyard::vram::{BudgetMonitor, PressureLevel};
     use switchyard::{Engine, EngineError, GenerationOptions, Request};
     use switchyard_testkit::tiny::{self, GgufQuant, TinyBert, TinyLlama};
 
@@ -183,5 +183,75 @@ mod engine_budget {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn metrics_report_each_devices_memory_and_pressure() {
+        let dir = tempfile::tempdir().unwrap();
+        let llama = dir.path().join("tiny.gguf");
+        tiny::write_llama_gguf(&llama, &TinyLlama::default(), GgufQuant::Q8_0, 7).unwrap();
+        let bert = dir.path().join("bert");
+        tiny::write_bert(&bert, &TinyBert::default(), 7).unwrap();
+
+        // Without a monitor: the host's memory for the CPU.
+        let engine = Engine::builder()
+            .model(ModelSpec::new(
+                "bert",
+                ModelKind::Embedding,
+                ModelSource::Path(bert.clone()),
+            ))
+            .unwrap()
+            .build()
+            .unwrap();
+        engine.process_sync(embed()).unwrap();
+        let metrics = engine.metrics();
+        let [cpu] = metrics.memory.as_slice() else {
+            panic!("one device: {:?}", metrics.memory)
+        };
+        assert_eq!(cpu.device, DeviceId::Cpu);
+        assert!(cpu.models_bytes > 0);
+        assert_eq!(cpu.budget, None);
+        let host = cpu
+            .snapshot
+            .as_ref()
+            .expect("the host's memory is readable");
+        assert!(host.total > 0 && host.used <= host.total);
+        assert!(cpu.pressure.is_some());
+        drop(engine);
+
+        // With a budget monitor: its budget, its reservations, its pressure.
+        let budget = BudgetMonitor::new().with_budget(DeviceId::Cpu, 1000);
+        let engine = Engine::builder()
+            .memory_monitor(budget.clone())
+            .model(sized("llama", ModelKind::TextGeneration, llama, 800))
+            .unwrap()
+            .build()
+            .unwrap();
+        engine.process_sync(ask(4)).unwrap();
+        let metrics = engine.metrics();
+        let cpu = &metrics.memory[0];
+        assert_eq!(cpu.budget, Some(1000));
+        let reading = cpu.snapshot.as_ref().unwrap();
+        assert_eq!(
+            (reading.total, reading.used, reading.free),
+            (1000, 800, 200)
+        );
+        assert_eq!(cpu.pressure, Some(PressureLevel::High));
+        let text = metrics.to_prometheus();
+        for line in [
+            "switchyard_device_memory_bytes{device=\"cpu\",kind=\"budget\"} 1000",
+            "switchyard_device_memory_bytes{device=\"cpu\",kind=\"used\"} 800",
+            "switchyard_device_memory_pressure{device=\"cpu\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // The generation model's KV pool, by state.
+        let kv = metrics.models["llama"].generation.unwrap().kv;
+        assert!(kv.total > 0);
+        let free = format!(
+            "switchyard_kv_blocks{{model=\"llama\",state=\"free\"}} {}",
+            kv.free
+        );
+        assert!(text.contains(&free), "{free} missing from:\n{text}");
     }
 }

@@ -53,8 +53,8 @@ pub use replicas::ReplicaMetrics;
 pub use request::{DEFAULT_MAX_TOKENS, GenerationOptions, Request, Response, Task};
 pub use results::ResultCacheStats;
 pub use status::{
-    Capabilities, EngineMetrics, Health, Latency, ModelInfo, ModelMetrics, SessionInfo,
-    SessionState,
+    Capabilities, DeviceMemory, EngineMetrics, Health, Latency, ModelInfo, ModelMetrics,
+    SessionInfo, SessionState,
 };
 
 use crate::config::{ModelKind, ModelSpec, Registry};
@@ -474,16 +474,25 @@ impl Engine {
             entry.generation = replicas.iter().find_map(|r| r.generation);
             entry.replicas = replicas;
         }
+        let cache: Vec<_> = self
+            .inner
+            .devices
+            .iter()
+            .filter_map(|d| Some((*d, replicas::named(self.inner.caches.get(d)?.stats()))))
+            .collect();
+        let memory = cache
+            .iter()
+            .map(|(d, c)| {
+                let monitor = self.inner.monitor.as_ref();
+                DeviceMemory::read(*d, c.bytes, self.inner.memory_budget, monitor)
+            })
+            .collect();
         EngineMetrics {
             results: self.inner.results.as_ref().map(ResultCache::stats),
             models,
             queued: self.inner.queue.lock().waiting.len(),
-            cache: self
-                .inner
-                .devices
-                .iter()
-                .filter_map(|d| Some((*d, replicas::named(self.inner.caches.get(d)?.stats()))))
-                .collect(),
+            cache,
+            memory,
         }
     }
 

@@ -301,7 +301,75 @@ impl EngineMetrics {
                 f.sample(&[("device", &device.to_string())], read(stats));
             }
         }
+        self.write_memory(&mut out, &generation);
         out
+    }
+
+    /// Device memory and pressure, and the generation models' KV pools.
+    fn write_memory(
+        &self,
+        out: &mut String,
+        generation: &[(&String, &switchyard_text::GenerationStats)],
+    ) {
+        let mut memory: Vec<_> = self.memory.iter().collect();
+        memory.sort_by_key(|m| m.device.to_string());
+        let mut f = Family::new(
+            out,
+            "switchyard_device_memory_bytes",
+            "Device memory: total, used and free as read, the budget, and the loaded models' share.",
+            "gauge",
+        );
+        for m in &memory {
+            let device = m.device.to_string();
+            let s = m.snapshot.as_ref();
+            for (kind, value) in [
+                ("total", s.map(|s| s.total)),
+                ("used", s.map(|s| s.used)),
+                ("free", s.map(|s| s.free)),
+                ("budget", m.budget),
+                ("models", Some(m.models_bytes)),
+            ] {
+                if let Some(v) = value {
+                    f.sample(&[("device", &device), ("kind", kind)], v as f64);
+                }
+            }
+        }
+        let mut f = Family::new(
+            out,
+            "switchyard_device_memory_pressure",
+            "Memory pressure level: 0 low, 1 moderate, 2 high, 3 critical.",
+            "gauge",
+        );
+        for m in &memory {
+            if let Some(level) = m.pressure {
+                let device = m.device.to_string();
+                f.sample(&[("device", &device)], f64::from(level as u8));
+            }
+        }
+        let mut f = Family::new(
+            out,
+            "switchyard_kv_blocks",
+            "KV cache blocks of each generation model's pool, by state.",
+            "gauge",
+        );
+        for (model, g) in generation {
+            for (state, n) in [
+                ("used", g.kv.used),
+                ("cached", g.kv.cached),
+                ("free", g.kv.free),
+            ] {
+                f.sample(&[("model", model), ("state", state)], n as f64);
+            }
+        }
+        let mut f = Family::new(
+            out,
+            "switchyard_kv_prefix_hits_total",
+            "Prompt prefix lookups that found cached KV blocks.",
+            "counter",
+        );
+        for (model, g) in generation {
+            f.sample(&[("model", model)], g.kv.prefix_hits as f64);
+        }
     }
 }
 

@@ -7,6 +7,9 @@ use std::time::Duration;
 use switchyard_cache::CacheStats;
 use switchyard_core::{DeviceId, Priority, RequestId};
 use switchyard_text::GenerationStats;
+use switchyard_vram::{
+    BudgetMonitor, HostMonitor, MemoryMonitor, MemorySnapshot, PressureLevel, Thresholds,
+};
 
 use crate::config::ModelKind;
 use crate::engine::error::EngineError;
@@ -143,6 +146,60 @@ pub struct EngineMetrics {
     pub cache: Vec<(DeviceId, CacheStats<String>)>,
     /// The result cache's counters, when it is enabled.
     pub results: Option<ResultCacheStats>,
+    /// Per device: its memory and how pressed it is.
+    pub memory: Vec<DeviceMemory>,
+}
+
+/// One device's memory, as [`EngineMetrics::memory`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceMemory {
+    /// The device.
+    pub device: DeviceId,
+    /// Bytes the engine's loaded models take on it (its cache's count).
+    pub models_bytes: u64,
+    /// The most its models may take: the engine's memory budget, or the
+    /// memory monitor's budget for the device; `None` when unlimited.
+    pub budget: Option<u64>,
+    /// The device's reading: from the engine's
+    /// [`BudgetMonitor`](switchyard_vram::BudgetMonitor) where it budgets
+    /// the device, else the host's memory for the CPU; `None` where nothing
+    /// can be read (a GPU without a monitor).
+    pub snapshot: Option<MemorySnapshot>,
+    /// The snapshot's pressure level at the default thresholds.
+    pub pressure: Option<PressureLevel>,
+}
+
+impl DeviceMemory {
+    /// `device`'s memory: `models_bytes` loaded, read from `monitor` where
+    /// it knows the device, else from the host for the CPU.
+    pub(crate) fn read(
+        device: DeviceId,
+        models_bytes: u64,
+        engine_budget: Option<u64>,
+        monitor: Option<&BudgetMonitor>,
+    ) -> Self {
+        let budgeted = monitor.filter(|m| m.devices().contains(&device));
+        let snapshot = match budgeted {
+            Some(m) => m.snapshot(device).ok(),
+            None if device.is_cpu() => HostMonitor::new().snapshot(device).ok(),
+            None => None,
+        };
+        let budget = match (engine_budget, budgeted.and(snapshot.as_ref())) {
+            (Some(a), Some(s)) => Some(a.min(s.total)),
+            (a, s) => a.or(s.map(|s| s.total)),
+        };
+        let pressure = snapshot
+            .as_ref()
+            .filter(|s| s.total > 0)
+            .map(|s| Thresholds::default().level_of(s.used as f64 / s.total as f64));
+        Self {
+            device,
+            models_bytes,
+            budget,
+            snapshot,
+            pressure,
+        }
+    }
 }
 
 /// Successes kept for percentiles.
