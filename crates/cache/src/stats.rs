@@ -72,4 +72,28 @@ impl<K> CacheStats<K> {
             self.hits as f64 / all as f64
         }
     }
+
+    /// The same counters with each model's key turned into another (for a
+    /// cache keyed by a composite key, reported by name).
+    ///
+    /// ```
+    /// use switchyard_cache::{CacheStats, ModelStats};
+    /// let mut stats = CacheStats::<u32>::default();
+    /// stats.models.push((7, ModelStats::default()));
+    /// assert_eq!(stats.map_keys(|k| format!("model-{k}")).models[0].0, "model-7");
+    /// ```
+    pub fn map_keys<J>(self, mut f: impl FnMut(K) -> J) -> CacheStats<J> {
+        CacheStats {
+            hits: self.hits,
+            misses: self.misses,
+            loads: self.loads,
+            failures: self.failures,
+            refused: self.refused,
+            evictions: self.evictions,
+            entries: self.entries,
+            loading: self.loading,
+            bytes: self.bytes,
+            models: self.models.into_iter().map(|(k, m)| (f(k), m)).collect(),
+        }
+    }
 }

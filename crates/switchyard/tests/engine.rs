@@ -19,7 +19,7 @@ use switchyard::text::{
 use switchyard::{
     Engine, EngineError, GenerationOptions, Health, Request, Response, SessionState, ShutdownMode,
 };
-use switchyard_testkit::tiny::{self, GgufQuant, TinyBert, TinyLlama};
+use switchyard_testkit::tiny::{self, GgufQuant, TinyLlama};
 
 struct Models {
     _dir: tempfile::TempDir,
@@ -29,10 +29,7 @@ struct Models {
 
 fn models() -> Models {
     let dir = tempfile::tempdir().unwrap();
-    let llama = dir.path().join("tiny.gguf");
-    tiny::write_llama_gguf(&llama, &TinyLlama::default(), GgufQuant::Q8_0, 7).unwrap();
-    let bert = dir.path().join("bert");
-    tiny::write_bert(&bert, &TinyBert::default(), 7).unwrap();
+    let tiny::TextModels { llama, bert } = tiny::write_text_models(dir.path(), 7).unwrap();
     Models {
         _dir: dir,
         llama,

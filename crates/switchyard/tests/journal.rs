@@ -17,20 +17,9 @@ use switchyard::text::ChatMessage;
 use switchyard::{
     Engine, EngineError, GenerationOptions, RecoveredOutcome, RecoveryPolicy, Request,
 };
-use switchyard_testkit::tiny::{self, GgufQuant, TinyBert, TinyLlama};
+use switchyard_testkit::tiny;
 
 const CHILD: &str = "SWITCHYARD_JOURNAL_TEST_DIR";
-
-fn write_models(dir: &Path) {
-    tiny::write_llama_gguf(
-        &dir.join("tiny.gguf"),
-        &TinyLlama::default(),
-        GgufQuant::Q8_0,
-        7,
-    )
-    .unwrap();
-    tiny::write_bert(&dir.join("bert"), &TinyBert::default(), 7).unwrap();
-}
 
 fn start(dir: &Path, policy: RecoveryPolicy, journal: &Path) -> Engine {
     let spec =
@@ -132,7 +121,7 @@ fn run_child_until_ready(dir: &Path) -> Vec<RequestId> {
 #[test]
 fn crash_leaves_no_request_behind() {
     let dir = tempfile::tempdir().unwrap();
-    write_models(dir.path());
+    tiny::write_text_models(dir.path(), 7).unwrap();
     let ids = run_child_until_ready(dir.path());
     let journal = dir.path().join("requests.journal");
     // The crash also cut a write short.

@@ -102,7 +102,7 @@ mod engine_budget {
     use switchyard::core::DeviceId;
     use switchyard::vram::{BudgetMonitor, PressureLevel};
     use switchyard::{Engine, EngineError, GenerationOptions, Request};
-    use switchyard_testkit::tiny::{self, GgufQuant, TinyBert, TinyLlama};
+    use switchyard_testkit::tiny;
 
     fn sized(id: &str, kind: ModelKind, path: std::path::PathBuf, bytes: u64) -> ModelSpec {
         let mut spec = ModelSpec::new(id, kind, ModelSource::Path(path));
@@ -124,10 +124,7 @@ mod engine_budget {
     #[test]
     fn a_refused_load_evicts_unused_models_and_retries_once() {
         let dir = tempfile::tempdir().unwrap();
-        let llama = dir.path().join("tiny.gguf");
-        tiny::write_llama_gguf(&llama, &TinyLlama::default(), GgufQuant::Q8_0, 7).unwrap();
-        let bert = dir.path().join("bert");
-        tiny::write_bert(&bert, &TinyBert::default(), 7).unwrap();
+        let tiny::TextModels { llama, bert } = tiny::write_text_models(dir.path(), 7).unwrap();
         // Either model fits the budget; both together do not. The engine
         // has no byte limit of its own, so only the monitor refuses.
         let budget = BudgetMonitor::new().with_budget(DeviceId::Cpu, 1000);
@@ -188,10 +185,7 @@ mod engine_budget {
     #[test]
     fn metrics_report_each_devices_memory_and_pressure() {
         let dir = tempfile::tempdir().unwrap();
-        let llama = dir.path().join("tiny.gguf");
-        tiny::write_llama_gguf(&llama, &TinyLlama::default(), GgufQuant::Q8_0, 7).unwrap();
-        let bert = dir.path().join("bert");
-        tiny::write_bert(&bert, &TinyBert::default(), 7).unwrap();
+        let tiny::TextModels { llama, bert } = tiny::write_text_models(dir.path(), 7).unwrap();
 
         // Without a monitor: the host's memory for the CPU.
         let engine = Engine::builder()

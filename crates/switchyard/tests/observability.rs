@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use switchyard::config::{ModelKind, ModelSource, ModelSpec};
 use switchyard::{Engine, GenerationOptions, Request};
-use switchyard_testkit::tiny::{self, GgufQuant, TinyBert, TinyLlama};
+use switchyard_testkit::tiny;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
@@ -41,10 +41,7 @@ fn requests_loads_batches_and_steps_are_traced_and_metrics_export() {
     tracing::subscriber::set_global_default(counter).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let llama = dir.path().join("tiny.gguf");
-    tiny::write_llama_gguf(&llama, &TinyLlama::default(), GgufQuant::Q8_0, 3).unwrap();
-    let bert = dir.path().join("bert");
-    tiny::write_bert(&bert, &TinyBert::default(), 3).unwrap();
+    let tiny::TextModels { llama, bert } = tiny::write_text_models(dir.path(), 3).unwrap();
     let engine = Engine::builder()
         .model(ModelSpec::new(
             "llama",

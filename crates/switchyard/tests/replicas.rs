@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use switchyard::config::{Balance, ModelKind, ModelSource, ModelSpec};
 use switchyard::{Engine, GenerationOptions, Request};
-use switchyard_testkit::tiny::{self, GgufQuant, TinyBert, TinyLlama};
+use switchyard_testkit::tiny;
 
 struct Models {
     _dir: tempfile::TempDir,
@@ -17,10 +17,7 @@ struct Models {
 
 fn models() -> Models {
     let dir = tempfile::tempdir().unwrap();
-    let llama = dir.path().join("tiny.gguf");
-    tiny::write_llama_gguf(&llama, &TinyLlama::default(), GgufQuant::Q8_0, 7).unwrap();
-    let bert = dir.path().join("bert");
-    tiny::write_bert(&bert, &TinyBert::default(), 7).unwrap();
+    let tiny::TextModels { llama, bert } = tiny::write_text_models(dir.path(), 7).unwrap();
     Models {
         _dir: dir,
         llama,

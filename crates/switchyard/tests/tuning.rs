@@ -5,7 +5,7 @@
 
 use switchyard::config::{ModelKind, ModelSource, ModelSpec};
 use switchyard::{Engine, EngineError, GenerationOptions, ReplicaMetrics, Request};
-use switchyard_testkit::tiny::{self, GgufQuant, TinyBert, TinyLlama};
+use switchyard_testkit::tiny;
 
 fn replica(engine: &Engine, model: &str) -> ReplicaMetrics {
     engine.metrics().models[model].replicas[0].clone()
@@ -28,10 +28,7 @@ fn embed(engine: &Engine, n: usize) {
 #[test]
 fn batch_size_and_workers_change_while_serving_and_survive_a_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let llama = dir.path().join("tiny.gguf");
-    tiny::write_llama_gguf(&llama, &TinyLlama::default(), GgufQuant::Q8_0, 7).unwrap();
-    let bert = dir.path().join("bert");
-    tiny::write_bert(&bert, &TinyBert::default(), 7).unwrap();
+    let tiny::TextModels { llama, bert } = tiny::write_text_models(dir.path(), 7).unwrap();
     let engine = Engine::builder()
         .model(ModelSpec::new(
             "llama",

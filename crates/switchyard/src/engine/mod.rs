@@ -478,7 +478,11 @@ impl Engine {
             .inner
             .devices
             .iter()
-            .filter_map(|d| Some((*d, replicas::named(self.inner.caches.get(d)?.stats()))))
+            .filter_map(|d| {
+                let stats = self.inner.caches.get(d)?.stats();
+                // Replicas by name: `model`, `model#1`.
+                Some((*d, stats.map_keys(|k| k.to_string())))
+            })
             .collect();
         let memory = cache
             .iter()

@@ -9,14 +9,14 @@
 //! which are not journaled, and come back as [`RecoveredOutcome::Failed`]
 //! with [`EngineError::Interrupted`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::{Priority, RequestId};
 use switchyard_text::{ChatMessage, Prompt};
 
 use super::{Engine, EngineError, GenerationOptions, Handle, Request, Result, Task};
-use crate::journal::{Journal, Outcome, PendingRequest};
+use crate::journal::{Journal, Outcome, PendingRequest, unix_ms_now};
 
 /// What an engine built with a journal does with the requests a crash left
 /// unfinished.
@@ -322,13 +322,7 @@ fn rebuild(stored: Stored, accepted_ms: u64, now_ms: u64) -> Result<Request> {
 /// was not stored whole (requests with pictures);
 /// [`EngineError::TimedOut`] when its timeout has passed.
 pub fn journaled_request(pending: &PendingRequest) -> Result<Request> {
-    from_payload(pending, now_unix_ms()).2
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    from_payload(pending, unix_ms_now()).2
 }
 
 /// The journal outcome of a request's end.
@@ -359,7 +353,7 @@ impl Engine {
                 "crash journal: recovering"
             );
         }
-        let now = now_unix_ms();
+        let now = unix_ms_now();
         pending
             .iter()
             .map(|p| {

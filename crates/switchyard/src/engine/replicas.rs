@@ -217,39 +217,6 @@ fn expected(replica: &Replica, units: u64) -> (u8, f64) {
     }
 }
 
-/// Cache counters with replicas named as text (`model`, `model#1`).
-pub(crate) fn named(
-    stats: switchyard_cache::CacheStats<ReplicaKey>,
-) -> switchyard_cache::CacheStats<String> {
-    let switchyard_cache::CacheStats {
-        hits,
-        misses,
-        loads,
-        failures,
-        refused,
-        evictions,
-        entries,
-        loading,
-        bytes,
-        models,
-    } = stats;
-    switchyard_cache::CacheStats {
-        hits,
-        misses,
-        loads,
-        failures,
-        refused,
-        evictions,
-        entries,
-        loading,
-        bytes,
-        models: models
-            .into_iter()
-            .map(|(k, m)| (k.to_string(), m))
-            .collect(),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

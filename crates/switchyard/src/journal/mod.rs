@@ -259,9 +259,7 @@ impl Journal {
                 bytes: payload.len(),
             });
         }
-        let accepted_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let accepted_unix_ms = unix_ms_now();
         let framed = Record::Accepted {
             id,
             accepted_unix_ms,
@@ -316,6 +314,13 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// Milliseconds since the Unix epoch now (0 on a clock set before it).
+pub(crate) fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Writes `pending` (in acceptance order) to a new file beside `path`,

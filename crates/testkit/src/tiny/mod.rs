@@ -12,6 +12,7 @@
 //! | [`write_stable_diffusion`] | diffusers folder: `model_index.json`, `unet/`, `vae/` (`config.json` + `diffusion_pytorch_model.safetensors`), `text_encoder/` (`config.json` + `model.safetensors`), `tokenizer/` (`vocab.json`, `merges.txt`, ...), `scheduler/scheduler_config.json`; for SDXL ([`TinyStableDiffusion::sdxl`]) also `text_encoder_2/` (with `text_projection`) and `tokenizer_2/` | candle-transformers `stable_diffusion` UNet and VAE, switchyard-diffusion |
 //! | [`write_unet`] | a `unet/` folder alone, SD or SDXL shaped ([`TinyTextTime`]) | switchyard-diffusion's UNet |
 //! | [`write_controlnet`] | diffusers ControlNet folder for a tiny pipeline: `config.json` + `diffusion_pytorch_model.safetensors` | switchyard-diffusion |
+//! | [`write_text_models`] | a tiny Llama `.gguf` and a tiny BERT folder side by side | the engine's text pipelines |
 //! | [`write_bert`] | sentence-transformers folder: `config.json`, `model.safetensors`, `tokenizer.json`, `modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json` | candle-transformers `bert`, tokenizers |
 //!
 //! The GGUF writer permutes the query and key projections the way llama.cpp's
@@ -67,6 +68,38 @@ pub enum TinyError {
 
 /// Result with [`TinyError`].
 pub type Result<T, E = TinyError> = std::result::Result<T, E>;
+
+/// Where [`write_text_models`] put its two models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextModels {
+    /// The tiny Llama: one `.gguf` file with Q8_0 weights.
+    pub llama: PathBuf,
+    /// The tiny BERT: a sentence-transformers folder.
+    pub bert: PathBuf,
+}
+
+/// A tiny generation model (`tiny.gguf`, [`TinyLlama::default`], Q8_0) and
+/// a tiny embedding model (`bert/`, [`TinyBert::default`]) in `dir`, both
+/// from `seed`: the pair an engine serving text needs.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let models = switchyard_testkit::tiny::write_text_models(dir.path(), 7)?;
+/// assert!(models.llama.is_file() && models.bert.join("config.json").is_file());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn write_text_models(dir: &Path, seed: u64) -> Result<TextModels> {
+    let models = TextModels {
+        llama: dir.join("tiny.gguf"),
+        bert: dir.join("bert"),
+    };
+    write_llama_gguf(&models.llama, &TinyLlama::default(), GgufQuant::Q8_0, seed)?;
+    write_bert(&models.bert, &TinyBert::default(), seed)?;
+    Ok(models)
+}
 
 fn ensure_parent(path: &Path) -> Result<()> {
     match path.parent().filter(|p| !p.as_os_str().is_empty()) {
