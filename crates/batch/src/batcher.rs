@@ -18,6 +18,7 @@ use crate::{
     BatchError, BatchHandler, BatchKey, BatchSizeController, Fixed, Pid, PidConfig, Request,
     SubmitError,
 };
+use crate::{YieldGate, YieldGuard};
 
 /// Makes the controller for a key the first time the key is seen.
 pub type ControllerFactory = Arc<dyn Fn(&BatchKey) -> Box<dyn BatchSizeController> + Send + Sync>;
@@ -60,6 +61,10 @@ pub struct BatcherConfig {
     pub on_drop: ShutdownMode,
     /// Worker thread name prefix.
     pub thread_name: String,
+    /// The device's gate: every request counts on it until answered, and a
+    /// batch whose most urgent request the gate holds waits (other keys'
+    /// batches may run meanwhile).
+    pub yield_gate: Option<Arc<YieldGate>>,
 }
 
 impl Default for BatcherConfig {
@@ -73,6 +78,7 @@ impl Default for BatcherConfig {
             sweep_interval: Duration::from_millis(10),
             on_drop: ShutdownMode::FailQueued,
             thread_name: "switchyard-batch".to_owned(),
+            yield_gate: None,
         }
     }
 }
@@ -83,6 +89,8 @@ pub(crate) struct Waiter<H: BatchHandler> {
     pub(crate) cell: Arc<CellOf<H>>,
     pub(crate) deadline: Option<Deadline>,
     pub(crate) enqueued_at: std::time::Instant,
+    /// Counts the request on the device's gate until it is answered.
+    pub(crate) _yield: Option<YieldGuard>,
 }
 
 /// What the queue holds per entry: the input and everyone waiting on it.
@@ -312,6 +320,14 @@ impl<H: BatchHandler> BatcherBuilder<H> {
         self
     }
 
+    /// Share `gate` with the device's other pipelines: requests count on it
+    /// from submission to answer, and batches the gate holds wait while
+    /// more urgent work is under way.
+    pub fn yield_gate(mut self, gate: Arc<YieldGate>) -> Self {
+        self.config.yield_gate = Some(gate);
+        self
+    }
+
     /// Most total cost per batch.
     pub fn max_batch_cost(mut self, cost: u64) -> Self {
         self.config.max_batch_cost = cost.max(1);
@@ -467,6 +483,11 @@ impl<H: BatchHandler> Batcher<H> {
             cell: Arc::clone(&cell),
             deadline,
             enqueued_at: now,
+            _yield: shared
+                .config
+                .yield_gate
+                .as_ref()
+                .map(|g| g.enter(request.priority)),
         });
         let coalesce = request.coalesce.filter(|_| shared.cloner.is_some());
 

@@ -70,6 +70,7 @@ mod queue;
 mod request;
 pub mod sim;
 mod worker;
+mod yield_gate;
 
 pub use batcher::{
     Batcher, BatcherBuilder, BatcherConfig, ControllerFactory, HandleOf, MemoryHook, ShutdownMode,
@@ -87,3 +88,4 @@ pub use queue::{
 };
 pub use request::{BatchKey, Request};
 pub use switchyard_core::Priority;
+pub use yield_gate::{YIELD_POLL, YieldGate, YieldGuard};

@@ -460,6 +460,20 @@ impl<T> PriorityQueue<T> {
         max_cost: u64,
         now: Instant,
     ) -> Taken<T> {
+        self.take_batch_above(key, max_items, max_cost, now, Priority::Low)
+    }
+
+    /// [`take_batch`](Self::take_batch), stopping at the first request
+    /// whose effective priority is below `floor` (what a
+    /// [`YieldGate`](crate::YieldGate) holds stays queued).
+    pub fn take_batch_above(
+        &mut self,
+        key: &BatchKey,
+        max_items: usize,
+        max_cost: u64,
+        now: Instant,
+        floor: Priority,
+    ) -> Taken<T> {
         let mut taken = Taken {
             batch: Vec::with_capacity(max_items.min(self.len)),
             expired: Vec::new(),
@@ -470,9 +484,12 @@ impl<T> PriorityQueue<T> {
         };
         let mut cost = 0u64;
         while taken.batch.len() < max_items {
-            let Some((level, _, _)) = sub.best_level(now, aging) else {
+            let Some((level, rank, _)) = sub.best_level(now, aging) else {
                 break;
             };
+            if rank > floor.rank() {
+                break;
+            }
             let Some(head) = sub.levels[level].front() else {
                 break;
             };

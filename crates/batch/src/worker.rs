@@ -12,7 +12,10 @@ use crate::batcher::{OutcomeOf, Payload, Shared, State, Waiter, controller_targe
 use crate::handler::{Member, RunningSet};
 use crate::metrics::nanos;
 use crate::queue::Queued;
-use crate::{BatchContext, BatchError, BatchHandler, BatchKey, BatchObservation, ShutdownMode};
+use crate::{
+    BatchContext, BatchError, BatchHandler, BatchKey, BatchObservation, Priority, ShutdownMode,
+    YIELD_POLL,
+};
 
 /// A batch taken from the queue, ready to run.
 struct Formed<H: BatchHandler> {
@@ -107,8 +110,17 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
         ..
     } = state;
     let mut earliest: Option<Instant> = None;
+    let gate = config.yield_gate.as_deref();
     let best = queue
         .best_key(now, |key, summary| {
+            let held = gate.is_some_and(|g| {
+                Priority::from_rank(summary.best_rank).is_some_and(|p| !g.allows(p))
+            });
+            if held {
+                let poll = now + YIELD_POLL;
+                earliest = Some(earliest.map_or(poll, |e| e.min(poll)));
+                return false;
+            }
             let fill_by = summary.oldest + config.max_wait;
             let ready = draining
                 || now >= fill_by
@@ -124,9 +136,10 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
         return Choice::WaitUntil(earliest.unwrap_or(now + config.max_wait));
     };
     let target = state.target(&key);
+    let floor = gate.map_or(Priority::Low, |g| g.floor());
     let taken = state
         .queue
-        .take_batch(&key, target, config.max_batch_cost, now);
+        .take_batch_above(&key, target, config.max_batch_cost, now, floor);
     for entry in taken.batch.iter().chain(&taken.expired) {
         state.unindex(&key, entry);
     }

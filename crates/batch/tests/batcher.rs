@@ -440,3 +440,43 @@ fn public_types_are_send_and_sync() {
     check::<switchyard_batch::MetricsSnapshot>();
     check::<switchyard_batch::PriorityQueue<u64>>();
 }
+
+#[test]
+fn a_yield_gate_holds_less_urgent_batches_while_urgent_work_is_under_way() {
+    use switchyard_batch::YieldGate;
+    let gate = YieldGate::new(Priority::Urgent);
+    let rec = Recorder::open();
+    let b = Batcher::builder(rec.clone())
+        .workers(1)
+        .fixed(4)
+        .max_wait(Duration::from_millis(1))
+        .yield_gate(Arc::clone(&gate))
+        .build()
+        .unwrap();
+    // Urgent work elsewhere on the device (another model's request).
+    let elsewhere = gate.enter(Priority::Urgent);
+    let low = b
+        .submit(Request::new(Job::double(1)).with_priority(Priority::Low))
+        .unwrap();
+    let normal = b
+        .submit(Request::new(Job::double(2)).with_priority(Priority::Normal))
+        .unwrap();
+    // Urgent requests still run at once.
+    let urgent = b
+        .submit(Request::new(Job::double(3)).with_priority(Priority::Urgent))
+        .unwrap();
+    assert_eq!(urgent.wait().unwrap(), 6);
+    std::thread::sleep(Duration::from_millis(50));
+    // Queued requests count on the gate until answered.
+    assert_eq!(gate.active(), [1, 0, 1, 1]);
+    assert_eq!(
+        rec.seen(),
+        vec![3],
+        "held while the urgent work is under way"
+    );
+    drop(elsewhere);
+    assert_eq!(normal.wait().unwrap(), 4);
+    assert_eq!(low.wait().unwrap(), 2);
+    assert_eq!(rec.seen(), vec![3, 2, 1]);
+    assert_eq!(gate.active(), [0; 4]);
+}

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
+use switchyard_batch::YieldGate;
 use switchyard_cache::{CacheConfig, ModelCache};
-use switchyard_core::DeviceId;
+use switchyard_core::{DeviceId, Priority};
 use switchyard_vram::BudgetMonitor;
 
 use super::models::{ModelLoader, RunnerSettings};
@@ -31,6 +32,7 @@ pub struct EngineBuilder {
     monitor: Option<BudgetMonitor>,
     journal: Option<PathBuf>,
     recovery: RecoveryPolicy,
+    yield_to: Option<Priority>,
 }
 
 impl Default for EngineBuilder {
@@ -47,11 +49,24 @@ impl Default for EngineBuilder {
             monitor: None,
             journal: None,
             recovery: RecoveryPolicy::default(),
+            yield_to: Some(Priority::Urgent),
         }
     }
 }
 
 impl EngineBuilder {
+    /// Priority across models: while a request at `level` or above is
+    /// under way on a device, less urgent work there (other models'
+    /// batches, other sequences' decoding steps) pauses between steps, so
+    /// that urgent requests keep the latency they have alone. Default
+    /// `Some(Priority::Urgent)`; `None` lets every model's work share the
+    /// device whatever its priority. A denoising run that has started
+    /// finishes its steps; queue aging still lifts work that waited long.
+    pub fn yield_to(mut self, level: Option<Priority>) -> Self {
+        self.yield_to = level;
+        self
+    }
+
     /// Serve the models of `registry` (replacing any added before).
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
@@ -170,18 +185,6 @@ impl EngineBuilder {
         let registry = Arc::new(self.registry);
         let sessions: Sessions = Arc::default();
         let tunings: super::tuning::Tunings = Arc::default();
-        let loader = Arc::new(ModelLoader {
-            registry: Arc::clone(&registry),
-            hf_cache: self.hf_cache.unwrap_or_else(hf_cache_dir),
-            settings: RunnerSettings {
-                kv_tokens: self.kv_tokens,
-                batch_max_wait: self.batch_max_wait,
-            },
-            monitor: self.monitor.clone(),
-            tunings: Arc::clone(&tunings),
-            free_memory: std::sync::OnceLock::new(),
-            sessions: Arc::clone(&sessions),
-        });
         let mut devices: Vec<DeviceId> = Vec::new();
         for spec in registry.models() {
             for d in &spec.devices {
@@ -190,6 +193,26 @@ impl EngineBuilder {
                 }
             }
         }
+        let yield_gates = match self.yield_to {
+            Some(level) => devices
+                .iter()
+                .map(|&d| (d, YieldGate::new(level)))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let loader = Arc::new(ModelLoader {
+            registry: Arc::clone(&registry),
+            hf_cache: self.hf_cache.unwrap_or_else(hf_cache_dir),
+            settings: RunnerSettings {
+                kv_tokens: self.kv_tokens,
+                batch_max_wait: self.batch_max_wait,
+                yield_gates,
+            },
+            monitor: self.monitor.clone(),
+            tunings: Arc::clone(&tunings),
+            free_memory: std::sync::OnceLock::new(),
+            sessions: Arc::clone(&sessions),
+        });
         let replicas: HashMap<String, ReplicaSet> = registry
             .models()
             .iter()

@@ -1,13 +1,14 @@
 //! Loading a registered model into something that runs requests: the
 //! model cache's [`Loader`], and the pipelines it builds.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "diffusion")]
 use parking_lot::RwLock;
-use switchyard_batch::Batcher;
+use switchyard_batch::{BatchHandler, Batcher, BatcherBuilder, YieldGate};
 use switchyard_cache::{LoadError, Loaded, Loader};
 use switchyard_core::DeviceId;
 use switchyard_text::{
@@ -80,6 +81,8 @@ pub(crate) struct RunnerSettings {
     pub(crate) kv_tokens: usize,
     /// Longest an embedding or image batch waits to fill.
     pub(crate) batch_max_wait: Duration,
+    /// Each device's gate (none when priorities do not cross models).
+    pub(crate) yield_gates: HashMap<DeviceId, Arc<YieldGate>>,
 }
 
 /// The cache's loader: registry entries to pipelines.
@@ -124,6 +127,18 @@ pub(crate) fn disk_bytes(path: &Path) -> u64 {
 }
 
 impl ModelLoader {
+    /// `builder` sharing `device`'s yield gate, if it has one.
+    fn gated<H: BatchHandler>(
+        &self,
+        builder: BatcherBuilder<H>,
+        device: DeviceId,
+    ) -> BatcherBuilder<H> {
+        match self.settings.yield_gates.get(&device) {
+            Some(gate) => builder.yield_gate(Arc::clone(gate)),
+            None => builder,
+        }
+    }
+
     /// Holds `bytes` for `spec` against the monitor (nothing to hold
     /// without one, or for a device it has no budget for).
     fn reserve(
@@ -187,7 +202,8 @@ impl ModelLoader {
         if spec.kind == ModelKind::ImageProcessing {
             let bytes = spec.memory_bytes.unwrap_or(0);
             let memory = self.reserve(spec, device, bytes)?;
-            let batcher = Batcher::builder(ImageOpsHandler::new(&spec.id))
+            let batcher = self
+                .gated(Batcher::builder(ImageOpsHandler::new(&spec.id)), device)
                 .workers(1)
                 .fixed(1)
                 .build()
@@ -210,6 +226,7 @@ impl ModelLoader {
             ModelKind::TextGeneration => {
                 let generator = Generator::load(&path, device).map_err(|e| fail(e.to_string()))?;
                 let config = GenerationEngineConfig {
+                    yield_gate: self.settings.yield_gates.get(&device).cloned(),
                     kv_tokens: self.settings.kv_tokens,
                     max_running: tuning::batch_size(&self.tunings, spec),
                     ..GenerationEngineConfig::default()
@@ -221,7 +238,9 @@ impl ModelLoader {
             ModelKind::Embedding => {
                 let embedder =
                     BertEmbedder::load(&path, device).map_err(|e| fail(e.to_string()))?;
-                let batcher = Batcher::builder(EmbeddingHandler::new(Arc::new(embedder)))
+                let handler = EmbeddingHandler::new(Arc::new(embedder));
+                let batcher = self
+                    .gated(Batcher::builder(handler), device)
                     .workers(tuning::workers(&self.tunings, spec))
                     .fixed(tuning::batch_size(&self.tunings, spec))
                     .max_wait(self.settings.batch_max_wait)
@@ -306,7 +325,7 @@ impl ModelLoader {
         });
         let handler = DiffusionHandler::new(spec.id.as_str(), Arc::new(RwLock::new(sd)))
             .with_step_observer(observer);
-        Batcher::builder(handler)
+        self.gated(Batcher::builder(handler), device)
             .workers(tuning::workers(&self.tunings, spec))
             .fixed(tuning::batch_size(&self.tunings, spec))
             .max_wait(self.settings.batch_max_wait)

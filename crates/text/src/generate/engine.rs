@@ -12,14 +12,14 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use switchyard_batch::{BatchObservation, BatchSizeController, ControllerState, Pid};
+use switchyard_batch::{BatchObservation, BatchSizeController, Pid, YIELD_POLL, YieldGate};
 use switchyard_core::{Deadline, Priority};
-use switchyard_pool::KvStats;
 
 pub use super::latency::LatencyControl;
 use super::latency::LatencyWindow;
 use super::run::{DeltaSink, Prepared};
 use super::scheduler::{Admission, Scheduler, SchedulerConfig};
+pub use super::stats::GenerationStats;
 use super::stream::{self, DeltaSender};
 use super::{GenerateRequest, GenerationStream, Generator, TextDelta};
 use crate::{Result, TextError};
@@ -49,6 +49,10 @@ pub struct GenerationEngineConfig {
     /// PID control of the running cap from measured inter-token latency;
     /// `None` keeps the cap at `max_running`.
     pub latency: Option<LatencyControl>,
+    /// The device's gate, shared with its other pipelines: while it holds
+    /// a priority, running sequences of that priority skip steps (keeping
+    /// their blocks) and do not count against `max_running`.
+    pub yield_gate: Option<Arc<YieldGate>>,
 }
 
 impl Default for GenerationEngineConfig {
@@ -62,6 +66,7 @@ impl Default for GenerationEngineConfig {
             prefix_caching: true,
             urgent_preempts_low: true,
             latency: None,
+            yield_gate: None,
         }
     }
 }
@@ -74,49 +79,6 @@ pub struct RequestOptions {
     /// When it must have started by: a request still waiting then ends
     /// with [`TextError::DeadlineExpired`] and never runs.
     pub deadline: Option<Deadline>,
-}
-
-/// A snapshot of a [`GenerationEngine`]'s counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct GenerationStats {
-    /// Sequences running now.
-    pub running: usize,
-    /// Requests waiting to start (or to resume after a preemption).
-    pub waiting: usize,
-    /// The cap on running sequences now (moved by the controller).
-    pub max_running: usize,
-    /// Forward steps run.
-    pub steps: u64,
-    /// Tokens sampled.
-    pub generated_tokens: u64,
-    /// Prompt tokens computed (recomputation after preemption included).
-    pub prefill_tokens: u64,
-    /// Prompt tokens whose keys and values came from the prefix cache.
-    pub cached_prompt_tokens: u64,
-    /// Sequences preempted to free blocks.
-    pub preemptions: u64,
-    /// Requests that ended, for any reason.
-    pub finished: u64,
-    /// Median inter-token latency over the recent steps, in seconds.
-    pub itl_p50_secs: f64,
-    /// 95th percentile of the same.
-    pub itl_p95_secs: f64,
-    /// The KV block pool's counters (prefix hit rate among them).
-    pub kv: KvStats,
-    /// The latency controller's state, when there is one.
-    pub controller: Option<ControllerState>,
-}
-
-impl GenerationStats {
-    /// Share of prompt tokens served from the prefix cache.
-    pub fn prefix_hit_rate(&self) -> f64 {
-        let all = self.prefill_tokens + self.cached_prompt_tokens;
-        if all == 0 {
-            0.0
-        } else {
-            self.cached_prompt_tokens as f64 / all as f64
-        }
-    }
 }
 
 /// What happens to unfinished work when the engine stops.
@@ -238,11 +200,13 @@ impl GenerationEngine {
         let (ready_tx, ready_rx) = mpsc::channel();
         let model = generator.model().clone();
         let thread_shared = shared.clone();
+        let gate = config.yield_gate.clone();
         let thread = std::thread::Builder::new()
             .name("switchyard-engine".into())
             .spawn(move || {
                 let scheduler = match Scheduler::new(&model, scheduler_config) {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        s.set_yield_gate(gate);
                         let _ = ready_tx.send(Ok(()));
                         s
                     }
@@ -453,6 +417,17 @@ impl Loop<'_> {
                     .refuse_waiting(|| TextError::ShuttingDown, &mut sink);
             }
             self.step();
+            if self.scheduler.holding() {
+                // Every running sequence yields to urgent work elsewhere:
+                // look again soon, or at once when a request arrives.
+                match rx.recv_timeout(YIELD_POLL) {
+                    Ok(command) => self.handle(command),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        self.shutdown.get_or_insert(ShutdownMode::Drain);
+                    }
+                }
+            }
         }
     }
 

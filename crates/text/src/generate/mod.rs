@@ -7,6 +7,8 @@ mod engine;
 mod latency;
 mod run;
 mod scheduler;
+mod sequence;
+mod stats;
 mod stream;
 
 use std::path::Path;

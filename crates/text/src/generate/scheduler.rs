@@ -10,16 +10,17 @@
 //! room returns, so its stream goes on without a gap or a repeat.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_batch::{BatchKey, PriorityQueue, QueueConfig, Queued};
+use switchyard_batch::{BatchKey, PriorityQueue, QueueConfig, Queued, YieldGate};
 use switchyard_core::{Deadline, Priority, RequestId};
-use switchyard_pool::{KvBlockPool, KvPoolConfig, KvStats, KvStorage, PoolError, SeqId};
+use switchyard_pool::{KvBlockPool, KvPoolConfig, KvStats, KvStorage, PoolError};
 
 use super::run::{DeltaSink, Prepared};
-use super::{Finished, TextDelta};
+use super::sequence::{Seq, sample, send_last};
 use crate::llama::{LlamaModel, PagedKvCache, SeqStep};
-use crate::{FinishReason, Result, TextError, Usage};
+use crate::{FinishReason, Result, TextError};
 
 /// Knobs of a [`Scheduler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,29 +71,6 @@ pub(crate) struct SchedulerStats {
     pub(crate) finished: u64,
 }
 
-/// A request's state from submission to its last delta.
-struct Seq {
-    /// Its index for the sink.
-    id: usize,
-    job: Prepared,
-    /// Prompt and generated tokens.
-    tokens: Vec<u32>,
-    /// Tokens whose keys and values are in the cache.
-    computed: usize,
-    generated: usize,
-    admission: Admission,
-    /// Admission number (for choosing whom to preempt); 0 before admission.
-    admitted: u64,
-    /// Its last delta went out.
-    done: bool,
-}
-
-impl Seq {
-    fn pool_id(&self) -> SeqId {
-        SeqId(self.id as u64)
-    }
-}
-
 /// Runs many generation requests over one model and one KV cache, a
 /// forward step at a time (see the module docs).
 pub(crate) struct Scheduler<'m> {
@@ -108,6 +86,10 @@ pub(crate) struct Scheduler<'m> {
     running: Vec<Seq>,
     admissions: u64,
     stats: SchedulerStats,
+    /// The device's gate: running sequences it holds skip steps.
+    gate: Option<Arc<YieldGate>>,
+    /// The last step computed nothing because the gate held every row.
+    holding: bool,
 }
 
 fn generation(e: impl std::fmt::Display) -> TextError {
@@ -145,7 +127,28 @@ impl<'m> Scheduler<'m> {
             running: Vec::new(),
             admissions: 0,
             stats: SchedulerStats::default(),
+            gate: None,
+            holding: false,
         })
+    }
+
+    /// Share the device's [`YieldGate`]: requests count on it from
+    /// submission to their end; while it holds a priority, those running
+    /// sequences skip steps (keeping their blocks), do not count against
+    /// the running cap, and no such request is admitted.
+    pub(crate) fn set_yield_gate(&mut self, gate: Option<Arc<YieldGate>>) {
+        self.gate = gate;
+    }
+
+    /// Whether the last step ran nothing because the gate held every
+    /// running sequence (the caller should wait a little).
+    pub(crate) fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// The least urgent priority that may compute now.
+    fn floor(&self) -> Priority {
+        self.gate.as_ref().map_or(Priority::Low, |g| g.floor())
     }
 
     /// Queue `job` under sink index `id`. Refused when it could never fit
@@ -171,6 +174,7 @@ impl<'m> Scheduler<'m> {
             admission,
             admitted: 0,
             done: false,
+            _yield: self.gate.as_ref().map(|g| g.enter(admission.priority)),
         };
         let mut entry = Queued::new(
             RequestId::from_u64(id as u64),
@@ -285,11 +289,17 @@ impl<'m> Scheduler<'m> {
     pub(crate) fn step(&mut self, sink: &mut dyn DeltaSink) -> Result<bool> {
         self.drop_cancelled(sink);
         self.drop_expired(sink);
-        self.admit(sink)?;
+        self.holding = false;
+        let floor = self.floor();
+        self.admit(floor, sink)?;
         if self.running.is_empty() {
             return Ok(!self.is_idle());
         }
-        let plan = self.plan();
+        let plan = self.plan(floor);
+        if plan.is_empty() {
+            self.holding = true;
+            return Ok(true);
+        }
         let tables: Vec<Vec<u32>> = plan
             .iter()
             .map(|&(i, _)| {
@@ -353,9 +363,16 @@ impl<'m> Scheduler<'m> {
     }
 
     /// (running index, tokens) for this step: every decode row, then prompt
-    /// chunks in admission order within the budget.
-    fn plan(&self) -> Vec<(usize, usize)> {
-        let pending = |s: &Seq| s.tokens.len() - s.computed;
+    /// chunks in admission order within the budget; none of a priority
+    /// below `floor`.
+    fn plan(&self, floor: Priority) -> Vec<(usize, usize)> {
+        let pending = |s: &Seq| {
+            if s.admission.priority.rank() > floor.rank() {
+                0
+            } else {
+                s.tokens.len() - s.computed
+            }
+        };
         let decodes = self.running.iter().filter(|s| pending(s) == 1).count();
         let mut budget = self
             .config
@@ -424,16 +441,23 @@ impl<'m> Scheduler<'m> {
     /// request whose first block is being prefilled right now by a running
     /// sequence waits a step (with prefix caching), so that it finds those
     /// blocks cached instead of computing them a second time.
-    fn admit(&mut self, sink: &mut dyn DeltaSink) -> Result<()> {
+    fn admit(&mut self, floor: Priority, sink: &mut dyn DeltaSink) -> Result<()> {
         // Parked requests leave `ready` until the loop ends, so each is
-        // looked at once.
+        // looked at once. Sequences below `floor` neither count against
+        // the cap nor start.
+        let allowed = |s: &Seq| s.admission.priority.rank() <= floor.rank();
         let mut parked = Vec::new();
-        while self.running.len() < self.config.max_running {
-            let next = match self.ready.pop_front() {
-                Some(s) => s,
+        while self.running.iter().filter(|s| allowed(s)).count() < self.config.max_running {
+            let next = match self.ready.iter().position(allowed) {
+                Some(at) => self
+                    .ready
+                    .remove(at)
+                    .ok_or_else(|| generation("ready queue"))?,
                 None => {
                     let now = Instant::now();
-                    let taken = self.queue.take_batch(&self.key, 1, u64::MAX, now);
+                    let taken = self
+                        .queue
+                        .take_batch_above(&self.key, 1, u64::MAX, now, floor);
                     for e in taken.expired {
                         self.expire(e.payload, sink);
                     }
@@ -587,63 +611,6 @@ impl<'m> Scheduler<'m> {
         self.stats.finished += 1;
         send_last(&s, reason, last, sink);
     }
-}
-
-/// The last delta of `s`: `text`, `tokens` and why it ended.
-fn send_last(
-    s: &Seq,
-    reason: FinishReason,
-    (text, tokens): (String, Vec<u32>),
-    sink: &mut dyn DeltaSink,
-) {
-    let usage = Usage {
-        prompt_tokens: s.job.prompt.len(),
-        completion_tokens: s.generated,
-    };
-    sink.send(
-        s.id,
-        Ok(TextDelta {
-            text,
-            tokens,
-            finish: Some(Finished { reason, usage }),
-        }),
-    );
-}
-
-/// Sample the next token of `s` from its logits and stream it. Returns the
-/// token when the sequence goes on; a finished one is marked `done` for
-/// [`Scheduler::retire`].
-fn sample(s: &mut Seq, logits: &mut [f32], sink: &mut dyn DeltaSink) -> Result<Option<u32>> {
-    let token = s.job.sampler.sample(logits)?;
-    s.generated += 1;
-    let mut done = |s: &mut Seq, reason, text: String| {
-        send_last(s, reason, (text, vec![token]), sink);
-        s.done = true;
-        Ok(None)
-    };
-    if s.job.stop_ids.contains(&token) {
-        let held = s.job.stops.finish();
-        return done(s, FinishReason::Stop, held);
-    }
-    let piece = s.job.decoder.step(token)?.unwrap_or_default();
-    let (mut text, stopped) = s.job.stops.push(&piece);
-    if stopped {
-        return done(s, FinishReason::Stop, text);
-    }
-    if s.generated >= s.job.max_new {
-        text.push_str(&s.job.stops.finish());
-        return done(s, FinishReason::Length, text);
-    }
-    sink.send(
-        s.id,
-        Ok(TextDelta {
-            text,
-            tokens: vec![token],
-            finish: None,
-        }),
-    );
-    s.tokens.push(token);
-    Ok(Some(token))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use switchyard_core::{CancellationToken, DeviceId, SplitMix64};
 use switchyard_testkit::tiny::{self, GgufQuant, TinyLlama};
 
 use super::*;
-use crate::{Sampler, SamplingParams, StopMatcher, TextTokenizer};
+use crate::{Sampler, SamplingParams, StopMatcher, TextDelta, TextTokenizer};
 
 struct Tiny {
     _dir: tempfile::TempDir,
@@ -521,4 +521,64 @@ proptest! {
 fn tiny() -> &'static Tiny {
     static MODEL: std::sync::OnceLock<Tiny> = std::sync::OnceLock::new();
     MODEL.get_or_init(tiny_model)
+}
+
+#[test]
+fn sequences_the_yield_gate_holds_skip_steps_and_resume_unchanged() {
+    let t = tiny_model();
+    let low = Spec {
+        prompt: vec![5, 6, 7, 8, 9],
+        max_new: 12,
+        seed: None,
+    };
+    let urgent = Spec {
+        prompt: vec![11, 12, 13],
+        max_new: 6,
+        seed: Some(3),
+    };
+    let (low_alone, urgent_alone) = (alone(&t, &low), alone(&t, &urgent));
+    let gate = YieldGate::new(Priority::Urgent);
+    // One running sequence at most: the held Low one must not keep the
+    // Urgent one out.
+    let mut s = Scheduler::new(&t.model, config(64, 1)).unwrap();
+    s.set_yield_gate(Some(Arc::clone(&gate)));
+    let mut out = Collect::new(2);
+    let admission = |priority| Admission {
+        priority,
+        deadline: None,
+    };
+    s.submit(
+        0,
+        low.job(&t, CancellationToken::new()),
+        admission(Priority::Low),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        s.step(&mut out).unwrap();
+    }
+    let before = out.tokens[0].len();
+    assert!(before > 0 && !s.holding());
+    // Urgent work elsewhere on the device: the Low sequence waits.
+    let elsewhere = gate.enter(Priority::Urgent);
+    assert!(s.step(&mut out).unwrap());
+    assert!(s.holding());
+    assert_eq!(out.tokens[0].len(), before);
+    // An Urgent request here runs to its end past the cap; Low still
+    // waits. Requests count on the gate while they live.
+    let job = urgent.job(&t, CancellationToken::new());
+    s.submit(1, job, admission(Priority::Urgent)).unwrap();
+    assert_eq!(gate.active(), [2, 0, 0, 1]);
+    while out.ends[1] == 0 {
+        s.step(&mut out).unwrap();
+        assert!(!s.holding());
+        check_blocks(&s, 4);
+    }
+    assert_eq!(gate.active(), [1, 0, 0, 1]);
+    assert_eq!(out.tokens[0].len(), before, "held while Urgent work ran");
+    assert_eq!(out.tokens[1], urgent_alone);
+    drop(elsewhere);
+    drain(&mut s, &mut out);
+    assert_eq!(out.tokens[0], low_alone, "resumed where it stopped");
+    assert_eq!(out.ends, [1, 1]);
+    assert_eq!(gate.active(), [0; 4]);
 }
