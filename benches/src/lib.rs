@@ -35,6 +35,7 @@ pub mod batch_suites;
 pub mod decode_suite;
 pub mod diffusion_suite;
 pub mod embed_suite;
+pub mod engine_suite;
 pub mod kernels_suite;
 pub mod llama_server;
 pub mod memory_suites;

@@ -76,6 +76,11 @@ pub const ALL: &[Suite] = &[
         run: crate::diffusion_suite::diffusion,
     },
     Suite {
+        name: "engine",
+        about: "facade overhead vs the pipelines (SmolLM2 decode, MiniLM x32); mixed chat+embed+image traffic at three priorities",
+        run: crate::engine_suite::engine,
+    },
+    Suite {
         name: "kernels",
         about: "quantized matmul GB/s and GOP/s on SmolLM2's shapes, m = 1..32, vs candle's QMatMul",
         run: crate::kernels_suite::kernels,

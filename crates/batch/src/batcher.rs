@@ -163,6 +163,8 @@ pub(crate) struct Shared<H: BatchHandler> {
     pub(crate) rejected: AtomicU64,
     pub(crate) cloner: Option<Cloner<H>>,
     pub(crate) on_out_of_memory: Option<MemoryHook>,
+    /// This batcher's source id on its yield gate (0 without one).
+    pub(crate) yield_source: u64,
 }
 
 /// Called before a batch that ran out of memory is run again (see
@@ -394,6 +396,7 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             stopping: None,
             workers: Vec::new(),
         };
+        let yield_source = config.yield_gate.as_ref().map_or(0, |g| g.new_source());
         let shared = Arc::new(Shared {
             handler: self.handler,
             metrics: Mutex::new(Metrics::new(clock.now())),
@@ -405,6 +408,7 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             rejected: AtomicU64::new(0),
             cloner: self.cloner,
             on_out_of_memory: self.on_out_of_memory,
+            yield_source,
         });
         let batcher = Batcher {
             owner: Arc::new(HandleOwner(Arc::clone(&shared))),
@@ -487,7 +491,7 @@ impl<H: BatchHandler> Batcher<H> {
                 .config
                 .yield_gate
                 .as_ref()
-                .map(|g| g.enter(request.priority)),
+                .map(|g| g.enter_from(shared.yield_source, request.priority)),
         });
         let coalesce = request.coalesce.filter(|_| shared.cloner.is_some());
 

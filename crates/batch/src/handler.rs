@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use switchyard_core::{CancellationToken, RequestId};
+use switchyard_core::{CancellationToken, Priority, RequestId};
 
-use crate::BatchKey;
 use crate::handle::Cell;
+use crate::{BatchKey, YIELD_POLL, YieldGate};
 
 /// Runs batches of inputs: the one verb a pipeline implements to be batched.
 ///
@@ -114,6 +114,16 @@ pub struct BatchContext<'a> {
     pub(crate) key: &'a BatchKey,
     pub(crate) members: &'a [Member<'a>],
     pub(crate) running: Option<&'a RunningSet>,
+    pub(crate) pause: Option<Pause<'a>>,
+}
+
+/// What [`BatchContext::yield_point`] waits on: the device's gate, the
+/// batcher's source id on it, and the batch's most urgent priority.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pause<'a> {
+    pub(crate) gate: &'a YieldGate,
+    pub(crate) source: u64,
+    pub(crate) priority: Priority,
 }
 
 /// The ids of the batch a worker is running, so that `Batcher::cancel(id)`
@@ -241,6 +251,23 @@ impl BatchContext<'_> {
         token
     }
 
+    /// Call between the steps of a long batch: blocks while the batcher's
+    /// [`YieldGate`] holds the batch's most urgent priority for work of
+    /// the device's other pipelines (never for requests queued here, which
+    /// wait for this batch), or until every input is cancelled. Returns at
+    /// once without a gate.
+    pub fn yield_point(&self) {
+        let Some(pause) = self.pause else { return };
+        while !pause
+            .gate
+            .wait_besides(pause.priority, pause.source, YIELD_POLL)
+        {
+            if (0..self.len()).all(|i| self.is_cancelled(i)) {
+                return;
+            }
+        }
+    }
+
     /// A context for calling a handler directly, outside a batcher (tests,
     /// benchmarks): no request can be cancelled.
     pub fn detached<R>(key: &BatchKey, len: usize, f: impl FnOnce(&BatchContext<'_>) -> R) -> R {
@@ -255,6 +282,7 @@ impl BatchContext<'_> {
             key,
             members: &members,
             running: None,
+            pause: None,
         })
     }
 }

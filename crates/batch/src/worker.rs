@@ -9,7 +9,7 @@ use parking_lot::MutexGuard;
 use switchyard_core::{Clock, panic_message};
 
 use crate::batcher::{OutcomeOf, Payload, Shared, State, Waiter, controller_target};
-use crate::handler::{Member, RunningSet};
+use crate::handler::{Member, Pause, RunningSet};
 use crate::metrics::nanos;
 use crate::queue::Queued;
 use crate::{
@@ -262,6 +262,7 @@ fn retry_out_of_memory<H: BatchHandler>(
             key,
             members: &sub,
             running: Some(running),
+            pause: None,
         };
         let again = catch_unwind(AssertUnwindSafe(|| {
             shared.handler.run(&mut batch, &context)
@@ -297,6 +298,11 @@ fn execute<H: BatchHandler>(
     let mut groups: Vec<(Waiter<H>, Vec<Waiter<H>>)> = Vec::with_capacity(entries.len());
     let mut late = Vec::new();
     let mut cost = 0u64;
+    let top = entries
+        .iter()
+        .map(|e| e.priority)
+        .max()
+        .unwrap_or(Priority::Low);
     for entry in entries {
         cost = cost.saturating_add(entry.cost);
         let Payload {
@@ -336,6 +342,11 @@ fn execute<H: BatchHandler>(
         key: &key,
         members: &members,
         running: Some(slot),
+        pause: shared.config.yield_gate.as_deref().map(|gate| Pause {
+            gate,
+            source: shared.yield_source,
+            priority: top,
+        }),
     };
     let span = tracing::debug_span!(
         "batch",

@@ -13,7 +13,9 @@
 //! [`enter`]: YieldGate::enter
 //! [`allows`]: YieldGate::allows
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -28,8 +30,16 @@ pub const YIELD_POLL: Duration = Duration::from_millis(5);
 #[derive(Debug)]
 pub struct YieldGate {
     level: Priority,
-    active: Mutex<[usize; 4]>,
+    active: Mutex<Counts>,
     opened: Condvar,
+    next_source: AtomicU64,
+}
+
+/// Requests under way per priority rank: in all, and per named source.
+#[derive(Debug, Default)]
+struct Counts {
+    all: [usize; 4],
+    by_source: HashMap<u64, [usize; 4]>,
 }
 
 impl YieldGate {
@@ -37,9 +47,16 @@ impl YieldGate {
     pub fn new(level: Priority) -> Arc<Self> {
         Arc::new(Self {
             level,
-            active: Mutex::new([0; 4]),
+            active: Mutex::new(Counts::default()),
             opened: Condvar::new(),
+            next_source: AtomicU64::new(1),
         })
+    }
+
+    /// A new source id, for a pipeline whose long batches pause between
+    /// steps ([`wait_besides`](Self::wait_besides)).
+    pub fn new_source(&self) -> u64 {
+        self.next_source.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The level that holds less urgent work.
@@ -49,27 +66,45 @@ impl YieldGate {
 
     /// Count a request of `priority` as under way until the guard drops.
     pub fn enter(self: &Arc<Self>, priority: Priority) -> YieldGuard {
-        self.active.lock()[priority.rank()] += 1;
+        self.enter_from(0, priority)
+    }
+
+    /// [`enter`](Self::enter) on behalf of `source` (from
+    /// [`new_source`](Self::new_source); 0 is no source).
+    pub fn enter_from(self: &Arc<Self>, source: u64, priority: Priority) -> YieldGuard {
+        let mut counts = self.active.lock();
+        counts.all[priority.rank()] += 1;
+        if source != 0 {
+            counts.by_source.entry(source).or_default()[priority.rank()] += 1;
+        }
         YieldGuard {
             gate: Arc::clone(self),
+            source,
             priority,
         }
     }
 
     /// Requests of each priority under way, Urgent first.
     pub fn active(&self) -> [usize; 4] {
-        *self.active.lock()
+        self.active.lock().all
     }
 
     /// Whether work of `priority` may run now: it is at or above the level,
     /// or nothing at or above the level is under way.
     pub fn allows(&self, priority: Priority) -> bool {
-        priority.rank() <= self.level.rank() || !self.holding(&self.active.lock())
+        self.allows_besides(priority, 0)
+    }
+
+    /// [`allows`](Self::allows), not counting `source`'s own requests: a
+    /// pipeline whose urgent requests wait for its running batch must not
+    /// hold that batch for them.
+    pub fn allows_besides(&self, priority: Priority, source: u64) -> bool {
+        priority.rank() <= self.level.rank() || !self.holding(&self.active.lock(), source)
     }
 
     /// The least urgent priority that may run now.
     pub fn floor(&self) -> Priority {
-        if self.holding(&self.active.lock()) {
+        if self.holding(&self.active.lock(), 0) {
             self.level
         } else {
             Priority::Low
@@ -79,28 +114,42 @@ impl YieldGate {
     /// Block until work of `priority` may run, or `max` has passed; whether
     /// it may run.
     pub fn wait(&self, priority: Priority, max: Duration) -> bool {
+        self.wait_besides(priority, 0, max)
+    }
+
+    /// [`wait`](Self::wait), not counting `source`'s own requests.
+    pub fn wait_besides(&self, priority: Priority, source: u64, max: Duration) -> bool {
         if priority.rank() <= self.level.rank() {
             return true;
         }
         let until = Instant::now() + max;
         let mut active = self.active.lock();
-        while self.holding(&active) {
+        while self.holding(&active, source) {
             if self.opened.wait_until(&mut active, until).timed_out() {
-                return !self.holding(&active);
+                return !self.holding(&active, source);
             }
         }
         true
     }
 
-    fn holding(&self, active: &[usize; 4]) -> bool {
-        active[..=self.level.rank()].iter().any(|&n| n > 0)
+    fn holding(&self, counts: &Counts, source: u64) -> bool {
+        let own = counts.by_source.get(&source);
+        (0..=self.level.rank()).any(|r| counts.all[r] > own.map_or(0, |o| o[r]))
     }
 
-    fn leave(&self, priority: Priority) {
-        let mut active = self.active.lock();
-        let n = &mut active[priority.rank()];
+    fn leave(&self, source: u64, priority: Priority) {
+        let mut counts = self.active.lock();
+        let n = &mut counts.all[priority.rank()];
         *n = n.saturating_sub(1);
-        if !self.holding(&active) {
+        if let Some(own) = counts.by_source.get_mut(&source) {
+            own[priority.rank()] = own[priority.rank()].saturating_sub(1);
+            if own.iter().all(|&n| n == 0) {
+                counts.by_source.remove(&source);
+            }
+        }
+        // Waiters may wait besides any source: wake them on every leave
+        // of work at the level.
+        if priority.rank() <= self.level.rank() {
             self.opened.notify_all();
         }
     }
@@ -110,6 +159,7 @@ impl YieldGate {
 #[derive(Debug)]
 pub struct YieldGuard {
     gate: Arc<YieldGate>,
+    source: u64,
     priority: Priority,
 }
 
@@ -122,7 +172,7 @@ impl YieldGuard {
 
 impl Drop for YieldGuard {
     fn drop(&mut self) {
-        self.gate.leave(self.priority);
+        self.gate.leave(self.source, self.priority);
     }
 }
 
@@ -175,6 +225,24 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         drop(urgent);
         assert!(waiter.join().unwrap(), "woken when the urgent work ended");
+    }
+
+    #[test]
+    fn a_source_is_not_held_for_its_own_requests() {
+        let gate = YieldGate::new(Priority::Urgent);
+        let (a, b) = (gate.new_source(), gate.new_source());
+        assert_ne!(a, b);
+        let own = gate.enter_from(a, Priority::Urgent);
+        assert!(gate.allows_besides(Priority::Low, a));
+        assert!(!gate.allows_besides(Priority::Low, b) && !gate.allows(Priority::Low));
+        assert!(gate.wait_besides(Priority::Low, a, Duration::ZERO));
+        let other = gate.enter_from(b, Priority::Urgent);
+        assert!(!gate.allows_besides(Priority::Low, a));
+        drop(other);
+        assert!(gate.allows_besides(Priority::Low, a));
+        drop(own);
+        assert!(gate.allows(Priority::Low));
+        assert!(gate.active.lock().by_source.is_empty());
     }
 
     proptest! {

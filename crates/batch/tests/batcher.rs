@@ -480,3 +480,52 @@ fn a_yield_gate_holds_less_urgent_batches_while_urgent_work_is_under_way() {
     assert_eq!(rec.seen(), vec![3, 2, 1]);
     assert_eq!(gate.active(), [0; 4]);
 }
+
+#[test]
+fn a_long_batch_pauses_at_its_yield_points_for_other_pipelines_only() {
+    use switchyard_batch::YieldGate;
+    let gate = YieldGate::new(Priority::Urgent);
+    let rec = Recorder::open();
+    let b = Batcher::builder(rec.clone())
+        .workers(1)
+        .fixed(1)
+        .max_wait(Duration::from_millis(1))
+        .yield_gate(Arc::clone(&gate))
+        .build()
+        .unwrap();
+    let slow = |n, ms| Job {
+        n,
+        class: 0,
+        action: Action::Slow(ms),
+    };
+    // Urgent work of another pipeline arrives mid-batch: the batch stops
+    // at its next step until that ends.
+    let low = b
+        .submit(Request::new(slow(1, 40)).with_priority(Priority::Low))
+        .unwrap();
+    while rec.running.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elsewhere = gate.enter(Priority::Urgent);
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(
+        !low.is_finished(),
+        "paused while the other pipeline's work ran"
+    );
+    drop(elsewhere);
+    assert_eq!(low.wait().unwrap(), 2);
+    // An Urgent request queued on this batcher waits for the running
+    // batch, so the batch does not pause for it.
+    let low = b
+        .submit(Request::new(slow(2, 40)).with_priority(Priority::Low))
+        .unwrap();
+    while rec.running.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let urgent = b
+        .submit(Request::new(Job::double(3)).with_priority(Priority::Urgent))
+        .unwrap();
+    assert_eq!(low.wait().unwrap(), 4);
+    assert_eq!(urgent.wait().unwrap(), 6);
+    assert_eq!(gate.active(), [0; 4]);
+}

@@ -117,6 +117,9 @@ impl BatchHandler for DiffusionHandler {
             if let Some(observer) = &self.observer {
                 observer(&ids, progress);
             }
+            // Between denoising steps, give the device to more urgent work
+            // of other models (a no-op outside a batcher with a gate).
+            context.yield_point();
         };
         let run = RunOptions {
             cancel_when: Some(&all_cancelled),

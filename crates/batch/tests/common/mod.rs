@@ -133,6 +133,7 @@ impl BatchHandler for Recorder {
                             return Err("stopped".into());
                         }
                         std::thread::sleep(Duration::from_millis(1));
+                        ctx.yield_point();
                     }
                     Ok(job.n * 2)
                 }

@@ -60,8 +60,9 @@ impl EngineBuilder {
     /// batches, other sequences' decoding steps) pauses between steps, so
     /// that urgent requests keep the latency they have alone. Default
     /// `Some(Priority::Urgent)`; `None` lets every model's work share the
-    /// device whatever its priority. A denoising run that has started
-    /// finishes its steps; queue aging still lifts work that waited long.
+    /// device whatever its priority. A batch that has started pauses only
+    /// between its steps (denoising steps; an embedding batch runs to its
+    /// end); queue aging still lifts work that waited long.
     pub fn yield_to(mut self, level: Option<Priority>) -> Self {
         self.yield_to = level;
         self

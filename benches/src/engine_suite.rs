@@ -1,0 +1,432 @@
+//! The `engine` suite: the facade next to the pipelines it wraps, in one
+//! run.
+//!
+//! 1. What the facade costs per request: SmolLM2 Q4_1 decoding (64 greedy
+//!    tokens, one request at a time) through `Engine` against the
+//!    `GenerationEngine` it wraps and against `Generator::generate`; a
+//!    32-sentence all-MiniLM-L6-v2 batch through `Engine` against
+//!    `BertEmbedder::embed`. Runs alternate, medians compared.
+//! 2. Mixed traffic at three priorities on the one CPU: Low clients keep
+//!    chat, embedding and image requests queued back to back, Normal ones
+//!    come every 250 ms, an Urgent client asks for a chat, an embedding or
+//!    a tiny image every 400 ms. Urgent latency is compared with the same
+//!    request on an idle engine, with the default `yield_to(Urgent)` and
+//!    with it off; the Low figures show what background work got done.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use switchyard::config::{ModelKind, ModelSource, ModelSpec};
+use switchyard::core::{DeviceId, Priority};
+use switchyard::text::{
+    BertEmbedder, Embedder, GenerateRequest, GenerationEngineConfig, Generator, Prompt,
+    SamplingParams,
+};
+use switchyard::{Engine, GenerationOptions, ImageOptions, Request};
+use switchyard_testkit::fetch;
+use switchyard_testkit::tiny::{self, TinyStableDiffusion};
+
+use crate::suites::SuiteResult;
+use crate::{Report, median};
+
+const DECODE_TOKENS: usize = 64;
+const DECODE_RUNS: usize = 9;
+const EMBED_BATCH: usize = 32;
+const EMBED_RUNS: usize = 15;
+const PROMPT: &str = "Write a short story about a rail switchyard at night, where \
+                      the freight cars are sorted into trains by destination.";
+/// How long the mixed traffic runs.
+const MIXED: Duration = Duration::from_secs(30);
+/// The goal: Urgent chats keep their idle latency within this factor (p95).
+const URGENT_TARGET: f64 = 1.25;
+
+/// A temporary folder removed on drop.
+struct TempFolder(PathBuf);
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spec(id: &str, kind: ModelKind, path: &Path, batch: usize) -> ModelSpec {
+    let mut spec = ModelSpec::new(id, kind, ModelSource::Path(path.to_owned()));
+    spec.max_batch_size = batch;
+    spec
+}
+
+fn sentences(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("Car {i} of the freight train goes to track {}.", i % 7))
+        .collect()
+}
+
+fn chat(tokens: usize, priority: Priority) -> Request {
+    Request::complete("smollm2", PROMPT)
+        .with_options(GenerationOptions {
+            max_tokens: Some(tokens),
+            ignore_eos: true,
+            ..GenerationOptions::default()
+        })
+        .with_priority(priority)
+}
+
+fn embed(n: usize, priority: Priority) -> Request {
+    Request::embed("minilm", sentences(n)).with_priority(priority)
+}
+
+fn image(seed: u64, priority: Priority) -> Request {
+    Request::image("tiny-sd", "a red train in a switchyard")
+        .with_image_options(ImageOptions {
+            width: Some(64),
+            height: Some(64),
+            steps: Some(4),
+            seed: Some(seed),
+            ..ImageOptions::default()
+        })
+        .with_priority(priority)
+}
+
+fn timed(f: impl FnOnce() -> SuiteResult<()>) -> SuiteResult<f64> {
+    let started = Instant::now();
+    f()?;
+    Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
+fn run(engine: &Engine, request: Request) -> SuiteResult<()> {
+    engine.submit(request)?.wait()?;
+    Ok(())
+}
+
+/// `engine`.
+pub fn engine() -> SuiteResult {
+    let gguf = fetch::smollm2_gguf()?;
+    let minilm = fetch::minilm_dir()?;
+    let sd = TempFolder(
+        std::env::temp_dir().join(format!("switchyard-engine-bench-{}", std::process::id())),
+    );
+    tiny::write_stable_diffusion(&sd.0, &TinyStableDiffusion::default(), 3)?;
+    let build = |yield_to: Option<Priority>| -> SuiteResult<Engine> {
+        Ok(Engine::builder()
+            .model(spec("smollm2", ModelKind::TextGeneration, &gguf, 16))?
+            .model(spec("minilm", ModelKind::Embedding, &minilm, EMBED_BATCH))?
+            .model(spec("tiny-sd", ModelKind::TextToImage, &sd.0, 4))?
+            .yield_to(yield_to)
+            .build()?)
+    };
+    let mut report = Report::new("engine");
+    let engine = build(Some(Priority::Urgent))?;
+    overhead(&engine, &gguf, &minilm, &mut report)?;
+    drop(engine);
+    mixed_traffic(&build, &mut report)?;
+    Ok(report)
+}
+
+fn overhead(engine: &Engine, gguf: &Path, minilm: &Path, report: &mut Report) -> SuiteResult<()> {
+    let generator = Generator::load(gguf, DeviceId::Cpu)?;
+    let serving = generator.clone().serve(GenerationEngineConfig {
+        kv_tokens: 4096,
+        max_running: 16,
+        ..GenerationEngineConfig::default()
+    })?;
+    let raw = GenerateRequest::new(
+        Prompt::Text(PROMPT.into()),
+        SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(DECODE_TOKENS)
+        },
+    );
+    let facade = || chat(DECODE_TOKENS, Priority::Normal);
+    // One untimed round of each loads and warms everything.
+    let same = engine.submit(facade())?.wait()?.into_completion();
+    let alone = generator.generate(&raw)?;
+    if same.map(|c| c.tokens) != Some(alone.tokens.clone()) {
+        return Err("the engine and the pipeline disagree on greedy tokens".into());
+    }
+    serving.submit(&raw)?.collect_completion()?;
+    let (mut ours, mut served, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..DECODE_RUNS {
+        ours.push(timed(|| run(engine, facade()))?);
+        served.push(timed(|| {
+            serving.submit(&raw)?.collect_completion()?;
+            Ok(())
+        })?);
+        plain.push(timed(|| {
+            generator.generate(&raw).map(drop).map_err(Into::into)
+        })?);
+    }
+    let (ours, served, plain) = (median(&mut ours), median(&mut served), median(&mut plain));
+    println!(
+        "SmolLM2 {DECODE_TOKENS} tokens, median of {DECODE_RUNS}: engine {ours:.1} ms, \
+         GenerationEngine {served:.1} ms, Generator::generate {plain:.1} ms"
+    );
+    report.figure("decode_engine_ms", ours, "ms");
+    report.figure("decode_generation_engine_ms", served, "ms");
+    report.figure("decode_generator_ms", plain, "ms");
+    report.figure("decode_vs_generator_ratio", ours / plain, "x");
+    let decode = ours / served - 1.0;
+    report.goal(
+        "decode_overhead",
+        "facade <= 3% over the pipeline it wraps (SmolLM2 decode)",
+        decode * 100.0,
+        decode <= 0.03,
+    );
+
+    let embedder = BertEmbedder::load(minilm, DeviceId::Cpu)?;
+    let texts = sentences(EMBED_BATCH);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    run(engine, embed(EMBED_BATCH, Priority::Normal))?;
+    embedder.embed(&refs)?;
+    let (mut ours, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..EMBED_RUNS {
+        ours.push(timed(|| run(engine, embed(EMBED_BATCH, Priority::Normal)))?);
+        plain.push(timed(|| {
+            embedder.embed(&refs).map(drop).map_err(Into::into)
+        })?);
+    }
+    let (ours, plain) = (median(&mut ours), median(&mut plain));
+    println!(
+        "MiniLM {EMBED_BATCH} sentences, median of {EMBED_RUNS}: engine {ours:.2} ms, \
+         BertEmbedder::embed {plain:.2} ms"
+    );
+    report.figure("embed_engine_ms", ours, "ms");
+    report.figure("embed_pipeline_ms", plain, "ms");
+    let embed = ours / plain - 1.0;
+    report.goal(
+        "embed_overhead",
+        "facade <= 3% over the pipeline (MiniLM batch of 32)",
+        embed * 100.0,
+        embed <= 0.03,
+    );
+    Ok(())
+}
+
+/// The three kinds of request in the mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Embed,
+    Image,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Chat, Kind::Embed, Kind::Image];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat",
+            Kind::Embed => "embed",
+            Kind::Image => "image",
+        }
+    }
+
+    /// The request clients at `priority` send.
+    fn request(self, priority: Priority, seed: u64) -> Request {
+        match (self, priority) {
+            (Kind::Chat, Priority::Low) => chat(64, priority),
+            (Kind::Chat, _) => chat(32, priority),
+            (Kind::Embed, Priority::Low) => embed(EMBED_BATCH, priority),
+            (Kind::Embed, _) => embed(8, priority),
+            (Kind::Image, _) => image(seed, priority),
+        }
+    }
+}
+
+/// One finished request of the mix.
+struct Done {
+    priority: Priority,
+    kind: Kind,
+    millis: f64,
+}
+
+/// A client: sends `kinds` in turn at `priority`, pausing `think` after
+/// each answer, until `stop`.
+fn client(
+    engine: &Engine,
+    priority: Priority,
+    kinds: &[Kind],
+    think: Duration,
+    stop: &AtomicBool,
+    log: &Mutex<Vec<Done>>,
+) -> SuiteResult<()> {
+    let mut seed = 0;
+    while !stop.load(Ordering::Relaxed) {
+        for &kind in kinds {
+            seed += 1;
+            let millis = timed(|| run(engine, kind.request(priority, seed)))?;
+            log.lock().push(Done {
+                priority,
+                kind,
+                millis,
+            });
+            std::thread::sleep(think);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The mix for `MIXED` on `engine`; every finished request, and the time
+/// from the start to the last answer.
+fn mix(engine: &Engine) -> SuiteResult<(Vec<Done>, Duration)> {
+    let stop = AtomicBool::new(false);
+    let log = Mutex::new(Vec::new());
+    let started = Instant::now();
+    let plan: Vec<(Priority, Vec<Kind>, Duration)> = vec![
+        (Priority::Low, vec![Kind::Chat], Duration::ZERO),
+        (Priority::Low, vec![Kind::Chat], Duration::ZERO),
+        (Priority::Low, vec![Kind::Chat], Duration::ZERO),
+        (Priority::Low, vec![Kind::Embed], Duration::ZERO),
+        (Priority::Low, vec![Kind::Image], Duration::ZERO),
+        (
+            Priority::Normal,
+            vec![Kind::Chat, Kind::Embed],
+            Duration::from_millis(250),
+        ),
+        (
+            Priority::Urgent,
+            Kind::ALL.to_vec(),
+            Duration::from_millis(400),
+        ),
+    ];
+    std::thread::scope(|scope| -> SuiteResult<()> {
+        let clients: Vec<_> = plan
+            .iter()
+            .map(|(priority, kinds, think)| {
+                let (stop, log) = (&stop, &log);
+                scope.spawn(move || {
+                    client(engine, *priority, kinds, *think, stop, log).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        std::thread::sleep(MIXED);
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.join().map_err(|_| "a client panicked")??;
+        }
+        Ok(())
+    })?;
+    Ok((log.into_inner(), started.elapsed()))
+}
+
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = (q * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+fn latencies(done: &[Done], priority: Priority, kind: Kind) -> Vec<f64> {
+    done.iter()
+        .filter(|d| d.priority == priority && d.kind == kind)
+        .map(|d| d.millis)
+        .collect()
+}
+
+fn mixed_traffic(
+    build: &dyn Fn(Option<Priority>) -> SuiteResult<Engine>,
+    report: &mut Report,
+) -> SuiteResult<()> {
+    // Idle: each Urgent request alone on a warm engine.
+    let engine = build(Some(Priority::Urgent))?;
+    let mut idle = Vec::new();
+    for kind in Kind::ALL {
+        run(&engine, kind.request(Priority::Urgent, 99))?;
+        let mut samples = (0..5)
+            .map(|i| timed(|| run(&engine, kind.request(Priority::Urgent, i))))
+            .collect::<SuiteResult<Vec<f64>>>()?;
+        let m = median(&mut samples);
+        report.figure(&format!("idle_urgent_{}_ms", kind.name()), m, "ms");
+        idle.push(m);
+    }
+    println!(
+        "\nmixed traffic for {} s: Low (3 chat, 1 embed x{EMBED_BATCH}, 1 image clients, back to \
+         back), Normal (chat + embed every 250 ms), Urgent (chat, embed, image every 400 ms)",
+        MIXED.as_secs()
+    );
+    println!(
+        "{:10} {:8} {:>6} {:>9} {:>9} {:>10}",
+        "yield", "priority", "kind", "requests", "p50 ms", "p95 ms"
+    );
+    let mut urgent_chat_p95 = [0.0; 2];
+    for (i, (label, setting)) in [("urgent", Some(Priority::Urgent)), ("off", None)]
+        .into_iter()
+        .enumerate()
+    {
+        let fresh;
+        let engine = if setting.is_some() {
+            &engine
+        } else {
+            fresh = build(None)?;
+            Kind::ALL
+                .iter()
+                .try_for_each(|k| run(&fresh, k.request(Priority::Urgent, 99)))?;
+            &fresh
+        };
+        let (done, wall) = mix(engine)?;
+        if setting.is_some() {
+            let starved: Vec<&str> = Kind::ALL
+                .iter()
+                .filter(|&&k| latencies(&done, Priority::Low, k).is_empty())
+                .map(|k| k.name())
+                .collect();
+            report.goal(
+                "low_work_done",
+                "Low requests of every kind finish under the mix (count of kinds)",
+                (Kind::ALL.len() - starved.len()) as f64,
+                starved.is_empty(),
+            );
+        }
+        for priority in [Priority::Urgent, Priority::Normal, Priority::Low] {
+            for kind in Kind::ALL {
+                let mut l = latencies(&done, priority, kind);
+                if l.is_empty() {
+                    continue;
+                }
+                let (p50, p95) = (quantile(&mut l, 0.5), quantile(&mut l, 0.95));
+                println!(
+                    "{label:10} {:8} {:>6} {:>9} {p50:>9.1} {p95:>10.1}",
+                    format!("{priority:?}"),
+                    kind.name(),
+                    l.len()
+                );
+                let name = format!("{label}_{priority:?}_{}", kind.name()).to_lowercase();
+                report.figure(&format!("{name}_p95_ms"), p95, "ms");
+                report.figure(&format!("{name}_requests"), l.len() as f64, "");
+                if priority == Priority::Urgent && kind == Kind::Chat {
+                    urgent_chat_p95[i] = p95;
+                }
+            }
+        }
+        let low_chats = latencies(&done, Priority::Low, Kind::Chat).len();
+        let low_tokens = (low_chats * 64) as f64 / wall.as_secs_f64();
+        report.figure(
+            &format!("{label}_low_chat_tokens_per_sec"),
+            low_tokens,
+            "tok/s",
+        );
+        let all = done.len() as f64 / wall.as_secs_f64();
+        report.figure(&format!("{label}_requests_per_sec"), all, "req/s");
+    }
+    let chat_idle = idle[0];
+    let with = urgent_chat_p95[0] / chat_idle;
+    let without = urgent_chat_p95[1] / chat_idle;
+    println!(
+        "Urgent chat p95 / idle: {with:.2}x yielding, {without:.2}x not          (idle {chat_idle:.1} ms)"
+    );
+    report.figure("urgent_chat_p95_vs_idle_yield_off", without, "x");
+    report.figure("urgent_chat_p95_yield_gain", without / with, "x");
+    report.goal(
+        "urgent_chat_keeps_latency",
+        "Urgent chat p95 under mixed load <= 1.25x its idle latency",
+        with,
+        with <= URGENT_TARGET,
+    );
+    Ok(())
+}
