@@ -4,7 +4,7 @@
 //! denoising step against candle-transformers' UNet called directly on the
 //! same weights, and what attention slicing saves in peak memory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -16,19 +16,10 @@ use switchyard_diffusion::{
 use switchyard_testkit::tiny::{self, TinyStableDiffusion};
 
 use crate::suites::SuiteResult;
-use crate::{Report, median, time_runs};
+use crate::{Report, TempFolder, median, time_runs};
 
 /// Pixels on a side: 32 x 32 latents with the tiny two-block VAE.
 const SIDE: usize = 64;
-
-/// A temporary folder removed on drop.
-struct TempFolder(PathBuf);
-
-impl Drop for TempFolder {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn request(prompt: &str, seed: u64, steps: usize, side: usize) -> TextToImage {
     TextToImage {
@@ -56,9 +47,7 @@ fn raw_unet(dir: &Path, spec: &TinyStableDiffusion) -> SuiteResult<UNet2DConditi
 
 /// `diffusion`.
 pub fn diffusion() -> SuiteResult {
-    let dir = TempFolder(
-        std::env::temp_dir().join(format!("switchyard-diffusion-bench-{}", std::process::id())),
-    );
+    let dir = TempFolder::named("switchyard-diffusion-bench");
     let spec = TinyStableDiffusion::default();
     tiny::write_stable_diffusion(&dir.0, &spec, 1)?;
     let sd = StableDiffusion::load(&dir.0, &LoadOptions::default())?;

@@ -13,7 +13,7 @@
 //!    request on an idle engine, with the default `yield_to(Urgent)` and
 //!    with it off; the Low figures show what background work got done.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use switchyard_testkit::fetch;
 use switchyard_testkit::tiny::{self, TinyStableDiffusion};
 
 use crate::suites::SuiteResult;
-use crate::{Report, median};
+use crate::{Report, TempFolder, median, quantile};
 
 const DECODE_TOKENS: usize = 64;
 const DECODE_RUNS: usize = 9;
@@ -41,15 +41,6 @@ const PROMPT: &str = "Write a short story about a rail switchyard at night, wher
 const MIXED: Duration = Duration::from_secs(30);
 /// The goal: Urgent chats keep their idle latency within this factor (p95).
 const URGENT_TARGET: f64 = 1.25;
-
-/// A temporary folder removed on drop.
-struct TempFolder(PathBuf);
-
-impl Drop for TempFolder {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn spec(id: &str, kind: ModelKind, path: &Path, batch: usize) -> ModelSpec {
     let mut spec = ModelSpec::new(id, kind, ModelSource::Path(path.to_owned()));
@@ -104,9 +95,7 @@ fn run(engine: &Engine, request: Request) -> SuiteResult<()> {
 pub fn engine() -> SuiteResult {
     let gguf = fetch::smollm2_gguf()?;
     let minilm = fetch::minilm_dir()?;
-    let sd = TempFolder(
-        std::env::temp_dir().join(format!("switchyard-engine-bench-{}", std::process::id())),
-    );
+    let sd = TempFolder::named("switchyard-engine-bench");
     tiny::write_stable_diffusion(&sd.0, &TinyStableDiffusion::default(), 3)?;
     let build = |yield_to: Option<Priority>| -> SuiteResult<Engine> {
         Ok(Engine::builder()
@@ -311,15 +300,6 @@ fn mix(engine: &Engine) -> SuiteResult<(Vec<Done>, Duration)> {
         Ok(())
     })?;
     Ok((log.into_inner(), started.elapsed()))
-}
-
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = (q * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
 }
 
 fn latencies(done: &[Done], priority: Priority, kind: Kind) -> Vec<f64> {

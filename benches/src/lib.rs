@@ -108,6 +108,34 @@ impl Report {
     }
 }
 
+/// A temporary folder, removed with everything in it on drop.
+#[derive(Debug)]
+pub struct TempFolder(pub std::path::PathBuf);
+
+impl TempFolder {
+    /// `name` under the system's temp folder, suffixed with the process id.
+    pub fn named(name: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("{name}-{}", std::process::id())))
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `q` quantile of samples (nearest rank, sorted in place); NaN for
+/// no samples.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = (q * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
 /// Median of samples (sorted in place); NaN for no samples.
 pub fn median(samples: &mut [f64]) -> f64 {
     if samples.is_empty() {
@@ -154,6 +182,15 @@ mod tests {
         assert_eq!(median(&mut [5.0, 1.0, 3.0]), 3.0);
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn quantile_is_the_nearest_rank() {
+        let mut v = [4.0, 1.0, 3.0, 2.0];
+        assert_eq!(quantile(&mut v, 0.5), 2.0);
+        assert_eq!(quantile(&mut v, 0.95), 4.0);
+        assert_eq!(quantile(&mut v, 0.0), 1.0);
+        assert!(quantile(&mut [], 0.5).is_nan());
     }
 
     #[test]

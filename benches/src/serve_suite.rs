@@ -22,7 +22,7 @@ use switchyard_testkit::fetch;
 
 use crate::llama_server::{self, LlamaServer};
 use crate::suites::SuiteResult;
-use crate::{Report, median};
+use crate::{Report, median, quantile};
 
 const NEW_TOKENS: usize = 128;
 const PROMPT_TOKENS: usize = 24;
@@ -151,15 +151,6 @@ fn distinct_prompts(text: &[u32], n: usize) -> Vec<Vec<u32>> {
     (0..n)
         .map(|i| text[i * 5..i * 5 + PROMPT_TOKENS].to_vec())
         .collect()
-}
-
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = (q * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
 }
 
 /// Prompt tokens computed for `SHARED_REQUESTS` requests that share a

@@ -110,13 +110,15 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
         ..
     } = state;
     let mut earliest: Option<Instant> = None;
-    let gate = config.yield_gate.as_deref();
+    // One reading of the gate for the whole choice: what it holds stays
+    // queued, in every key.
+    let floor = config
+        .yield_gate
+        .as_deref()
+        .map_or(Priority::Low, |g| g.floor());
     let best = queue
         .best_key(now, |key, summary| {
-            let held = gate.is_some_and(|g| {
-                Priority::from_rank(summary.best_rank).is_some_and(|p| !g.allows(p))
-            });
-            if held {
+            if summary.best_rank > floor.rank() {
                 let poll = now + YIELD_POLL;
                 earliest = Some(earliest.map_or(poll, |e| e.min(poll)));
                 return false;
@@ -136,7 +138,6 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
         return Choice::WaitUntil(earliest.unwrap_or(now + config.max_wait));
     };
     let target = state.target(&key);
-    let floor = gate.map_or(Priority::Low, |g| g.floor());
     let taken = state
         .queue
         .take_batch_above(&key, target, config.max_batch_cost, now, floor);

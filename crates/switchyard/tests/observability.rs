@@ -3,13 +3,13 @@
 //! metrics in Prometheus' text format.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use switchyard::config::{ModelKind, ModelSource, ModelSpec};
-use switchyard::{Engine, GenerationOptions, Request};
-use switchyard_testkit::tiny;
+use switchyard::{GenerationOptions, Request};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
@@ -41,22 +41,7 @@ fn requests_loads_batches_and_steps_are_traced_and_metrics_export() {
     tracing::subscriber::set_global_default(counter).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let tiny::TextModels { llama, bert } = tiny::write_text_models(dir.path(), 3).unwrap();
-    let engine = Engine::builder()
-        .model(ModelSpec::new(
-            "llama",
-            ModelKind::TextGeneration,
-            ModelSource::Path(llama),
-        ))
-        .unwrap()
-        .model(ModelSpec::new(
-            "bert",
-            ModelKind::Embedding,
-            ModelSource::Path(bert),
-        ))
-        .unwrap()
-        .build()
-        .unwrap();
+    let engine = common::tiny_text_engine(dir.path(), 3).build().unwrap();
     let options = GenerationOptions {
         max_tokens: Some(4),
         ignore_eos: true,

@@ -5,35 +5,22 @@
 //! the steps instead, which is what the first test rules out.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use switchyard::config::{ModelKind, ModelSource, ModelSpec};
 use switchyard::core::Priority;
 use switchyard::{Engine, GenerationOptions, Handle, Request};
-use switchyard_testkit::tiny;
 
 const LOW_STREAMS: usize = 4;
 const LOW_TOKENS: usize = 200;
 const URGENT_TOKENS: usize = 120;
 
 fn engine(dir: &std::path::Path, yield_to: Option<Priority>) -> Engine {
-    let tiny::TextModels { llama, bert } = tiny::write_text_models(dir, 11).unwrap();
-    Engine::builder()
-        .model(ModelSpec::new(
-            "llama",
-            ModelKind::TextGeneration,
-            ModelSource::Path(llama),
-        ))
-        .unwrap()
-        .model(ModelSpec::new(
-            "bert",
-            ModelKind::Embedding,
-            ModelSource::Path(bert),
-        ))
-        .unwrap()
+    common::tiny_text_engine(dir, 11)
         .yield_to(yield_to)
         .build()
         .unwrap()

@@ -3,9 +3,9 @@
 //! and bad settings are typed errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use switchyard::config::{ModelKind, ModelSource, ModelSpec};
+mod common;
+
 use switchyard::{Engine, EngineError, GenerationOptions, ReplicaMetrics, Request};
-use switchyard_testkit::tiny;
 
 fn replica(engine: &Engine, model: &str) -> ReplicaMetrics {
     engine.metrics().models[model].replicas[0].clone()
@@ -28,22 +28,7 @@ fn embed(engine: &Engine, n: usize) {
 #[test]
 fn batch_size_and_workers_change_while_serving_and_survive_a_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let tiny::TextModels { llama, bert } = tiny::write_text_models(dir.path(), 7).unwrap();
-    let engine = Engine::builder()
-        .model(ModelSpec::new(
-            "llama",
-            ModelKind::TextGeneration,
-            ModelSource::Path(llama),
-        ))
-        .unwrap()
-        .model(ModelSpec::new(
-            "bert",
-            ModelKind::Embedding,
-            ModelSource::Path(bert),
-        ))
-        .unwrap()
-        .build()
-        .unwrap();
+    let engine = common::tiny_text_engine(dir.path(), 7).build().unwrap();
     generate(&engine);
     embed(&engine, 4);
     assert_eq!(
