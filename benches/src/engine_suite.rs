@@ -10,8 +10,10 @@
 //!    chat, embedding and image requests queued back to back, Normal ones
 //!    come every 250 ms, an Urgent client asks for a chat, an embedding or
 //!    a tiny image every 400 ms. Urgent latency is compared with the same
-//!    request on an idle engine, with the default `yield_to(Urgent)` and
-//!    with it off; the Low figures show what background work got done.
+//!    request on an idle engine, with the default `yield_to(Urgent)`
+//!    (held work pauses between steps and runs on `SCHED_IDLE` background
+//!    threads), with pauses only (`background_threads(false)`), and with
+//!    yielding off; the Low figures show what background work got done.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,16 +99,17 @@ pub fn engine() -> SuiteResult {
     let minilm = fetch::minilm_dir()?;
     let sd = TempFolder::named("switchyard-engine-bench");
     tiny::write_stable_diffusion(&sd.0, &TinyStableDiffusion::default(), 3)?;
-    let build = |yield_to: Option<Priority>| -> SuiteResult<Engine> {
+    let build = |yield_to: Option<Priority>, background: bool| -> SuiteResult<Engine> {
         Ok(Engine::builder()
             .model(spec("smollm2", ModelKind::TextGeneration, &gguf, 16))?
             .model(spec("minilm", ModelKind::Embedding, &minilm, EMBED_BATCH))?
             .model(spec("tiny-sd", ModelKind::TextToImage, &sd.0, 4))?
             .yield_to(yield_to)
+            .background_threads(background)
             .build()?)
     };
     let mut report = Report::new("engine");
-    let engine = build(Some(Priority::Urgent))?;
+    let engine = build(Some(Priority::Urgent), true)?;
     overhead(&engine, &gguf, &minilm, &mut report)?;
     drop(engine);
     mixed_traffic(&build, &mut report)?;
@@ -310,11 +313,11 @@ fn latencies(done: &[Done], priority: Priority, kind: Kind) -> Vec<f64> {
 }
 
 fn mixed_traffic(
-    build: &dyn Fn(Option<Priority>) -> SuiteResult<Engine>,
+    build: &dyn Fn(Option<Priority>, bool) -> SuiteResult<Engine>,
     report: &mut Report,
 ) -> SuiteResult<()> {
     // Idle: each Urgent request alone on a warm engine.
-    let engine = build(Some(Priority::Urgent))?;
+    let engine = build(Some(Priority::Urgent), true)?;
     let mut idle = Vec::new();
     for kind in Kind::ALL {
         run(&engine, kind.request(Priority::Urgent, 99))?;
@@ -334,23 +337,25 @@ fn mixed_traffic(
         "{:10} {:8} {:>6} {:>9} {:>9} {:>10}",
         "yield", "priority", "kind", "requests", "p50 ms", "p95 ms"
     );
-    let mut urgent_chat_p95 = [0.0; 2];
-    for (i, (label, setting)) in [("urgent", Some(Priority::Urgent)), ("off", None)]
-        .into_iter()
-        .enumerate()
-    {
+    let mut urgent_chat_p95 = [0.0; 3];
+    let settings = [
+        ("urgent", Some(Priority::Urgent), true),
+        ("pauses", Some(Priority::Urgent), false),
+        ("off", None, false),
+    ];
+    for (i, (label, setting, background)) in settings.into_iter().enumerate() {
         let fresh;
-        let engine = if setting.is_some() {
+        let engine = if i == 0 {
             &engine
         } else {
-            fresh = build(None)?;
+            fresh = build(setting, background)?;
             Kind::ALL
                 .iter()
                 .try_for_each(|k| run(&fresh, k.request(Priority::Urgent, 99)))?;
             &fresh
         };
         let (done, wall) = mix(engine)?;
-        if setting.is_some() {
+        if i == 0 {
             let starved: Vec<&str> = Kind::ALL
                 .iter()
                 .filter(|&&k| latencies(&done, Priority::Low, k).is_empty())
@@ -396,10 +401,13 @@ fn mixed_traffic(
     }
     let chat_idle = idle[0];
     let with = urgent_chat_p95[0] / chat_idle;
-    let without = urgent_chat_p95[1] / chat_idle;
+    let pauses = urgent_chat_p95[1] / chat_idle;
+    let without = urgent_chat_p95[2] / chat_idle;
     println!(
-        "Urgent chat p95 / idle: {with:.2}x yielding, {without:.2}x not          (idle {chat_idle:.1} ms)"
+        "Urgent chat p95 / idle: {with:.2}x yielding, {pauses:.2}x pausing between steps only, \
+         {without:.2}x not          (idle {chat_idle:.1} ms)"
     );
+    report.figure("urgent_chat_p95_vs_idle_pauses_only", pauses, "x");
     report.figure("urgent_chat_p95_vs_idle_yield_off", without, "x");
     report.figure("urgent_chat_p95_yield_gain", without / with, "x");
     report.goal(

@@ -14,11 +14,11 @@ use crate::handler::RunningSet;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::queue::{Position, PriorityQueue, QueueConfig, QueueStats, Queued};
 use crate::request::KeyMap;
+use crate::{BackgroundPool, YieldGate, YieldGuard};
 use crate::{
     BatchError, BatchHandler, BatchKey, BatchSizeController, Fixed, Pid, PidConfig, Request,
     SubmitError,
 };
-use crate::{YieldGate, YieldGuard};
 
 /// Makes the controller for a key the first time the key is seen.
 pub type ControllerFactory = Arc<dyn Fn(&BatchKey) -> Box<dyn BatchSizeController> + Send + Sync>;
@@ -63,7 +63,9 @@ pub struct BatcherConfig {
     pub thread_name: String,
     /// The device's gate: every request counts on it until answered, and a
     /// batch whose most urgent request the gate holds waits (other keys'
-    /// batches may run meanwhile).
+    /// batches may run meanwhile). With a gate the batcher also starts an
+    /// urgent lane (one more worker for batches at the gate's level) and,
+    /// when the gate asks for them, background threads for held batches.
     pub yield_gate: Option<Arc<YieldGate>>,
 }
 
@@ -165,6 +167,8 @@ pub(crate) struct Shared<H: BatchHandler> {
     pub(crate) on_out_of_memory: Option<MemoryHook>,
     /// This batcher's source id on its yield gate (0 without one).
     pub(crate) yield_source: u64,
+    /// Threads for batches its gate may hold (with a gate that has them).
+    pub(crate) background: Option<BackgroundPool>,
 }
 
 /// Called before a batch that ran out of memory is run again (see
@@ -397,6 +401,12 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             workers: Vec::new(),
         };
         let yield_source = config.yield_gate.as_ref().map_or(0, |g| g.new_source());
+        let background = match &config.yield_gate {
+            Some(gate) if gate.background() => Some(BackgroundPool::matching_global(&format!(
+                "b{yield_source}"
+            ))?),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             handler: self.handler,
             metrics: Mutex::new(Metrics::new(clock.now())),
@@ -409,6 +419,7 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             cloner: self.cloner,
             on_out_of_memory: self.on_out_of_memory,
             yield_source,
+            background,
         });
         let batcher = Batcher {
             owner: Arc::new(HandleOwner(Arc::clone(&shared))),
@@ -416,6 +427,9 @@ impl<H: BatchHandler> BatcherBuilder<H> {
             threads: Mutex::new(Vec::new()),
         };
         batcher.scale_workers(workers);
+        if batcher.shared.config.yield_gate.is_some() {
+            batcher.start_lane();
+        }
         Ok(batcher)
     }
 }
@@ -557,7 +571,13 @@ impl<H: BatchHandler> Batcher<H> {
                         shared.batch_ready.store(true, Ordering::Release);
                     }
                     if state.sleeping > 0 && (full || len == 1) {
-                        shared.work.notify_one();
+                        // With an urgent lane asleep too, one wake-up might
+                        // reach the one that cannot take the request.
+                        if shared.config.yield_gate.is_some() {
+                            shared.work.notify_all();
+                        } else {
+                            shared.work.notify_one();
+                        }
                     }
                 }
                 drop(state);
@@ -640,7 +660,7 @@ impl<H: BatchHandler> Batcher<H> {
             let name = format!("{}-{}", shared.config.thread_name, threads.len());
             match std::thread::Builder::new()
                 .name(name)
-                .spawn(move || crate::worker::run(&shared))
+                .spawn(move || crate::worker::run(&shared, false))
             {
                 Ok(t) => threads.push(t),
                 Err(_) => {
@@ -648,6 +668,20 @@ impl<H: BatchHandler> Batcher<H> {
                     self.shared.state.lock().live_workers -= 1;
                 }
             }
+        }
+    }
+
+    /// Start the urgent lane: one more worker, outside the count, that
+    /// takes only batches at the yield gate's level.
+    fn start_lane(&self) {
+        let shared = Arc::clone(&self.shared);
+        let name = format!("{}-urgent", shared.config.thread_name);
+        // Without the lane urgent work still runs, after the batch ahead.
+        if let Ok(t) = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || crate::worker::run(&shared, true))
+        {
+            self.threads.lock().push(t);
         }
     }
 

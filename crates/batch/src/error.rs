@@ -72,6 +72,12 @@ pub enum BatchError<E = Infallible> {
         /// What is wrong with it.
         reason: String,
     },
+    /// The threads for held work could not be started.
+    #[error("could not start background threads: {reason}")]
+    Background {
+        /// What the OS said.
+        reason: String,
+    },
     /// The handler failed this request.
     #[error("handler error: {0}")]
     Handler(#[source] E),
@@ -91,6 +97,7 @@ impl BatchError<Infallible> {
             BatchError::InvalidConfig { field, reason } => {
                 BatchError::InvalidConfig { field, reason }
             }
+            BatchError::Background { reason } => BatchError::Background { reason },
             BatchError::Handler(never) => match never {},
         }
     }

@@ -253,8 +253,10 @@ impl BatchContext<'_> {
 
     /// Call between the steps of a long batch: blocks while the batcher's
     /// [`YieldGate`] holds the batch's most urgent priority for work of
-    /// the device's other pipelines (never for requests queued here, which
-    /// wait for this batch), or until every input is cancelled. Returns at
+    /// the device's other pipelines (never for requests queued here: the
+    /// batcher's urgent lane runs those beside this batch, and a batch of
+    /// the lane may be what this one would wait for), or until every input
+    /// is cancelled. Returns at
     /// once without a gate.
     pub fn yield_point(&self) {
         let Some(pause) = self.pause else { return };

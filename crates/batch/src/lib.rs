@@ -59,6 +59,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
+mod background;
 mod batcher;
 mod controller;
 mod error;
@@ -72,6 +73,7 @@ pub mod sim;
 mod worker;
 mod yield_gate;
 
+pub use background::BackgroundPool;
 pub use batcher::{
     Batcher, BatcherBuilder, BatcherConfig, ControllerFactory, HandleOf, MemoryHook, ShutdownMode,
 };
@@ -88,4 +90,4 @@ pub use queue::{
 };
 pub use request::{BatchKey, Request};
 pub use switchyard_core::Priority;
-pub use yield_gate::{YIELD_POLL, YieldGate, YieldGuard};
+pub use yield_gate::{BACKGROUND_WINDOW, YIELD_POLL, YieldGate, YieldGuard};

@@ -25,13 +25,17 @@ struct Formed<H: BatchHandler> {
     entries: Vec<Queued<Payload<H>>>,
 }
 
-pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
+/// A worker's loop. The urgent lane (`lane`, one per batcher with a yield
+/// gate, outside the worker count) takes only batches at the gate's level,
+/// so urgent requests never wait behind a less urgent batch of their own
+/// pipeline; the others take whatever the gate allows.
+pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>, lane: bool) {
     let slot = Arc::new(RunningSet::default());
     let mut state = shared.state.lock();
     state.workers.push(Arc::clone(&slot));
     let mut last_sweep = shared.clock.now();
     loop {
-        if state.live_workers > state.desired_workers {
+        if !lane && state.live_workers > state.desired_workers {
             break;
         }
         let now = shared.clock.now();
@@ -57,7 +61,7 @@ pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
             state.sleeping -= 1;
             continue;
         }
-        match choose(shared, &mut state, now) {
+        match choose(shared, &mut state, now, lane) {
             Choice::Run(formed) => {
                 let expired = formed.1;
                 let formed = formed.0;
@@ -76,9 +80,18 @@ pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
                 }
             }
             Choice::WaitUntil(until) => wait_until(shared, &mut state, until),
+            Choice::Sleep => {
+                // Nothing at the level: sleep until a submission or the
+                // shutdown wakes every worker.
+                state.sleeping += 1;
+                shared.work.wait(&mut state);
+                state.sleeping -= 1;
+            }
         }
     }
-    state.live_workers -= 1;
+    if !lane {
+        state.live_workers -= 1;
+    }
     state.workers.retain(|w| !Arc::ptr_eq(w, &slot));
     shared.work.notify_all();
 }
@@ -86,6 +99,8 @@ pub(crate) fn run<H: BatchHandler>(shared: &Arc<Shared<H>>) {
 enum Choice<H: BatchHandler> {
     Run((Formed<H>, Vec<Queued<Payload<H>>>)),
     WaitUntil(Instant),
+    /// The lane found nothing it may take.
+    Sleep,
 }
 
 fn take_expired<H: BatchHandler>(state: &mut State<H>, now: Instant) -> Vec<Queued<Payload<H>>> {
@@ -100,7 +115,12 @@ fn take_expired<H: BatchHandler>(state: &mut State<H>, now: Instant) -> Vec<Queu
 
 /// The most urgent key whose batch is ready (full, over its cost budget, or
 /// its oldest request has waited `max_wait`), or when to look again.
-fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instant) -> Choice<H> {
+fn choose<H: BatchHandler>(
+    shared: &Shared<H>,
+    state: &mut State<H>,
+    now: Instant,
+    lane: bool,
+) -> Choice<H> {
     let config = &shared.config;
     let draining = state.stopping == Some(ShutdownMode::Drain);
     let State {
@@ -112,15 +132,20 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
     let mut earliest: Option<Instant> = None;
     // One reading of the gate for the whole choice: what it holds stays
     // queued, in every key.
-    let floor = config
-        .yield_gate
-        .as_deref()
-        .map_or(Priority::Low, |g| g.floor());
+    let floor = match config.yield_gate.as_deref() {
+        Some(gate) if lane => gate.level(),
+        Some(gate) => gate.floor(),
+        None => Priority::Low,
+    };
     let best = queue
         .best_key(now, |key, summary| {
             if summary.best_rank > floor.rank() {
-                let poll = now + YIELD_POLL;
-                earliest = Some(earliest.map_or(poll, |e| e.min(poll)));
+                // Held work: look again soon. The lane never takes it, and
+                // a submission at the level wakes it.
+                if !lane {
+                    let poll = now + YIELD_POLL;
+                    earliest = Some(earliest.map_or(poll, |e| e.min(poll)));
+                }
                 return false;
             }
             let fill_by = summary.oldest + config.max_wait;
@@ -135,7 +160,11 @@ fn choose<H: BatchHandler>(shared: &Shared<H>, state: &mut State<H>, now: Instan
         })
         .map(|(key, _)| key.clone());
     let Some(key) = best else {
-        return Choice::WaitUntil(earliest.unwrap_or(now + config.max_wait));
+        return match earliest {
+            Some(at) => Choice::WaitUntil(at),
+            None if lane && state.stopping.is_none() => Choice::Sleep,
+            None => Choice::WaitUntil(now + config.max_wait),
+        };
     };
     let target = state.target(&key);
     let taken = state
@@ -217,8 +246,26 @@ fn spin_for_ready<H: BatchHandler>(
 /// The inputs whose results say they ran out of memory run once more,
 /// after the batcher's out-of-memory hook, in two halves (alone if only one
 /// failed); their new results replace the old. A second failure stands.
+/// Run the handler over a batch whose most urgent request is `top`: on the
+/// batcher's background threads when its gate may hold `top`, else here.
+fn run_handler<H: BatchHandler>(
+    shared: &Shared<H>,
+    top: Priority,
+    inputs: &mut [H::Input],
+    context: &BatchContext<'_>,
+) -> Vec<Result<H::Output, H::Error>> {
+    let gate = shared.config.yield_gate.as_deref();
+    match &shared.background {
+        Some(pool) if gate.is_some_and(|g| g.backgrounds(top)) => {
+            pool.run(|| shared.handler.run(inputs, context))
+        }
+        _ => shared.handler.run(inputs, context),
+    }
+}
+
 fn retry_out_of_memory<H: BatchHandler>(
     shared: &Shared<H>,
+    top: Priority,
     running: &RunningSet,
     key: &BatchKey,
     members: &[Member<'_>],
@@ -266,7 +313,7 @@ fn retry_out_of_memory<H: BatchHandler>(
             pause: None,
         };
         let again = catch_unwind(AssertUnwindSafe(|| {
-            shared.handler.run(&mut batch, &context)
+            run_handler(shared, top, &mut batch, &context)
         }));
         if let Ok(again) = again
             && again.len() == part.len()
@@ -356,12 +403,14 @@ fn execute<H: BatchHandler>(
         cost,
     );
     let mut outcome = catch_unwind(AssertUnwindSafe(|| {
-        span.in_scope(|| shared.handler.run(&mut inputs, &context))
+        span.in_scope(|| run_handler(shared, top, &mut inputs, &context))
     }));
     if let Ok(results) = &mut outcome
         && results.len() == inputs.len()
     {
-        span.in_scope(|| retry_out_of_memory(shared, slot, &key, &members, &mut inputs, results));
+        span.in_scope(|| {
+            retry_out_of_memory(shared, top, slot, &key, &members, &mut inputs, results)
+        });
     }
     drop(members);
     let finished = shared.clock.now();

@@ -10,6 +10,14 @@
 //! level never waits, so holding cannot deadlock: what is held only waits
 //! for work that does not wait for it.
 //!
+//! Two more things make urgent work keep its idle latency on a busy CPU: a
+//! batcher with a gate has an *urgent lane*, one more worker that takes
+//! only batches at the level, so an urgent request never waits behind a
+//! less urgent batch of its own pipeline; and once urgent traffic has been
+//! seen ([`BACKGROUND_WINDOW`]), held work runs on a
+//! [`BackgroundPool`](crate::BackgroundPool), whose threads the OS
+//! preempts for urgent work even in the middle of a step.
+//!
 //! [`enter`]: YieldGate::enter
 //! [`allows`]: YieldGate::allows
 
@@ -25,11 +33,16 @@ use switchyard_core::Priority;
 /// again (a gate that opens wakes [`YieldGate::wait`]ers at once).
 pub const YIELD_POLL: Duration = Duration::from_millis(5);
 
+/// How long after the last request at the level held work still starts on
+/// background threads (see [`YieldGate::backgrounds`]).
+pub const BACKGROUND_WINDOW: Duration = Duration::from_secs(30);
+
 /// Counts the requests under way per priority on one device; work below
 /// the level yields while any request at or above it is counted.
 #[derive(Debug)]
 pub struct YieldGate {
     level: Priority,
+    background: bool,
     active: Mutex<Counts>,
     opened: Condvar,
     next_source: AtomicU64,
@@ -38,15 +51,27 @@ pub struct YieldGate {
 /// Requests under way per priority rank: in all, and per named source.
 #[derive(Debug, Default)]
 struct Counts {
+    /// When the last request at or above the level arrived.
+    last_urgent: Option<Instant>,
     all: [usize; 4],
     by_source: HashMap<u64, [usize; 4]>,
 }
 
 impl YieldGate {
-    /// A gate where requests at `level` or above make less urgent work wait.
+    /// A gate where requests at `level` or above make less urgent work
+    /// wait, and where pipelines run work below `level` on their
+    /// [`BackgroundPool`](crate::BackgroundPool) so that urgent work takes
+    /// the cores even in the middle of a step.
     pub fn new(level: Priority) -> Arc<Self> {
+        Self::with_background(level, true)
+    }
+
+    /// As [`new`](Self::new); `background: false` keeps all work on the
+    /// ordinary threads, so less urgent work only pauses between steps.
+    pub fn with_background(level: Priority, background: bool) -> Arc<Self> {
         Arc::new(Self {
             level,
+            background,
             active: Mutex::new(Counts::default()),
             opened: Condvar::new(),
             next_source: AtomicU64::new(1),
@@ -64,6 +89,32 @@ impl YieldGate {
         self.level
     }
 
+    /// Whether pipelines run work the gate may hold on background threads.
+    pub fn background(&self) -> bool {
+        self.background
+    }
+
+    /// Whether the gate can ever hold work of `priority` (it is below the
+    /// level).
+    pub fn may_hold(&self, priority: Priority) -> bool {
+        priority.rank() > self.level.rank()
+    }
+
+    /// Whether work of `priority` should start on background threads now:
+    /// the gate has them, may hold that priority, and a request at the
+    /// level arrived within [`BACKGROUND_WINDOW`]. Where no urgent traffic
+    /// comes, all work keeps ordinary threads (background threads lose to
+    /// every other process on the machine).
+    pub fn backgrounds(&self, priority: Priority) -> bool {
+        self.background
+            && self.may_hold(priority)
+            && self
+                .active
+                .lock()
+                .last_urgent
+                .is_some_and(|at| at.elapsed() < BACKGROUND_WINDOW)
+    }
+
     /// Count a request of `priority` as under way until the guard drops.
     pub fn enter(self: &Arc<Self>, priority: Priority) -> YieldGuard {
         self.enter_from(0, priority)
@@ -74,6 +125,9 @@ impl YieldGate {
     pub fn enter_from(self: &Arc<Self>, source: u64, priority: Priority) -> YieldGuard {
         let mut counts = self.active.lock();
         counts.all[priority.rank()] += 1;
+        if !self.may_hold(priority) {
+            counts.last_urgent = Some(Instant::now());
+        }
         if source != 0 {
             counts.by_source.entry(source).or_default()[priority.rank()] += 1;
         }

@@ -514,10 +514,11 @@ fn a_long_batch_pauses_at_its_yield_points_for_other_pipelines_only() {
     );
     drop(elsewhere);
     assert_eq!(low.wait().unwrap(), 2);
-    // An Urgent request queued on this batcher waits for the running
-    // batch, so the batch does not pause for it.
+    // An Urgent request queued on this batcher runs at once on the
+    // batcher's urgent lane, beside the running batch (which does not
+    // pause for work of its own pipeline).
     let low = b
-        .submit(Request::new(slow(2, 40)).with_priority(Priority::Low))
+        .submit(Request::new(slow(2, 400)).with_priority(Priority::Low))
         .unwrap();
     while rec.running.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(1));
@@ -525,7 +526,68 @@ fn a_long_batch_pauses_at_its_yield_points_for_other_pipelines_only() {
     let urgent = b
         .submit(Request::new(Job::double(3)).with_priority(Priority::Urgent))
         .unwrap();
-    assert_eq!(low.wait().unwrap(), 4);
     assert_eq!(urgent.wait().unwrap(), 6);
+    assert!(!low.is_finished(), "the urgent request did not wait");
+    assert_eq!(low.wait().unwrap(), 4);
     assert_eq!(gate.active(), [0; 4]);
+}
+
+#[test]
+fn batches_the_gate_may_hold_run_on_background_threads() {
+    use switchyard_batch::YieldGate;
+    let batcher = |gate: &Arc<YieldGate>| {
+        let rec = Recorder::open();
+        let b = Batcher::builder(rec.clone())
+            .workers(1)
+            .fixed(1)
+            .max_wait(Duration::from_millis(1))
+            .yield_gate(Arc::clone(gate))
+            .build()
+            .unwrap();
+        (rec, b)
+    };
+    let gate = YieldGate::new(Priority::Urgent);
+    let (rec, b) = batcher(&gate);
+    // Before any urgent request, everything runs on the workers.
+    let low = Request::new(Job::double(9)).with_priority(Priority::Low);
+    assert_eq!(b.process(low), Ok(18));
+    assert!(rec.threads.lock().remove(0).starts_with("switchyard-batch"));
+    drop(gate.enter(Priority::Urgent));
+    for (n, p) in [
+        (1, Priority::Low),
+        (2, Priority::Urgent),
+        (3, Priority::Normal),
+    ] {
+        assert_eq!(
+            b.process(Request::new(Job::double(n)).with_priority(p)),
+            Ok(n * 2)
+        );
+    }
+    let threads = rec.threads.lock().clone();
+    assert!(threads[0].starts_with("switchyard-bg-"), "{threads:?}");
+    assert!(threads[1].starts_with("switchyard-batch"), "{threads:?}");
+    assert!(threads[2].starts_with("switchyard-bg-"), "{threads:?}");
+    // A gate at Normal holds only Low work; a gate without background
+    // threads keeps everything on the workers.
+    let gate = YieldGate::new(Priority::Normal);
+    drop(gate.enter(Priority::Normal));
+    let (rec, b) = batcher(&gate);
+    assert_eq!(
+        b.process(Request::new(Job::double(1)).with_priority(Priority::Normal)),
+        Ok(2)
+    );
+    assert_eq!(
+        b.process(Request::new(Job::double(2)).with_priority(Priority::Low)),
+        Ok(4)
+    );
+    let threads = rec.threads.lock().clone();
+    assert!(threads[0].starts_with("switchyard-batch") && threads[1].starts_with("switchyard-bg-"));
+    let gate = YieldGate::with_background(Priority::Urgent, false);
+    drop(gate.enter(Priority::Urgent));
+    let (rec, b) = batcher(&gate);
+    assert_eq!(
+        b.process(Request::new(Job::double(1)).with_priority(Priority::Low)),
+        Ok(2)
+    );
+    assert!(rec.threads.lock()[0].starts_with("switchyard-batch"));
 }

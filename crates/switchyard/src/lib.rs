@@ -21,8 +21,10 @@
 //!   `ImageOptions`), batching compatible requests and reporting each
 //!   denoising step as the request's progress. Priority crosses models:
 //!   while an Urgent request is under way on a device, less urgent work
-//!   there pauses between batches and decoding steps
-//!   ([`EngineBuilder::yield_to`], through `switchyard_batch::YieldGate`).
+//!   there pauses between batches and decoding steps and runs on
+//!   background threads the OS preempts for it, and each model has an
+//!   urgent lane ([`EngineBuilder::yield_to`], through
+//!   `switchyard_batch::YieldGate`).
 //! - [`journal`]: an optional crash journal; an engine built with one
 //!   re-queues (or reports failed) the requests a crash left unfinished;
 //! - observability: `tracing` spans `request` (id, model, task, priority;

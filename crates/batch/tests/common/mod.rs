@@ -52,6 +52,8 @@ pub struct Recorder {
     pub cancelled_seen: AtomicUsize,
     /// When set, every batch blocks until the gate is opened.
     pub gate: Gate,
+    /// The name of the thread each batch ran on.
+    pub threads: Mutex<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -114,6 +116,10 @@ impl BatchHandler for Recorder {
         self.batches
             .lock()
             .push(batch.iter().map(|j| j.n).collect());
+        let thread = std::thread::current();
+        self.threads
+            .lock()
+            .push(thread.name().unwrap_or_default().to_owned());
         self.gate.pass();
         let out = batch
             .iter()

@@ -33,6 +33,7 @@ pub struct EngineBuilder {
     journal: Option<PathBuf>,
     recovery: RecoveryPolicy,
     yield_to: Option<Priority>,
+    background_threads: bool,
 }
 
 impl Default for EngineBuilder {
@@ -50,6 +51,7 @@ impl Default for EngineBuilder {
             journal: None,
             recovery: RecoveryPolicy::default(),
             yield_to: Some(Priority::Urgent),
+            background_threads: true,
         }
     }
 }
@@ -60,11 +62,27 @@ impl EngineBuilder {
     /// batches, other sequences' decoding steps) pauses between steps, so
     /// that urgent requests keep the latency they have alone. Default
     /// `Some(Priority::Urgent)`; `None` lets every model's work share the
-    /// device whatever its priority. A batch that has started pauses only
-    /// between its steps (denoising steps; an embedding batch runs to its
-    /// end); queue aging still lifts work that waited long.
+    /// device whatever its priority. Each batcher gets an urgent lane, so
+    /// urgent requests do not wait behind a batch of their own model, and
+    /// once urgent requests come, work below the level runs on background
+    /// threads at the OS's lowest priority (see
+    /// [`background_threads`](Self::background_threads)), so urgent work
+    /// takes the cores even in the middle of a batch. Queue aging still
+    /// lifts work that waited long.
     pub fn yield_to(mut self, level: Option<Priority>) -> Self {
         self.yield_to = level;
+        self
+    }
+
+    /// Whether work below the [`yield_to`](Self::yield_to) level runs on
+    /// background threads at the OS's lowest scheduling priority
+    /// (`switchyard_batch::BackgroundPool`, `SCHED_IDLE` on Linux; default
+    /// `true`) for `switchyard_batch::BACKGROUND_WINDOW` after each urgent
+    /// request. Those threads lose the cores to every other process too. With `false`
+    /// a batch that has started keeps its share of the cores until its
+    /// next pause between steps (an embedding batch runs to its end).
+    pub fn background_threads(mut self, on: bool) -> Self {
+        self.background_threads = on;
         self
     }
 
@@ -197,7 +215,10 @@ impl EngineBuilder {
         let yield_gates = match self.yield_to {
             Some(level) => devices
                 .iter()
-                .map(|&d| (d, YieldGate::new(level)))
+                .map(|&d| {
+                    let gate = YieldGate::with_background(level, self.background_threads);
+                    (d, gate)
+                })
                 .collect(),
             None => HashMap::new(),
         };

@@ -204,9 +204,12 @@ impl GenerationEngine {
         let thread = std::thread::Builder::new()
             .name("switchyard-engine".into())
             .spawn(move || {
-                let scheduler = match Scheduler::new(&model, scheduler_config) {
-                    Ok(mut s) => {
-                        s.set_yield_gate(gate);
+                let started = Scheduler::new(&model, scheduler_config).and_then(|mut s| {
+                    s.set_yield_gate(gate)?;
+                    Ok(s)
+                });
+                let scheduler = match started {
+                    Ok(s) => {
                         let _ = ready_tx.send(Ok(()));
                         s
                     }

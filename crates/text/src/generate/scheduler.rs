@@ -13,12 +13,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_batch::{BatchKey, PriorityQueue, QueueConfig, Queued, YieldGate};
+use switchyard_batch::{BackgroundPool, BatchKey, PriorityQueue, QueueConfig, Queued, YieldGate};
 use switchyard_core::{Deadline, Priority, RequestId};
 use switchyard_pool::{KvBlockPool, KvPoolConfig, KvStats, KvStorage, PoolError};
 
 use super::run::{DeltaSink, Prepared};
 use super::sequence::{Seq, sample, send_last};
+use super::stats::SchedulerStats;
 use crate::llama::{LlamaModel, PagedKvCache, SeqStep};
 use crate::{FinishReason, Result, TextError};
 
@@ -51,26 +52,6 @@ pub(crate) struct Admission {
     pub(crate) deadline: Option<Deadline>,
 }
 
-/// Counters of a [`Scheduler`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct SchedulerStats {
-    /// Forward steps run.
-    pub(crate) steps: u64,
-    /// Steps that sampled a token for at least one sequence already
-    /// streaming (their duration is an inter-token gap).
-    pub(crate) decode_steps: u64,
-    /// Tokens sampled (streamed or final).
-    pub(crate) generated_tokens: u64,
-    /// Sequences preempted (their blocks freed, to be recomputed).
-    pub(crate) preemptions: u64,
-    /// Prompt tokens computed (recomputation included).
-    pub(crate) prefill_tokens: u64,
-    /// Prompt tokens whose keys and values came from the prefix cache.
-    pub(crate) cached_tokens: u64,
-    /// Requests that ended (any reason, errors included).
-    pub(crate) finished: u64,
-}
-
 /// Runs many generation requests over one model and one KV cache, a
 /// forward step at a time (see the module docs).
 pub(crate) struct Scheduler<'m> {
@@ -88,6 +69,8 @@ pub(crate) struct Scheduler<'m> {
     stats: SchedulerStats,
     /// The device's gate: running sequences it holds skip steps.
     gate: Option<Arc<YieldGate>>,
+    /// Threads for steps whose every row the gate may hold.
+    background: Option<BackgroundPool>,
     /// The last step computed nothing because the gate held every row.
     holding: bool,
 }
@@ -128,6 +111,7 @@ impl<'m> Scheduler<'m> {
             admissions: 0,
             stats: SchedulerStats::default(),
             gate: None,
+            background: None,
             holding: false,
         })
     }
@@ -136,8 +120,17 @@ impl<'m> Scheduler<'m> {
     /// submission to their end; while it holds a priority, those running
     /// sequences skip steps (keeping their blocks), do not count against
     /// the running cap, and no such request is admitted.
-    pub(crate) fn set_yield_gate(&mut self, gate: Option<Arc<YieldGate>>) {
+    /// Steps whose every row the gate may hold run on background threads
+    /// when the gate asks for them.
+    pub(crate) fn set_yield_gate(&mut self, gate: Option<Arc<YieldGate>>) -> Result<()> {
+        self.background = match &gate {
+            Some(g) if g.background() => {
+                Some(BackgroundPool::matching_global("text").map_err(generation)?)
+            }
+            _ => None,
+        };
         self.gate = gate;
+        Ok(())
     }
 
     /// Whether the last step ran nothing because the gate held every
@@ -323,7 +316,17 @@ impl<'m> Scheduler<'m> {
             })
             .collect();
         let wants: Vec<bool> = batch.iter().map(|s| s.logits).collect();
-        let logits = self.model.forward(&mut self.cache, &batch)?;
+        let background = self.background.as_ref().filter(|_| {
+            plan.iter().all(|&(i, _)| {
+                let priority = self.running[i].admission.priority;
+                self.gate.as_ref().is_some_and(|g| g.backgrounds(priority))
+            })
+        });
+        let (model, cache) = (self.model, &mut self.cache);
+        let logits = match background {
+            Some(pool) => pool.run(|| model.forward(cache, &batch)),
+            None => model.forward(cache, &batch),
+        }?;
         drop(batch);
         self.stats.steps += 1;
         let mut row = 0;

@@ -541,7 +541,7 @@ fn sequences_the_yield_gate_holds_skip_steps_and_resume_unchanged() {
     // One running sequence at most: the held Low one must not keep the
     // Urgent one out.
     let mut s = Scheduler::new(&t.model, config(64, 1)).unwrap();
-    s.set_yield_gate(Some(Arc::clone(&gate)));
+    s.set_yield_gate(Some(Arc::clone(&gate))).unwrap();
     let mut out = Collect::new(2);
     let admission = |priority| Admission {
         priority,

@@ -45,3 +45,23 @@ impl GenerationStats {
         }
     }
 }
+
+/// Counters of a [`Scheduler`](super::scheduler::Scheduler).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SchedulerStats {
+    /// Forward steps run.
+    pub(crate) steps: u64,
+    /// Steps that sampled a token for at least one sequence already
+    /// streaming (their duration is an inter-token gap).
+    pub(crate) decode_steps: u64,
+    /// Tokens sampled (streamed or final).
+    pub(crate) generated_tokens: u64,
+    /// Sequences preempted (their blocks freed, to be recomputed).
+    pub(crate) preemptions: u64,
+    /// Prompt tokens computed (recomputation included).
+    pub(crate) prefill_tokens: u64,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub(crate) cached_tokens: u64,
+    /// Requests that ended (any reason, errors included).
+    pub(crate) finished: u64,
+}
