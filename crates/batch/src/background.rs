@@ -76,10 +76,12 @@ impl BackgroundPool {
     }
 
     /// Run `f` on one of the pool's threads and wait for it; rayon work `f`
-    /// starts (candle's kernels) stays in the pool. A panic in `f` is
+    /// starts (candle's kernels) stays in the pool, and `tracing` spans it
+    /// opens nest under the caller's current span. A panic in `f` is
     /// resumed here.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+        let span = tracing::Span::current();
+        self.pool.install(move || span.in_scope(f))
     }
 
     /// How many threads the pool has.
@@ -117,6 +119,8 @@ fn lower_this_thread() -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     /// The niceness Linux gives the weakest normal threads.
@@ -177,6 +181,70 @@ mod tests {
         }));
         assert!(caught.is_err());
         assert_eq!(pool.run(|| 7), 7);
+    }
+
+    /// Records the thread each span is entered on, and knows each
+    /// thread's current span (as real subscribers do).
+    #[derive(Default)]
+    struct EnteredOn {
+        entered: parking_lot::Mutex<Vec<(u64, String)>>,
+        current: parking_lot::Mutex<HashMap<std::thread::ThreadId, Vec<tracing::span::Id>>>,
+        meta: parking_lot::Mutex<Option<&'static tracing::Metadata<'static>>>,
+    }
+
+    impl tracing::Subscriber for EnteredOn {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            *self.meta.lock() = Some(span.metadata());
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, span: &tracing::span::Id) {
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or_default().to_owned();
+            self.entered.lock().push((span.into_u64(), name));
+            let mut current = self.current.lock();
+            current.entry(thread.id()).or_default().push(span.clone());
+        }
+        fn exit(&self, _: &tracing::span::Id) {
+            let mut current = self.current.lock();
+            current
+                .entry(std::thread::current().id())
+                .or_default()
+                .pop();
+        }
+        fn current_span(&self) -> tracing_core::span::Current {
+            let current = self.current.lock();
+            let top = current
+                .get(&std::thread::current().id())
+                .and_then(|s| s.last());
+            match (top, *self.meta.lock()) {
+                (Some(id), Some(meta)) => tracing_core::span::Current::new(id.clone(), meta),
+                _ => tracing_core::span::Current::none(),
+            }
+        }
+    }
+
+    #[test]
+    fn the_callers_span_is_entered_on_the_pool_thread() {
+        let pool = BackgroundPool::new("spans", 1).unwrap();
+        let seen = std::sync::Arc::new(EnteredOn::default());
+        let dispatch = tracing::Dispatch::from(std::sync::Arc::clone(&seen));
+        tracing::dispatcher::with_default(&dispatch, || {
+            let outer = tracing::info_span!("outer");
+            outer.in_scope(|| pool.run(|| ()));
+        });
+        let entered = seen.entered.lock().clone();
+        assert!(
+            entered
+                .iter()
+                .any(|(id, thread)| *id == 1 && thread.starts_with("switchyard-bg-spans")),
+            "{entered:?}"
+        );
     }
 
     #[test]

@@ -106,8 +106,14 @@ impl YieldGate {
     /// comes, all work keeps ordinary threads (background threads lose to
     /// every other process on the machine).
     pub fn backgrounds(&self, priority: Priority) -> bool {
+        self.may_hold(priority) && self.background_now()
+    }
+
+    /// Whether held work should start on background threads now, whatever
+    /// its priority: the gate has them and a request at the level arrived
+    /// within [`BACKGROUND_WINDOW`]. One reading for a whole step.
+    pub fn background_now(&self) -> bool {
         self.background
-            && self.may_hold(priority)
             && self
                 .active
                 .lock()

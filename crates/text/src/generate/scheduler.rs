@@ -316,10 +316,13 @@ impl<'m> Scheduler<'m> {
             })
             .collect();
         let wants: Vec<bool> = batch.iter().map(|s| s.logits).collect();
+        // One reading of the gate per step, then a check per row.
         let background = self.background.as_ref().filter(|_| {
-            plan.iter().all(|&(i, _)| {
-                let priority = self.running[i].admission.priority;
-                self.gate.as_ref().is_some_and(|g| g.backgrounds(priority))
+            self.gate.as_ref().is_some_and(|g| {
+                g.background_now()
+                    && plan
+                        .iter()
+                        .all(|&(i, _)| g.may_hold(self.running[i].admission.priority))
             })
         });
         let (model, cache) = (self.model, &mut self.cache);
