@@ -493,11 +493,28 @@ where
     }
 
     /// Let `key` be evicted again. Returns whether it was pinned.
+    ///
+    /// Pinned models may hold the cache above its limits; unpinning one
+    /// evicts the policy's victims (possibly `key` itself) until the cache is
+    /// back within them.
     pub fn unpin(&self, key: &K) -> bool {
-        match self.inner.state.lock().slots.get_mut(key) {
-            Some(Slot::Ready(e)) => std::mem::replace(&mut e.pinned, false),
-            _ => false,
-        }
+        let (was, evicted) = {
+            let mut st = self.inner.state.lock();
+            let was = match st.slots.get_mut(key) {
+                Some(Slot::Ready(e)) => std::mem::replace(&mut e.pinned, false),
+                _ => false,
+            };
+            let mut evicted = Vec::new();
+            while was && self.over_limits(&st) {
+                match self.evict_one(&mut st, None, EvictReason::Capacity) {
+                    Some(e) => evicted.push(e),
+                    None => break,
+                }
+            }
+            (was, evicted)
+        };
+        self.notify(evicted);
+        was
     }
 
     /// Set `key`'s keep-alive (now and for later loads), overriding the

@@ -127,6 +127,33 @@ fn pinned_models_stay_through_limits_and_clear() {
 }
 
 #[test]
+fn unpinning_evicts_back_within_the_limits() {
+    let (cache, log) = cache_with(
+        TestLoader::default(),
+        limited(Some(3), None, EvictionPolicy::Lru),
+        SystemClock::shared(),
+    );
+    for name in ["a", "b", "c"] {
+        drop(cache.get(&k(name)).unwrap());
+        cache.pin(&k(name)).unwrap();
+    }
+    // Three pinned models leave no victim: the fourth is kept over the limit.
+    drop(cache.get(&k("d")).unwrap());
+    assert_eq!(cache.len(), 4);
+    assert!(log.lock().is_empty());
+    // Unpinning one makes a victim, and the cache goes back to its limit at
+    // once rather than at the next load (the least recently used goes).
+    assert!(cache.unpin(&k("a")));
+    assert_eq!(cache.len(), 3);
+    assert_eq!(*log.lock(), [(k("a"), EvictReason::Capacity)]);
+    assert!(cache.contains(&k("b")) && cache.contains(&k("c")) && cache.contains(&k("d")));
+    // Within the limits, unpinning evicts nothing.
+    assert!(cache.unpin(&k("b")));
+    assert_eq!(cache.len(), 3);
+    assert_eq!(log.lock().len(), 1);
+}
+
+#[test]
 fn idle_models_unload_after_their_keep_alive_unless_in_use() {
     let clock = ManualClock::new();
     let config = CacheConfig {
