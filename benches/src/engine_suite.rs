@@ -14,6 +14,9 @@
 //!    (held work pauses between steps and runs on `SCHED_IDLE` background
 //!    threads), with pauses only (`background_threads(false)`), and with
 //!    yielding off; the Low figures show what background work got done.
+//!    Urgent chats are read as streams, so the suite also reports their
+//!    time to first text, where most of the wait under load is (a held
+//!    step already under way when the chat arrives).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +38,8 @@ use crate::{Report, TempFolder, median, quantile};
 
 const DECODE_TOKENS: usize = 64;
 const DECODE_RUNS: usize = 9;
+/// Runs of each Urgent request alone, for its idle latency.
+const IDLE_RUNS: u64 = 9;
 const EMBED_BATCH: usize = 32;
 const EMBED_RUNS: usize = 15;
 const PROMPT: &str = "Write a short story about a rail switchyard at night, where \
@@ -91,6 +96,32 @@ fn timed(f: impl FnOnce() -> SuiteResult<()>) -> SuiteResult<f64> {
 fn run(engine: &Engine, request: Request) -> SuiteResult<()> {
     engine.submit(request)?.wait()?;
     Ok(())
+}
+
+/// Runs `request` on `engine`: milliseconds to the answer, and for a
+/// generation (read as a stream) to its first text.
+fn timed_request(engine: &Engine, request: Request) -> SuiteResult<(f64, Option<f64>)> {
+    let started = Instant::now();
+    let millis = || started.elapsed().as_secs_f64() * 1e3;
+    let handle = engine.submit(request)?;
+    if !matches!(request_kind(&handle), Kind::Chat) {
+        handle.wait()?;
+        return Ok((millis(), None));
+    }
+    let mut first = None;
+    for delta in handle.into_stream() {
+        delta?;
+        first.get_or_insert_with(millis);
+    }
+    Ok((millis(), first))
+}
+
+fn request_kind(handle: &switchyard::Handle) -> Kind {
+    match handle.model() {
+        "smollm2" => Kind::Chat,
+        "minilm" => Kind::Embed,
+        _ => Kind::Image,
+    }
 }
 
 /// `engine`.
@@ -231,6 +262,8 @@ struct Done {
     priority: Priority,
     kind: Kind,
     millis: f64,
+    /// To the first text, for chats.
+    first_millis: Option<f64>,
 }
 
 /// A client: sends `kinds` in turn at `priority`, pausing `think` after
@@ -247,11 +280,12 @@ fn client(
     while !stop.load(Ordering::Relaxed) {
         for &kind in kinds {
             seed += 1;
-            let millis = timed(|| run(engine, kind.request(priority, seed)))?;
+            let (millis, first_millis) = timed_request(engine, kind.request(priority, seed))?;
             log.lock().push(Done {
                 priority,
                 kind,
                 millis,
+                first_millis,
             });
             std::thread::sleep(think);
             if stop.load(Ordering::Relaxed) {
@@ -319,15 +353,21 @@ fn mixed_traffic(
     // Idle: each Urgent request alone on a warm engine.
     let engine = build(Some(Priority::Urgent), true)?;
     let mut idle = Vec::new();
+    let mut idle_first = Vec::new();
     for kind in Kind::ALL {
         run(&engine, kind.request(Priority::Urgent, 99))?;
-        let mut samples = (0..5)
-            .map(|i| timed(|| run(&engine, kind.request(Priority::Urgent, i))))
-            .collect::<SuiteResult<Vec<f64>>>()?;
+        let mut samples = Vec::new();
+        for i in 0..IDLE_RUNS {
+            let (millis, first) = timed_request(&engine, kind.request(Priority::Urgent, i))?;
+            samples.push(millis);
+            idle_first.extend(first);
+        }
         let m = median(&mut samples);
         report.figure(&format!("idle_urgent_{}_ms", kind.name()), m, "ms");
         idle.push(m);
     }
+    let idle_first = median(&mut idle_first);
+    report.figure("idle_urgent_chat_first_text_ms", idle_first, "ms");
     println!(
         "\nmixed traffic for {} s: Low (3 chat, 1 embed x{EMBED_BATCH}, 1 image clients, back to \
          back), Normal (chat + embed every 250 ms), Urgent (chat, embed, image every 400 ms)",
@@ -388,6 +428,20 @@ fn mixed_traffic(
                     urgent_chat_p95[i] = p95;
                 }
             }
+        }
+        let mut first: Vec<f64> = done
+            .iter()
+            .filter(|d| d.priority == Priority::Urgent)
+            .filter_map(|d| d.first_millis)
+            .collect();
+        if !first.is_empty() {
+            let (p50, p95) = (quantile(&mut first, 0.5), quantile(&mut first, 0.95));
+            println!(
+                "{label:10} Urgent chat to first text: p50 {p50:.1} ms, p95 {p95:.1} ms \
+                 (idle {idle_first:.1} ms)"
+            );
+            report.figure(&format!("{label}_urgent_chat_first_text_p50_ms"), p50, "ms");
+            report.figure(&format!("{label}_urgent_chat_first_text_p95_ms"), p95, "ms");
         }
         let low_chats = latencies(&done, Priority::Low, Kind::Chat).len();
         let low_tokens = (low_chats * 64) as f64 / wall.as_secs_f64();
