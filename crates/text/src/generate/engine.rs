@@ -12,7 +12,9 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use switchyard_batch::{BatchObservation, BatchSizeController, Pid, YIELD_POLL, YieldGate};
+use switchyard_batch::{
+    BatchObservation, BatchSizeController, Pid, YIELD_POLL, YieldGate, YieldGuard,
+};
 use switchyard_core::{Deadline, Priority};
 
 pub use super::latency::LatencyControl;
@@ -103,6 +105,9 @@ struct Submission {
     job: Prepared,
     admission: Admission,
     sender: DeltaSender,
+    /// The request counted on the yield gate from the moment it is
+    /// accepted, so that a held step under way stops for it at once.
+    counted: Option<YieldGuard>,
 }
 
 struct Shared {
@@ -305,6 +310,11 @@ impl GenerationEngine {
                 deadline: options.deadline,
             },
             sender,
+            counted: self
+                .config
+                .yield_gate
+                .as_ref()
+                .map(|g| g.enter(options.priority)),
         };
         let sent = self
             .commands
@@ -442,9 +452,10 @@ impl Loop<'_> {
                     job,
                     admission,
                     sender,
+                    counted,
                 } = *submission;
                 self.senders.insert(id, sender);
-                if let Err(e) = self.scheduler.submit(id, job, admission) {
+                if let Err(e) = self.scheduler.submit_counted(id, job, admission, counted) {
                     let mut sink = Streams {
                         senders: &mut self.senders,
                         finals: &mut self.finals,
@@ -560,6 +571,7 @@ impl Loop<'_> {
             prefill_tokens: s.prefill_tokens,
             cached_prompt_tokens: s.cached_tokens,
             preemptions: s.preemptions,
+            interrupted_steps: s.interrupted_steps,
             finished: s.finished,
             itl_p50_secs: p50.as_secs_f64(),
             itl_p95_secs: p95.as_secs_f64(),

@@ -13,9 +13,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_batch::{BackgroundPool, BatchKey, PriorityQueue, QueueConfig, Queued, YieldGate};
+use switchyard_batch::{
+    BackgroundPool, BatchKey, PriorityQueue, QueueConfig, Queued, YieldGate, YieldGuard,
+};
 use switchyard_core::{Deadline, Priority, RequestId};
-use switchyard_pool::{KvBlockPool, KvPoolConfig, KvStats, KvStorage, PoolError};
+use switchyard_pool::{KvBlockPool, KvPoolConfig, KvStats};
 
 use super::run::{DeltaSink, Prepared};
 use super::sequence::{Seq, sample, send_last};
@@ -73,6 +75,9 @@ pub(crate) struct Scheduler<'m> {
     background: Option<BackgroundPool>,
     /// The last step computed nothing because the gate held every row.
     holding: bool,
+    /// Tests: abandon the next background step after its first layer.
+    #[cfg(test)]
+    pub(crate) interrupt_next: bool,
 }
 
 fn generation(e: impl std::fmt::Display) -> TextError {
@@ -113,6 +118,8 @@ impl<'m> Scheduler<'m> {
             gate: None,
             background: None,
             holding: false,
+            #[cfg(test)]
+            interrupt_next: false,
         })
     }
 
@@ -147,6 +154,18 @@ impl<'m> Scheduler<'m> {
     /// Queue `job` under sink index `id`. Refused when it could never fit
     /// the cache even alone.
     pub(crate) fn submit(&mut self, id: usize, job: Prepared, admission: Admission) -> Result<()> {
+        self.submit_counted(id, job, admission, None)
+    }
+
+    /// [`submit`](Self::submit) for a request already counted on the
+    /// yield gate by `counted` (else it is counted here).
+    pub(crate) fn submit_counted(
+        &mut self,
+        id: usize,
+        job: Prepared,
+        admission: Admission,
+        counted: Option<YieldGuard>,
+    ) -> Result<()> {
         let whole = job.prompt.len() + job.max_new;
         let needed = self.pool.blocks_for(whole);
         if needed > self.config.num_blocks {
@@ -167,7 +186,7 @@ impl<'m> Scheduler<'m> {
             admission,
             admitted: 0,
             done: false,
-            _yield: self.gate.as_ref().map(|g| g.enter(admission.priority)),
+            _yield: counted.or_else(|| self.gate.as_ref().map(|g| g.enter(admission.priority))),
         };
         let mut entry = Queued::new(
             RequestId::from_u64(id as u64),
@@ -325,12 +344,33 @@ impl<'m> Scheduler<'m> {
                         .all(|&(i, _)| g.may_hold(self.running[i].admission.priority))
             })
         });
+        // A background step gives the cores up within a layer once the
+        // gate holds its rows: urgent work, here or elsewhere, has arrived.
+        let (gate, held) = (
+            self.gate.as_deref(),
+            self.running[plan[0].0].admission.priority,
+        );
+        #[cfg(test)]
+        let forced = std::mem::take(&mut self.interrupt_next);
+        #[cfg(not(test))]
+        let forced = false;
+        let checks = std::sync::atomic::AtomicUsize::new(0);
+        let stop = || {
+            let first = checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+            (forced && !first) || gate.is_some_and(|g| !g.allows(held))
+        };
         let (model, cache) = (self.model, &mut self.cache);
         let logits = match background {
-            Some(pool) => pool.run(|| model.forward(cache, &batch)),
-            None => model.forward(cache, &batch),
+            Some(pool) => pool.run(|| model.forward_unless(cache, &batch, &stop)),
+            None => model.forward(cache, &batch).map(Some),
         }?;
         drop(batch);
+        let Some(logits) = logits else {
+            // Nothing advanced: the rows run this step again when the gate
+            // lets them.
+            self.stats.interrupted_steps += 1;
+            return Ok(true);
+        };
         self.stats.steps += 1;
         let mut row = 0;
         let mut sampled = Vec::new();
@@ -399,148 +439,6 @@ impl<'m> Scheduler<'m> {
             }
         }
         plan
-    }
-
-    /// Record `token` of request `id` in the pool, preempting others (or
-    /// itself) while no block is left for it.
-    fn append(&mut self, id: usize, token: u32) -> Result<()> {
-        loop {
-            let Some(at) = self.running.iter().position(|s| s.id == id) else {
-                // Preempted earlier in this step: its recomputation covers
-                // the token.
-                return Ok(());
-            };
-            match self.pool.append(self.running[at].pool_id(), token) {
-                Ok(Some(copy)) => return Ok(self.cache.copy_block(copy.from, copy.to)?),
-                Ok(None) => return Ok(()),
-                Err(PoolError::OutOfBlocks { .. }) => {
-                    let victim = self.victim(None).unwrap_or(at);
-                    self.preempt(victim);
-                }
-                Err(e) => return Err(generation(e)),
-            }
-        }
-    }
-
-    /// The running sequence to preempt: the lowest priority, then the most
-    /// recently admitted, among those less urgent than `than` (any, for
-    /// `None`).
-    fn victim(&self, than: Option<Priority>) -> Option<usize> {
-        self.running
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| than.is_none_or(|p| s.admission.priority.rank() > p.rank()))
-            .max_by_key(|(_, s)| (s.admission.priority.rank(), s.admitted))
-            .map(|(i, _)| i)
-    }
-
-    /// Free running sequence `at`'s blocks and put it first in line.
-    fn preempt(&mut self, at: usize) {
-        let mut s = self.running.remove(at);
-        let _ = self.pool.free(s.pool_id());
-        s.computed = 0;
-        self.stats.preemptions += 1;
-        self.ready.push_front(s);
-    }
-
-    /// Move waiting requests into the running set while they fit. A
-    /// request whose first block is being prefilled right now by a running
-    /// sequence waits a step (with prefix caching), so that it finds those
-    /// blocks cached instead of computing them a second time.
-    fn admit(&mut self, floor: Priority, sink: &mut dyn DeltaSink) -> Result<()> {
-        // Parked requests leave `ready` until the loop ends, so each is
-        // looked at once. Sequences below `floor` neither count against
-        // the cap nor start.
-        let allowed = |s: &Seq| s.admission.priority.rank() <= floor.rank();
-        let mut parked = Vec::new();
-        while self.running.iter().filter(|s| allowed(s)).count() < self.config.max_running {
-            let next = match self.ready.iter().position(allowed) {
-                Some(at) => self
-                    .ready
-                    .remove(at)
-                    .ok_or_else(|| generation("ready queue"))?,
-                None => {
-                    let now = Instant::now();
-                    let taken = self
-                        .queue
-                        .take_batch_above(&self.key, 1, u64::MAX, now, floor);
-                    for e in taken.expired {
-                        self.expire(e.payload, sink);
-                    }
-                    match taken.batch.into_iter().next() {
-                        Some(e) => e.payload,
-                        None => break,
-                    }
-                }
-            };
-            if self.shares_a_prefix_in_flight(&next) {
-                parked.push(next);
-                continue;
-            }
-            if let Some(s) = self.place(next)? {
-                self.ready.push_front(s);
-                break;
-            }
-        }
-        for s in parked.into_iter().rev() {
-            self.ready.push_front(s);
-        }
-        Ok(())
-    }
-
-    /// Whether a running sequence is still computing prompt tokens that
-    /// `s`'s tokens start with, a whole block or more (so `s` would find
-    /// them cached later).
-    fn shares_a_prefix_in_flight(&self, s: &Seq) -> bool {
-        let bs = self.config.block_size;
-        if !self.config.prefix_caching || s.tokens.len() <= bs {
-            return false;
-        }
-        self.running.iter().any(|r| {
-            let prompt = &r.job.prompt;
-            if r.computed >= prompt.len() || prompt[..bs.min(prompt.len())] != s.tokens[..bs] {
-                return false;
-            }
-            let common = prompt
-                .iter()
-                .zip(&s.tokens)
-                .take_while(|(a, b)| a == b)
-                .count();
-            // Keep one token for `s` to compute, as the pool does; worth
-            // waiting for when at least a whole block is shared (the pool
-            // then reuses the part-filled block's matching rows too).
-            let reusable = common.min(s.tokens.len() - 1);
-            reusable >= bs && r.computed < reusable
-        })
-    }
-
-    /// Give `s` its blocks and start it; hands it back when it does not
-    /// fit (after preempting a Low sequence for an Urgent one, if allowed).
-    fn place(&mut self, mut s: Seq) -> Result<Option<Seq>> {
-        loop {
-            match self.pool.start_sequence(s.pool_id(), &s.tokens) {
-                Ok(reuse) => {
-                    if let Some(copy) = reuse.copy {
-                        self.cache.copy_block(copy.from, copy.to)?;
-                    }
-                    let cached = reuse.cached;
-                    s.computed = cached;
-                    self.stats.cached_tokens += cached as u64;
-                    self.admissions += 1;
-                    s.admitted = self.admissions;
-                    self.running.push(s);
-                    return Ok(None);
-                }
-                Err(PoolError::OutOfBlocks { .. }) => {
-                    let urgent = s.admission.priority == Priority::Urgent;
-                    match self.victim(Some(Priority::Normal)) {
-                        Some(v) if urgent && self.config.urgent_preempts_low => self.preempt(v),
-                        _ => return Ok(Some(s)),
-                    }
-                }
-                Err(e) => return Err(generation(e)),
-            }
-        }
     }
 
     /// End cancelled requests wherever they are; running ones free their
@@ -618,6 +516,9 @@ impl<'m> Scheduler<'m> {
         send_last(&s, reason, last, sink);
     }
 }
+
+#[path = "admission.rs"]
+mod admission;
 
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]

@@ -16,9 +16,15 @@ struct Tiny {
 }
 
 fn tiny_model() -> Tiny {
+    tiny_model_in(GgufQuant::Q8_0)
+}
+
+/// The tiny model with weights stored as `quant` (quantized ones run on
+/// the host kernels, floats through candle).
+fn tiny_model_in(quant: GgufQuant) -> Tiny {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
-    tiny::write_llama_gguf(&path, &TinyLlama::default(), GgufQuant::Q8_0, 5).unwrap();
+    tiny::write_llama_gguf(&path, &TinyLlama::default(), quant, 5).unwrap();
     let model = LlamaModel::load(&path, DeviceId::Cpu).unwrap();
     let tok = TextTokenizer::from_gguf(&path).unwrap();
     Tiny {
@@ -523,6 +529,21 @@ fn tiny() -> &'static Tiny {
     MODEL.get_or_init(tiny_model)
 }
 
+/// Admission at `priority`, no deadline.
+fn at(priority: Priority) -> Admission {
+    Admission {
+        priority,
+        deadline: None,
+    }
+}
+
+/// A scheduler on `t` sharing `gate`.
+fn gated<'m>(t: &'m Tiny, config: SchedulerConfig, gate: &Arc<YieldGate>) -> Scheduler<'m> {
+    let mut s = Scheduler::new(&t.model, config).unwrap();
+    s.set_yield_gate(Some(Arc::clone(gate))).unwrap();
+    s
+}
+
 #[test]
 fn sequences_the_yield_gate_holds_skip_steps_and_resume_unchanged() {
     let t = tiny_model();
@@ -540,19 +561,10 @@ fn sequences_the_yield_gate_holds_skip_steps_and_resume_unchanged() {
     let gate = YieldGate::new(Priority::Urgent);
     // One running sequence at most: the held Low one must not keep the
     // Urgent one out.
-    let mut s = Scheduler::new(&t.model, config(64, 1)).unwrap();
-    s.set_yield_gate(Some(Arc::clone(&gate))).unwrap();
+    let mut s = gated(&t, config(64, 1), &gate);
     let mut out = Collect::new(2);
-    let admission = |priority| Admission {
-        priority,
-        deadline: None,
-    };
-    s.submit(
-        0,
-        low.job(&t, CancellationToken::new()),
-        admission(Priority::Low),
-    )
-    .unwrap();
+    s.submit(0, low.job(&t, CancellationToken::new()), at(Priority::Low))
+        .unwrap();
     for _ in 0..3 {
         s.step(&mut out).unwrap();
     }
@@ -566,7 +578,7 @@ fn sequences_the_yield_gate_holds_skip_steps_and_resume_unchanged() {
     // An Urgent request here runs to its end past the cap; Low still
     // waits. Requests count on the gate while they live.
     let job = urgent.job(&t, CancellationToken::new());
-    s.submit(1, job, admission(Priority::Urgent)).unwrap();
+    s.submit(1, job, at(Priority::Urgent)).unwrap();
     assert_eq!(gate.active(), [2, 0, 0, 1]);
     while out.ends[1] == 0 {
         s.step(&mut out).unwrap();
@@ -581,4 +593,112 @@ fn sequences_the_yield_gate_holds_skip_steps_and_resume_unchanged() {
     assert_eq!(out.tokens[0], low_alone, "resumed where it stopped");
     assert_eq!(out.ends, [1, 1]);
     assert_eq!(gate.active(), [0; 4]);
+}
+
+#[test]
+fn an_abandoned_background_step_runs_again_unchanged() {
+    for quant in [GgufQuant::Q8_0, GgufQuant::F32] {
+        abandon_steps_of(&tiny_model_in(quant));
+    }
+}
+
+fn abandon_steps_of(t: &Tiny) {
+    let low = Spec {
+        prompt: vec![5, 6, 7, 8, 9, 10, 11],
+        max_new: 10,
+        seed: Some(9),
+    };
+    let low_alone = alone(t, &low);
+    let gate = YieldGate::new(Priority::Urgent);
+    // Urgent traffic seen lately: held work runs on background threads.
+    drop(gate.enter(Priority::Urgent));
+    let mut s = gated(t, config(64, 2), &gate);
+    let mut out = Collect::new(1);
+    s.submit(0, low.job(t, CancellationToken::new()), at(Priority::Low))
+        .unwrap();
+    // Abandon the prompt's step and then a decode step, each after a layer.
+    for steps_first in [0, 4] {
+        for _ in 0..steps_first {
+            s.step(&mut out).unwrap();
+        }
+        let (before, stats) = (out.tokens[0].len(), s.stats());
+        s.interrupt_next = true;
+        assert!(s.step(&mut out).unwrap(), "work remains");
+        assert!(!s.holding());
+        let after = s.stats();
+        assert_eq!(after.interrupted_steps, stats.interrupted_steps + 1);
+        assert_eq!(after.steps, stats.steps, "an abandoned step is not counted");
+        assert_eq!(out.tokens[0].len(), before, "nothing sampled");
+        check_blocks(&s, 4);
+    }
+    drain(&mut s, &mut out);
+    assert_eq!(out.tokens[0], low_alone, "the same tokens as uninterrupted");
+    assert_eq!(out.ends, [1]);
+}
+
+#[test]
+fn a_step_on_ordinary_threads_is_never_abandoned() {
+    let t = tiny_model();
+    let spec = Spec {
+        prompt: vec![5, 6, 7],
+        max_new: 4,
+        seed: None,
+    };
+    // No gate: no background threads, so nothing may stop a step.
+    let mut s = Scheduler::new(&t.model, config(64, 2)).unwrap();
+    let mut out = Collect::new(1);
+    s.submit(
+        0,
+        spec.job(&t, CancellationToken::new()),
+        Admission::default(),
+    )
+    .unwrap();
+    s.interrupt_next = true;
+    drain(&mut s, &mut out);
+    assert_eq!(s.stats().interrupted_steps, 0);
+    assert_eq!(out.tokens[0], alone(&t, &spec));
+}
+
+#[test]
+fn an_urgent_request_does_not_wait_for_the_prefix_of_a_held_one() {
+    let t = tiny_model();
+    let prompt: Vec<u32> = (5..15).collect();
+    let low = Spec {
+        prompt: prompt.clone(),
+        max_new: 6,
+        seed: None,
+    };
+    let urgent = Spec {
+        prompt,
+        max_new: 4,
+        seed: Some(2),
+    };
+    let gate = YieldGate::new(Priority::Urgent);
+    drop(gate.enter(Priority::Urgent));
+    let caching = SchedulerConfig {
+        prefix_caching: true,
+        ..config(64, 4)
+    };
+    let mut s = gated(&t, caching, &gate);
+    let mut out = Collect::new(2);
+    s.submit(0, low.job(&t, CancellationToken::new()), at(Priority::Low))
+        .unwrap();
+    // The Low prompt's step is abandoned: it is running with its prompt
+    // not computed when an Urgent request with the same prompt comes.
+    s.interrupt_next = true;
+    s.step(&mut out).unwrap();
+    assert_eq!(s.stats().interrupted_steps, 1);
+    let job = urgent.job(&t, CancellationToken::new());
+    s.submit(1, job, at(Priority::Urgent)).unwrap();
+    for _ in 0..100 {
+        if out.ends[1] == 1 {
+            break;
+        }
+        s.step(&mut out).unwrap();
+    }
+    assert_eq!(out.ends[1], 1, "the Urgent request finished");
+    assert_eq!(out.tokens[1], alone(&t, &urgent));
+    assert!(out.tokens[0].is_empty(), "Low held meanwhile");
+    drain(&mut s, &mut out);
+    assert_eq!(out.tokens[0], alone(&t, &low));
 }

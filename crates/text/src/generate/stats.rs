@@ -22,6 +22,9 @@ pub struct GenerationStats {
     pub cached_prompt_tokens: u64,
     /// Sequences preempted to free blocks.
     pub preemptions: u64,
+    /// Steps of held work abandoned part-way because urgent work arrived
+    /// (their sequences run the step again later, unchanged).
+    pub interrupted_steps: u64,
     /// Requests that ended, for any reason.
     pub finished: u64,
     /// Median inter-token latency over the recent steps, in seconds.
@@ -58,6 +61,8 @@ pub(crate) struct SchedulerStats {
     pub(crate) generated_tokens: u64,
     /// Sequences preempted (their blocks freed, to be recomputed).
     pub(crate) preemptions: u64,
+    /// Background steps abandoned because the gate began to hold them.
+    pub(crate) interrupted_steps: u64,
     /// Prompt tokens computed (recomputation included).
     pub(crate) prefill_tokens: u64,
     /// Prompt tokens whose keys and values came from the prefix cache.

@@ -154,13 +154,15 @@ fn wrap(e: switchyard_kernels::KernelError) -> candle_core::Error {
 impl HostModel<'_> {
     /// Runs the layers over `x` (`[rows, hidden]` embeddings), writing keys
     /// and values into `cache` (host storage), and returns the logits of the
-    /// wanted rows (`[wanted, vocab]`).
+    /// wanted rows (`[wanted, vocab]`); `None` when `stop` said so before a
+    /// layer (see [`LlamaModel::forward_unless`](super::LlamaModel::forward_unless)).
     pub(crate) fn forward(
         &self,
         mut x: Vec<f32>,
         cache: &mut PagedKvCache,
         step: &HostStep<'_>,
-    ) -> candle_core::Result<Vec<f32>> {
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> candle_core::Result<Option<Vec<f32>>> {
         let c = self.config;
         let n = step.positions.len();
         let (hid, hd) = (c.hidden, c.head_dim);
@@ -196,6 +198,9 @@ impl HostModel<'_> {
             .zip(&self.host.layers)
             .enumerate()
         {
+            if stop() {
+                return Ok(None);
+            }
             let Some(m) = layer_mats(lw) else {
                 candle_core::bail!("layer {l} is not fused for the host path");
             };
@@ -232,7 +237,7 @@ impl HostModel<'_> {
             x.iter_mut().zip(&f).for_each(|(x, f)| *x += f);
         }
         if step.wanted.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let mut last = Vec::with_capacity(step.wanted.len() * hid);
         for &r in step.wanted {
@@ -243,6 +248,8 @@ impl HostModel<'_> {
         let Some(head) = self.weights.head.packed() else {
             candle_core::bail!("the head is not repacked for the host path");
         };
-        run_packed(head, &normed, step.wanted.len()).map_err(wrap)
+        run_packed(head, &normed, step.wanted.len())
+            .map(Some)
+            .map_err(wrap)
     }
 }

@@ -239,6 +239,27 @@ impl LlamaModel {
     /// Linear layers run once over all the batch's rows; attention runs per
     /// sequence over its own blocks.
     pub fn forward(&self, cache: &mut PagedKvCache, batch: &[SeqStep<'_>]) -> Result<Tensor> {
+        self.forward_unless(cache, batch, &|| false)?
+            .ok_or_else(|| TextError::Generation {
+                reason: "a step that cannot stop stopped".into(),
+            })
+    }
+
+    /// [`forward`](Self::forward), asking `stop` before each layer: when it
+    /// answers true the step is abandoned and `Ok(None)` returned, so that
+    /// a step of work that may wait gives the cores up within a layer.
+    ///
+    /// An abandoned step leaves keys and values for some layers in the
+    /// slots of the batch's new tokens. Those slots lie past what each
+    /// sequence has computed, so nothing reads them; running the same step
+    /// again overwrites them, and the sequences go on exactly as if the
+    /// abandoned step had never started.
+    pub fn forward_unless(
+        &self,
+        cache: &mut PagedKvCache,
+        batch: &[SeqStep<'_>],
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<Tensor>> {
         let (ids, positions, write_slots, seqs) = self.plan(cache, batch)?;
         let n = ids.len();
         let c = &self.config;
@@ -265,12 +286,15 @@ impl LlamaModel {
                 seqs: &seqs,
                 wanted: &wanted,
             };
-            let logits = model.forward(x.flatten_all()?.to_vec1()?, cache, &step)?;
-            return Ok(Tensor::from_vec(
+            let Some(logits) = model.forward(x.flatten_all()?.to_vec1()?, cache, &step, stop)?
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(Tensor::from_vec(
                 logits,
                 (wanted.len(), c.vocab),
                 &self.device,
-            )?);
+            )?));
         }
         let (cos, sin) = self.rope_tables(&positions)?;
         let write_index = if cache.is_host() {
@@ -290,16 +314,21 @@ impl LlamaModel {
         let mut x = x;
         let slots = (&write_slots[..], write_index.as_ref());
         for (l, layer) in self.weights.layers.iter().enumerate() {
+            if stop() {
+                return Ok(None);
+            }
             x = self.block(l, layer, &x, cache, slots, &plans, (&cos, &sin))?;
         }
         if wanted.is_empty() {
-            return Ok(Tensor::zeros((0, c.vocab), DType::F32, &self.device)?);
+            return Ok(Some(Tensor::zeros((0, c.vocab), DType::F32, &self.device)?));
         }
         let k = wanted.len();
         let wanted: Vec<u32> = wanted.iter().map(|&r| r as u32).collect();
         let last = x.index_select(&Tensor::from_vec(wanted, k, &self.device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, c.rms_eps as f32)?;
-        Ok(self.weights.head.forward(&last)?.to_dtype(DType::F32)?)
+        Ok(Some(
+            self.weights.head.forward(&last)?.to_dtype(DType::F32)?,
+        ))
     }
 
     /// The slot tensor and causal mask of one sequence (candle path).
