@@ -100,11 +100,11 @@ fn run(engine: &Engine, request: Request) -> SuiteResult<()> {
 
 /// Runs `request` on `engine`: milliseconds to the answer, and for a
 /// generation (read as a stream) to its first text.
-fn timed_request(engine: &Engine, request: Request) -> SuiteResult<(f64, Option<f64>)> {
+fn timed_request(engine: &Engine, kind: Kind, request: Request) -> SuiteResult<(f64, Option<f64>)> {
     let started = Instant::now();
     let millis = || started.elapsed().as_secs_f64() * 1e3;
     let handle = engine.submit(request)?;
-    if !matches!(request_kind(&handle), Kind::Chat) {
+    if kind != Kind::Chat {
         handle.wait()?;
         return Ok((millis(), None));
     }
@@ -114,14 +114,6 @@ fn timed_request(engine: &Engine, request: Request) -> SuiteResult<(f64, Option<
         first.get_or_insert_with(millis);
     }
     Ok((millis(), first))
-}
-
-fn request_kind(handle: &switchyard::Handle) -> Kind {
-    match handle.model() {
-        "smollm2" => Kind::Chat,
-        "minilm" => Kind::Embed,
-        _ => Kind::Image,
-    }
 }
 
 /// `engine`.
@@ -280,7 +272,7 @@ fn client(
     while !stop.load(Ordering::Relaxed) {
         for &kind in kinds {
             seed += 1;
-            let (millis, first_millis) = timed_request(engine, kind.request(priority, seed))?;
+            let (millis, first_millis) = timed_request(engine, kind, kind.request(priority, seed))?;
             log.lock().push(Done {
                 priority,
                 kind,
@@ -358,7 +350,7 @@ fn mixed_traffic(
         run(&engine, kind.request(Priority::Urgent, 99))?;
         let mut samples = Vec::new();
         for i in 0..IDLE_RUNS {
-            let (millis, first) = timed_request(&engine, kind.request(Priority::Urgent, i))?;
+            let (millis, first) = timed_request(&engine, kind, kind.request(Priority::Urgent, i))?;
             samples.push(millis);
             idle_first.extend(first);
         }

@@ -313,14 +313,7 @@ where
             m.bytes = loaded.bytes;
             m.last_load_time = Some(took);
             m.total_load_time += took;
-            let mut evicted = Vec::new();
-            while self.over_limits(&st) {
-                match self.evict_one(&mut st, Some(key), EvictReason::Capacity) {
-                    Some(e) => evicted.push(e),
-                    None => break,
-                }
-            }
-            evicted
+            self.evict_over_limits(&mut st, Some(key))
         };
         self.notify(evicted);
         Ok(value)
@@ -330,6 +323,23 @@ where
         let c = &self.inner.config;
         let entries = st.ready();
         c.max_entries.is_some_and(|m| entries > m) || c.max_bytes.is_some_and(|m| st.bytes > m)
+    }
+
+    /// Evict the policy's victims (never `protect`) while the cache is over
+    /// its limits and a victim is left; the caller notifies outside the lock.
+    fn evict_over_limits(
+        &self,
+        st: &mut State<K, V>,
+        protect: Option<&K>,
+    ) -> Vec<(K, Arc<V>, EvictReason)> {
+        let mut evicted = Vec::new();
+        while self.over_limits(st) {
+            match self.evict_one(st, protect, EvictReason::Capacity) {
+                Some(e) => evicted.push(e),
+                None => break,
+            }
+        }
+        evicted
     }
 
     /// Free room for a load of `key` weighing `estimate`: the byte limit,
@@ -504,13 +514,11 @@ where
                 Some(Slot::Ready(e)) => std::mem::replace(&mut e.pinned, false),
                 _ => false,
             };
-            let mut evicted = Vec::new();
-            while was && self.over_limits(&st) {
-                match self.evict_one(&mut st, None, EvictReason::Capacity) {
-                    Some(e) => evicted.push(e),
-                    None => break,
-                }
-            }
+            let evicted = if was {
+                self.evict_over_limits(&mut st, None)
+            } else {
+                Vec::new()
+            };
             (was, evicted)
         };
         self.notify(evicted);
