@@ -164,7 +164,20 @@ fn crash_leaves_no_request_behind() {
     let RecoveredOutcome::Requeued(h) = outcomes.next().unwrap() else {
         panic!("the embedding request was not run again")
     };
-    assert_eq!(h.wait().unwrap(), expect_embed);
+    // The same vectors, up to the last bit: the replay may share its
+    // forward pass with other work, and float sums then round differently.
+    let (got, want) = (
+        h.wait().unwrap().into_embeddings().unwrap(),
+        expect_embed.into_embeddings().unwrap(),
+    );
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.len(), w.len());
+        assert!(
+            g.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-5),
+            "{g:?} vs {w:?}"
+        );
+    }
     match outcomes.next().unwrap() {
         RecoveredOutcome::Failed(EngineError::TimedOut) => {}
         other => panic!("the late request: {other:?}"),
