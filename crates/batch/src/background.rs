@@ -1,11 +1,12 @@
 //! Threads at the lowest OS scheduling priority, for work a [`YieldGate`]
 //! may hold.
 //!
-//! The gate pauses less urgent work *between* steps, but a step already
-//! under way (a 32-sentence embedding batch, a UNet forward) keeps the
+//! The gate pauses less urgent work between steps, and the pipelines
+//! check it inside a step too (between a BERT's layers, a UNet's blocks,
+//! a language model's layers), but a layer already under way keeps the
 //! cores until it ends: on a small CPU an urgent chat arriving meanwhile
-//! waits for most of it, since candle's kernels hand their pieces to one
-//! shared rayon pool, first come first served. A [`BackgroundPool`] runs
+//! waits for it, since candle's kernels hand their pieces to one shared
+//! rayon pool, first come first served. A [`BackgroundPool`] runs
 //! such steps on threads of its own in the weakest scheduling class
 //! (`SCHED_IDLE` on Linux, through the thread-priority crate). The OS then gives the cores to urgent work the moment it
 //! wants them, in the middle of a held step, and back to the step as soon

@@ -226,12 +226,15 @@ impl StableDiffusion {
                 input = Tensor::cat(&[&input, conditioning], 1)?;
             }
             let output = unet
-                .forward(
+                .forward_pausing(
                     (&input.to_dtype(self.dtype)?, t),
                     &context,
-                    added,
-                    residuals.as_ref().map(|r| (r.down.as_slice(), &r.mid)),
+                    (
+                        added,
+                        residuals.as_ref().map(|r| (r.down.as_slice(), &r.mid)),
+                    ),
                     slicing,
+                    run.pause.unwrap_or(&|| {}),
                 )?
                 .to_dtype(DType::F32)?;
             let output = if key.guided {

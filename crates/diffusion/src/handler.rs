@@ -121,9 +121,12 @@ impl BatchHandler for DiffusionHandler {
             // of other models (a no-op outside a batcher with a gate).
             context.yield_point();
         };
+        // Inside a step too, between the UNet's blocks.
+        let pause = || context.yield_point();
         let run = RunOptions {
             cancel_when: Some(&all_cancelled),
             on_step: Some(&mut observe),
+            pause: Some(&pause),
             ..RunOptions::default()
         };
         match sd.generate(&requests, run) {

@@ -104,6 +104,10 @@ pub struct RunOptions<'a> {
     /// batch (latent resolution, from a linear latent-to-RGB fit: no VAE
     /// pass). Not called for latents other than SD's 4 channels.
     pub on_preview: Option<&'a mut PreviewCallback<'a>>,
+    /// Called inside every denoising step, before each block of the UNet;
+    /// it may block, to pause the run in the middle of a step (a batcher
+    /// passes [`BatchContext::yield_point`](switchyard_batch::BatchContext::yield_point)).
+    pub pause: Option<&'a dyn Fn()>,
 }
 
 impl std::fmt::Debug for RunOptions<'_> {
@@ -113,6 +117,7 @@ impl std::fmt::Debug for RunOptions<'_> {
             .field("cancel", &self.cancel)
             .field("cancel_when", &self.cancel_when.is_some())
             .field("on_preview", &self.on_preview.is_some())
+            .field("pause", &self.pause.is_some())
             .finish()
     }
 }

@@ -66,6 +66,7 @@ fn steps_of(sd: &StableDiffusion, request: DiffusionRequest) -> Vec<StepProgress
             cancel: None,
             on_preview: None,
             cancel_when: None,
+            pause: None,
         },
     )
     .unwrap();
@@ -276,6 +277,7 @@ fn cancellation_stops_image_to_image_and_inpainting() {
                 cancel: Some(token.clone()),
                 on_preview: None,
                 cancel_when: None,
+                pause: None,
             },
         );
         assert_eq!(result.unwrap_err(), DiffusionError::Cancelled);

@@ -165,7 +165,9 @@ fn guidance_at_or_below_one_ignores_the_negative_prompt() {
 fn progress_is_reported_and_cancellation_stops_the_run() {
     let (_dir, sd) = folder(&TinyStableDiffusion::default());
     let mut seen = Vec::new();
-    let mut on_step = |p: StepProgress| seen.push(p);
+    let pauses = std::cell::Cell::new(0);
+    let mut on_step = |p: StepProgress| seen.push((p, pauses.get()));
+    let pause = || pauses.set(pauses.get() + 1);
     sd.text_to_image(
         &[request("a red train", 1)],
         RunOptions {
@@ -173,13 +175,16 @@ fn progress_is_reported_and_cancellation_stops_the_run() {
             cancel: None,
             on_preview: None,
             cancel_when: None,
+            pause: Some(&pause),
         },
     )
     .unwrap();
+    // The tiny UNet has two down blocks, a mid block and two up blocks:
+    // the run may pause before each, in every step.
     assert_eq!(
         seen,
         (1..=3)
-            .map(|step| StepProgress { step, total: 3 })
+            .map(|step| (StepProgress { step, total: 3 }, 5 * step))
             .collect::<Vec<_>>()
     );
 
@@ -196,6 +201,7 @@ fn progress_is_reported_and_cancellation_stops_the_run() {
             cancel: Some(token.clone()),
             on_preview: None,
             cancel_when: None,
+            pause: None,
         },
     );
     assert_eq!(result.unwrap_err(), DiffusionError::Cancelled);

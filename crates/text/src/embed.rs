@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
 use serde::Deserialize;
 use switchyard_core::DeviceId;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::bert_encoder::LayeredBert;
 use crate::json_file::{read_json, read_optional_json};
 use crate::{Result, TextError};
 
@@ -22,7 +23,15 @@ pub trait Embedder: Send + Sync {
     fn max_tokens(&self) -> usize;
 
     /// One vector per text, in order. An empty slice gives an empty result.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_pausing(texts, &|| {})
+    }
+
+    /// As [`embed`](Embedder::embed), calling `pause` between the steps of
+    /// the work (a BERT encoder: before each layer of each forward pass).
+    /// `pause` may block; a batch runner passes one that waits while more
+    /// urgent work holds the device.
+    fn embed_pausing(&self, texts: &[&str], pause: &dyn Fn()) -> Result<Vec<Vec<f32>>>;
 }
 
 /// How token vectors become one sentence vector (`1_Pooling/config.json`).
@@ -63,7 +72,7 @@ struct ModuleEntry {
 /// `modules.json` (a `Normalize` module turns on L2 normalisation) and
 /// `sentence_bert_config.json` (`max_seq_length`).
 pub struct BertEmbedder {
-    model: BertModel,
+    model: LayeredBert,
     tokenizer: Tokenizer,
     device: Device,
     dimension: usize,
@@ -167,7 +176,7 @@ impl BertEmbedder {
         #[allow(unsafe_code)]
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(load_err)?;
-        let model = BertModel::load(vb, &config).map_err(load_err)?;
+        let model = LayeredBert::load(vb, &config).map_err(load_err)?;
         Ok(Self {
             model,
             tokenizer,
@@ -197,8 +206,9 @@ impl BertEmbedder {
         Ok(e.get_ids().to_vec())
     }
 
-    /// One forward pass over `rows` (token ids), padded to the longest.
-    fn forward_rows(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    /// One forward pass over `rows` (token ids), padded to the longest,
+    /// calling `pause` before each layer.
+    fn forward_rows(&self, rows: &[&[u32]], pause: &dyn Fn()) -> Result<Vec<Vec<f32>>> {
         let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(rows.len() * longest);
         let mut mask = Vec::with_capacity(rows.len() * longest);
@@ -212,7 +222,7 @@ impl BertEmbedder {
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         let type_ids = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &type_ids, &mask, pause)?;
         let pooled = self.pool(&hidden, &mask)?;
         Ok(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
@@ -278,7 +288,7 @@ impl Embedder for BertEmbedder {
         self.max_tokens
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    fn embed_pausing(&self, texts: &[&str], pause: &dyn Fn()) -> Result<Vec<Vec<f32>>> {
         // Tokenise one text at a time: tokenizers' batch encoding starts its
         // own thread pool, which would fight candle's for the same cores.
         let ids: Vec<Vec<u32>> = texts
@@ -289,7 +299,7 @@ impl Embedder for BertEmbedder {
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         for batch in pack_by_length(&lens, self.packing) {
             let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
-            for (i, vector) in batch.into_iter().zip(self.forward_rows(&rows)?) {
+            for (i, vector) in batch.into_iter().zip(self.forward_rows(&rows, pause)?) {
                 out[i] = vector;
             }
         }

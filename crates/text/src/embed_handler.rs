@@ -7,7 +7,8 @@ use switchyard_batch::{BatchContext, BatchHandler};
 use crate::{Embedder, TextError};
 
 /// Runs a batch of texts through an [`Embedder`] in one call (which packs
-/// them by length itself). A failure fails every request of the batch with
+/// them by length itself), pausing between its steps while the device's
+/// [`YieldGate`](switchyard_batch::YieldGate) holds the batch. A failure fails every request of the batch with
 /// the same shared error. Cost is an estimate of tokens (bytes / 4 + 2,
 /// capped at the model's limit), so `max_batch_cost` works like TEI's
 /// `max_batch_tokens` without tokenising at submit time.
@@ -55,10 +56,15 @@ impl BatchHandler for EmbeddingHandler {
     fn run(
         &self,
         batch: &mut [String],
-        _: &BatchContext<'_>,
+        context: &BatchContext<'_>,
     ) -> Vec<Result<Vec<f32>, Arc<TextError>>> {
         let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
-        match self.embedder.embed(&texts) {
+        // Between layers the batch gives way to more urgent work of the
+        // device's other pipelines (see `BatchContext::yield_point`).
+        match self
+            .embedder
+            .embed_pausing(&texts, &|| context.yield_point())
+        {
             Ok(vectors) => vectors.into_iter().map(Ok).collect(),
             Err(e) => {
                 let e = Arc::new(e);

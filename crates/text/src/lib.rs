@@ -87,6 +87,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
+mod bert_encoder;
 mod compute_pool;
 mod embed;
 mod embed_handler;

@@ -156,3 +156,78 @@ fn the_embedding_handler_runs_under_the_batcher() {
     }
     assert!(batcher.metrics().batches >= 1);
 }
+
+/// Wraps an embedder: its first pause blocks until the test lets it go,
+/// then defers to the batcher's pause; every pause is counted.
+struct GatedEmbedder {
+    inner: BertEmbedder,
+    started: std::sync::mpsc::SyncSender<()>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    pauses: std::sync::atomic::AtomicUsize,
+}
+
+impl Embedder for GatedEmbedder {
+    fn dimension(&self) -> usize {
+        self.inner.dimension()
+    }
+    fn max_tokens(&self) -> usize {
+        self.inner.max_tokens()
+    }
+    fn embed_pausing(
+        &self,
+        texts: &[&str],
+        pause: &dyn Fn(),
+    ) -> switchyard_text::Result<Vec<Vec<f32>>> {
+        use std::sync::atomic::Ordering;
+        self.inner.embed_pausing(texts, &|| {
+            if self.pauses.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.started.send(()).unwrap();
+                self.go.lock().unwrap().recv().unwrap();
+            }
+            pause();
+        })
+    }
+}
+
+#[test]
+fn an_embedding_batch_pauses_between_layers_for_urgent_work_elsewhere() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use switchyard_batch::{Batcher, Request, YieldGate};
+    use switchyard_core::Priority;
+
+    let spec = TinyBert::default();
+    let (_dir, inner) = tiny_embedder(&spec);
+    let want = inner.embed(&["held for a while"]).unwrap().remove(0);
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (go, go_rx) = std::sync::mpsc::sync_channel(1);
+    let embedder = Arc::new(GatedEmbedder {
+        inner,
+        started: started_tx,
+        go: std::sync::Mutex::new(go_rx),
+        pauses: AtomicUsize::new(0),
+    });
+    let gate = YieldGate::with_background(Priority::Urgent, false);
+    let batcher = Batcher::builder(EmbeddingHandler::new(embedder.clone()))
+        .max_wait(Duration::from_millis(1))
+        .yield_gate(Arc::clone(&gate))
+        .build()
+        .unwrap();
+    let low = batcher
+        .submit(Request::new("held for a while".to_owned()).with_priority(Priority::Low))
+        .unwrap();
+    // The batch is inside its forward pass when urgent work of another
+    // pipeline on the device arrives.
+    started.recv().unwrap();
+    let elsewhere = gate.enter(Priority::Urgent);
+    go.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!low.is_finished(), "paused while the urgent work ran");
+    assert_eq!(embedder.pauses.load(Ordering::SeqCst), 1);
+    drop(elsewhere);
+    let got = low.wait().unwrap();
+    assert!(max_diff(&got, &want) < 1e-5);
+    // One pause before each layer of the one forward pass.
+    assert_eq!(embedder.pauses.load(Ordering::SeqCst), spec.num_layers);
+}

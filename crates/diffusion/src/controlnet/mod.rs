@@ -294,7 +294,9 @@ impl ControlNet {
         let temb = self.encoder.time(rows, timestep, &sample)?;
         let context = context.to_dtype(dtype)?;
         let stem = self.encoder.stem(&sample, Some(embedded))?;
-        let (x, skips) = self.encoder.encode(stem, &temb, &context, slicing)?;
+        let (x, skips) = self
+            .encoder
+            .encode(stem, &temb, &context, slicing, &|| {})?;
         let scale = scale.to_dtype(dtype)?;
         let finish = |t: Tensor| -> candle_core::Result<Tensor> {
             let t = if self.json.global_pool_conditions {

@@ -134,14 +134,17 @@ impl Encoder {
         temb: &Tensor,
         context: &Tensor,
         slicing: Option<AttentionSlicing>,
+        pause: &dyn Fn(),
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut skips = vec![stem.clone()];
         let mut x = stem;
         for block in &self.down_blocks {
+            pause();
             let (next, states) = block.forward(&x, temb, context, slicing)?;
             skips.extend(states);
             x = next;
         }
+        pause();
         Ok((self.mid_block.forward(&x, temb, context, slicing)?, skips))
     }
 }
@@ -276,17 +279,32 @@ impl Unet {
         })
     }
 
-    /// The predicted noise for `xs` `[b, in_channels, h, w]` at `timestep`
-    /// conditioned on `context` `[b, seq, dim]` (and, for SDXL, on
-    /// `added`), with a ControlNet's `extra` residuals added and attention
-    /// run in slices under `slicing`.
+    /// [`forward_pausing`](Self::forward_pausing) without pauses.
+    #[cfg(test)]
     pub(crate) fn forward(
         &self,
-        (xs, timestep): (&Tensor, f64),
+        xs: (&Tensor, f64),
         context: &Tensor,
         added: Option<TextTimeInputs<'_>>,
         extra: ExtraResiduals<'_>,
         slicing: Option<AttentionSlicing>,
+    ) -> Result<Tensor> {
+        self.forward_pausing(xs, context, (added, extra), slicing, &|| {})
+    }
+
+    /// The predicted noise for `xs` `[b, in_channels, h, w]` at `timestep`
+    /// conditioned on `context` `[b, seq, dim]` (and, for SDXL, on
+    /// `added`), with a ControlNet's `extra` residuals added and attention
+    /// run in slices under `slicing`. `pause` runs before each down block,
+    /// the mid block and each up block; it may block, to let more urgent
+    /// work on the device go first in the middle of a step.
+    pub(crate) fn forward_pausing(
+        &self,
+        (xs, timestep): (&Tensor, f64),
+        context: &Tensor,
+        (added, extra): (Option<TextTimeInputs<'_>>, ExtraResiduals<'_>),
+        slicing: Option<AttentionSlicing>,
+        pause: &dyn Fn(),
     ) -> Result<Tensor> {
         let (rows, _, height, width) = xs.dims4()?;
         let n = self.up_blocks.len();
@@ -309,7 +327,7 @@ impl Unet {
             }
         }
         let stem = self.encoder.stem(&xs, None)?;
-        let (mut x, mut skips) = self.encoder.encode(stem, &temb, context, slicing)?;
+        let (mut x, mut skips) = self.encoder.encode(stem, &temb, context, slicing, pause)?;
         if let Some((down, mid)) = extra {
             skips = skips
                 .iter()
@@ -327,6 +345,7 @@ impl Unet {
                 }
                 _ => None,
             };
+            pause();
             x = block.forward(&x, &own, &temb, context, (size, slicing))?;
         }
         let x = candle_nn::ops::silu(&self.norm_out.forward(&x)?)?;
