@@ -23,15 +23,17 @@ pub trait Embedder: Send + Sync {
     fn max_tokens(&self) -> usize;
 
     /// One vector per text, in order. An empty slice gives an empty result.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        self.embed_pausing(texts, &|| {})
-    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
 
     /// As [`embed`](Embedder::embed), calling `pause` between the steps of
     /// the work (a BERT encoder: before each layer of each forward pass).
     /// `pause` may block; a batch runner passes one that waits while more
-    /// urgent work holds the device.
-    fn embed_pausing(&self, texts: &[&str], pause: &dyn Fn()) -> Result<Vec<Vec<f32>>>;
+    /// urgent work holds the device. The default cannot pause: it ignores
+    /// `pause` and calls `embed`.
+    fn embed_pausing(&self, texts: &[&str], pause: &dyn Fn()) -> Result<Vec<Vec<f32>>> {
+        let _ = pause;
+        self.embed(texts)
+    }
 }
 
 /// How token vectors become one sentence vector (`1_Pooling/config.json`).
@@ -286,6 +288,10 @@ impl Embedder for BertEmbedder {
 
     fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_pausing(texts, &|| {})
     }
 
     fn embed_pausing(&self, texts: &[&str], pause: &dyn Fn()) -> Result<Vec<Vec<f32>>> {

@@ -173,6 +173,9 @@ impl Embedder for GatedEmbedder {
     fn max_tokens(&self) -> usize {
         self.inner.max_tokens()
     }
+    fn embed(&self, texts: &[&str]) -> switchyard_text::Result<Vec<Vec<f32>>> {
+        self.embed_pausing(texts, &|| {})
+    }
     fn embed_pausing(
         &self,
         texts: &[&str],
@@ -230,4 +233,33 @@ fn an_embedding_batch_pauses_between_layers_for_urgent_work_elsewhere() {
     assert!(max_diff(&got, &want) < 1e-5);
     // One pause before each layer of the one forward pass.
     assert_eq!(embedder.pauses.load(Ordering::SeqCst), spec.num_layers);
+}
+
+/// An embedder that only implements `embed`, as a wrapper of a remote
+/// service would.
+struct PlainEmbedder(BertEmbedder);
+
+impl Embedder for PlainEmbedder {
+    fn dimension(&self) -> usize {
+        self.0.dimension()
+    }
+    fn max_tokens(&self) -> usize {
+        self.0.max_tokens()
+    }
+    fn embed(&self, texts: &[&str]) -> switchyard_text::Result<Vec<Vec<f32>>> {
+        self.0.embed(texts)
+    }
+}
+
+#[test]
+fn an_embedder_that_cannot_pause_runs_without_pausing() {
+    let (_dir, e) = tiny_embedder(&TinyBert::default());
+    let want = e.embed(&["no pauses here"]).unwrap();
+    let plain = PlainEmbedder(e);
+    let pauses = std::cell::Cell::new(0);
+    let got = plain
+        .embed_pausing(&["no pauses here"], &|| pauses.set(pauses.get() + 1))
+        .unwrap();
+    assert_eq!(got, want);
+    assert_eq!(pauses.get(), 0);
 }
