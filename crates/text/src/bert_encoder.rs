@@ -47,8 +47,8 @@ impl BertInputEmbeddings {
 
     fn forward(&self, ids: &Tensor, type_ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_, seq_len) = ids.dims2()?;
-        let positions: Vec<u32> = (0..u32::try_from(seq_len).unwrap_or(u32::MAX)).collect();
-        let positions = Tensor::new(positions.as_slice(), ids.device())?;
+        let end = u32::try_from(seq_len).map_err(candle_core::Error::wrap)?;
+        let positions = Tensor::arange(0u32, end, ids.device())?;
         let summed = (self.words.forward(ids)? + self.token_types.forward(type_ids)?)?
             .broadcast_add(&self.positions.forward(&positions)?)?;
         self.norm.forward(&summed)
@@ -79,13 +79,14 @@ impl LayeredBert {
             vb
         };
         let embeddings = BertInputEmbeddings::load(root.pp("embeddings"), config)?;
-        let encoder = BertEncoder::load(root.pp("encoder"), config)?;
-        let layers = encoder
-            .layers
-            .iter()
+        let mut encoder = BertEncoder::load(root.pp("encoder"), config)?;
+        // Emptied first, so each clone copies no layers.
+        let all = std::mem::take(&mut encoder.layers);
+        let layers = all
+            .into_iter()
             .map(|layer| {
                 let mut one = encoder.clone();
-                one.layers = vec![layer.clone()];
+                one.layers = vec![layer];
                 one
             })
             .collect();
