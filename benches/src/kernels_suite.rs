@@ -148,6 +148,7 @@ pub fn kernels() -> SuiteResult {
             }
         }
     }
+    layer_sweep(&mut report)?;
     report.goal(
         "gemv_vs_candle_worst",
         ">= 1.0x candle's QMatMul on every SmolLM2 shape (m = 1)",
@@ -155,4 +156,59 @@ pub fn kernels() -> SuiteResult {
         worst_gemv >= 1.0,
     );
     Ok(report)
+}
+
+/// One SmolLM2 layer's matrices as the host forward runs them: fused
+/// q/k/v, o, fused gate/up, down (k, n).
+const LAYER: [(usize, usize); 4] = [(576, 960), (576, 576), (576, 3072), (1536, 576)];
+
+/// SmolLM2's 30 layers of Q4_1 matrices (about 64 MB, more than the
+/// caches hold) run one after the other, as a decode step runs them: the
+/// weights come from memory, so this shows what a batch of rows costs over
+/// one row when the weights stream in rather than sit in cache.
+fn layer_sweep(report: &mut Report) -> SuiteResult<()> {
+    let pool = CandleComputePool;
+    let layer = LAYER
+        .iter()
+        .map(|&(k, n)| case(k, n, QuantFormat::Q4_1).map(|c| c.packed))
+        .collect::<SuiteResult<Vec<_>>>()?;
+    // Distinct copies, so that no layer finds the previous one's weights
+    // in cache.
+    let mats: Vec<PackedMatrix> = (0..30).flat_map(|_| layer.iter().cloned()).collect();
+    let bytes: usize = mats.iter().map(PackedMatrix::size_in_bytes).sum();
+    println!(
+        "30 layers of SmolLM2 matrices, {:.0} MB of weights from memory:",
+        bytes as f64 / 1e6
+    );
+    let mut single = None;
+    for m in [1, 8, 16] {
+        let inputs = LAYER
+            .iter()
+            .map(|&(k, _)| {
+                let mut xq = QuantizedRows::new();
+                xq.quantize(&noise(m * k, 11 + k as u64), m, k)?;
+                Ok(xq)
+            })
+            .collect::<SuiteResult<Vec<_>>>()?;
+        let mut outs: Vec<Vec<f32>> = LAYER.iter().map(|&(_, n)| vec![0f32; m * n]).collect();
+        let sweep = seconds_per_call(|| {
+            for (i, w) in mats.iter().enumerate() {
+                matmul(w, &inputs[i % 4], &mut outs[i % 4], &pool)?;
+            }
+            Ok(())
+        })?;
+        let vs_one = *single.get_or_insert(sweep);
+        println!(
+            "  m = {m:>2}: {:>6.2} ms, {:>5.1} GB/s, {:.2}x the time of one row",
+            sweep * 1e3,
+            bytes as f64 / sweep / 1e9,
+            sweep / vs_one
+        );
+        report.figure(
+            &format!("layer_sweep_m{m}_ms"),
+            sweep * 1e3,
+            "ms for 30 layers' Q4_1 matrices, weights from memory",
+        );
+    }
+    Ok(())
 }

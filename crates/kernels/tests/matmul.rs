@@ -113,13 +113,10 @@ proptest! {
 
 #[test]
 fn large_batches_and_many_groups() {
-    for format in [
-        QuantFormat::Q4_1,
-        QuantFormat::Q8_0,
-        QuantFormat::Q4K,
-        QuantFormat::Q6K,
-    ] {
-        for (m, n) in [(64, 70), (17, 257)] {
+    // Row counts through every row tile: eight-row tiles with four-, two-
+    // and one-row remainders, and the four-row tiles below eight rows.
+    for format in QuantFormat::ALL {
+        for (m, n) in [(64, 70), (17, 257), (15, 33), (8, 40), (7, 17)] {
             check(format, m, n, 2, m as u64 * 31 + n as u64).expect("check");
         }
     }

@@ -97,15 +97,33 @@ impl HostWeights {
     }
 }
 
-/// `x / sqrt(mean(x^2) + eps) * w` per row of `x`, into `out`, as candle's
-/// `rms_norm` computes it.
+/// `x / sqrt(mean(x^2) + eps) * w` per row of `x`, into `out`. The squares
+/// add up in 16 fixed lanes (then halving, then the tail), so the compiler
+/// vectorises the sum and every row sums in the same order; a single
+/// running sum is a chain of dependent additions, and at eight rows the
+/// norms alone took a fifth of a millisecond a step.
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    const LANES: usize = 16;
     let d = w.len();
     for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let sum2: f32 = x.iter().map(|v| v * v).sum();
-        let m = (sum2 / d as f32 + eps).sqrt();
+        let mut lanes = [0f32; LANES];
+        let (chunks, tail) = x.as_chunks::<LANES>();
+        for c in chunks {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l += v * v;
+            }
+        }
+        let mut width = LANES / 2;
+        while width > 0 {
+            for l in 0..width {
+                lanes[l] += lanes[l + width];
+            }
+            width /= 2;
+        }
+        let sum2 = lanes[0] + tail.iter().map(|v| v * v).sum::<f32>();
+        let inv = 1.0 / (sum2 / d as f32 + eps).sqrt();
         for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-            *o = x / m * w;
+            *o = x * inv * w;
         }
     }
 }
@@ -251,5 +269,32 @@ impl HostModel<'_> {
         run_packed(head, &normed, step.wanted.len())
             .map(Some)
             .map_err(wrap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn rms_norm_matches_candle() {
+        // 37 columns: two whole chunks of lanes and a tail.
+        let (rows, d) = (3, 37);
+        let x: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 7919 % 113) as f32 - 56.0) / 9.0)
+            .collect();
+        let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / 40.0).collect();
+        let mut ours = vec![0f32; rows * d];
+        rms_norm(&x, &w, 1e-5, &mut ours);
+        let xt = Tensor::from_vec(x, (rows, d), &Device::Cpu).unwrap();
+        let wt = Tensor::from_vec(w, d, &Device::Cpu).unwrap();
+        let want = candle_nn::ops::rms_norm(&xt, &wt, 1e-5).unwrap();
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in ours.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
     }
 }
