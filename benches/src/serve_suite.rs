@@ -201,7 +201,10 @@ pub fn text_serve() -> SuiteResult {
     })?;
     let server = match llama_server::find() {
         Some(exe) => match LlamaServer::start(&exe, &path, 8, PROMPT_TOKENS + NEW_TOKENS + 32) {
-            Ok(s) => Some(s),
+            Ok(s) => {
+                println!("llama-server: {}", exe.display());
+                Some(s)
+            }
             Err(e) => {
                 println!("llama-server did not start ({e}); its comparison is skipped");
                 None
@@ -263,10 +266,14 @@ pub fn text_serve() -> SuiteResult {
         let label = format!("{n} streams x {NEW_TOKENS} tokens");
         println!("{label:<34} {d:>12.1} {m:>12.1}");
     }
+    let each: Vec<String> = ratios8.iter().map(|r| format!("{r:.2}")).collect();
     let ratio8 = median(&mut ratios8);
     let ttft = median(&mut ttft8);
     let (p50, p99) = (quantile(&mut gaps8, 0.50), quantile(&mut gaps8, 0.99));
-    println!("8 streams / 1 stream, decode (median of paired runs): {ratio8:.2}x");
+    println!(
+        "8 streams / 1 stream, decode (median of paired runs): {ratio8:.2}x (runs: {})",
+        each.join(", ")
+    );
     println!(
         "at 8 streams: time to first token {:.1} ms (median), inter-token p50 {:.1} ms, p99 \
          {:.1} ms",
