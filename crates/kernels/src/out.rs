@@ -34,6 +34,25 @@ impl<'a> OutView<'a> {
         }
     }
 
+    /// Where the eight values of column group `group` in row `row` go, when
+    /// the group lies wholly inside the matrix (`None` for the last group
+    /// of a width that is not a multiple of eight): for paths that store a
+    /// vector register straight there, as [`OutView::write_group`]'s copy
+    /// of variable length compiles to a call to `memcpy` per group.
+    ///
+    /// Callers write only the eight values and give each group to one
+    /// thread only (see the `Sync` impl); indices are checked.
+    pub(crate) fn whole_group(&self, row: usize, group: usize) -> Option<*mut f32> {
+        let start = group * GROUP;
+        assert!(
+            row < self.rows && start < self.cols,
+            "output index out of range"
+        );
+        // SAFETY: row < rows and start + GROUP <= cols, so the offset stays
+        // inside the buffer.
+        (start + GROUP <= self.cols).then(|| unsafe { self.ptr.add(row * self.cols + start) })
+    }
+
     /// Writes the eight values of column group `group` in row `row`,
     /// dropping the padding columns past the matrix's last one.
     ///

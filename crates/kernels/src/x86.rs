@@ -261,9 +261,13 @@ unsafe fn tile<
         }
         for (r, row) in facc.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
-                let mut vals = [0f32; GROUP];
-                _mm256_storeu_ps(vals.as_mut_ptr(), *v);
-                out.write_group(r0 + r, g0 + j, &vals);
+                if let Some(dst) = out.whole_group(r0 + r, g0 + j) {
+                    _mm256_storeu_ps(dst, *v);
+                } else {
+                    let mut vals = [0f32; GROUP];
+                    _mm256_storeu_ps(vals.as_mut_ptr(), *v);
+                    out.write_group(r0 + r, g0 + j, &vals);
+                }
             }
         }
     }

@@ -67,9 +67,23 @@ pub(crate) fn attend_host(
     seqs: &[SeqQueries<'_>],
     kv: HostLayer<'_>,
 ) -> Result<Vec<f32>, KernelError> {
+    let mut out = Vec::new();
+    attend_host_into(h, q, seqs, kv, &mut out)?;
+    Ok(out)
+}
+
+/// [`attend_host`] into `out`, resized to `[rows, heads * head_dim]` and
+/// every value written (a buffer of the right length is not cleared).
+pub(crate) fn attend_host_into(
+    h: &Heads,
+    q: &[f32],
+    seqs: &[SeqQueries<'_>],
+    kv: HostLayer<'_>,
+    out: &mut Vec<f32>,
+) -> Result<(), KernelError> {
     match kv {
-        HostLayer::F32(kv) => attend_step(h, q, seqs, &kv),
-        HostLayer::F16(kv) => attend_step(h, q, seqs, &kv),
+        HostLayer::F32(kv) => attend_step_into(h, q, seqs, &kv, out),
+        HostLayer::F16(kv) => attend_step_into(h, q, seqs, &kv, out),
     }
 }
 
@@ -83,15 +97,29 @@ pub(crate) fn attend_host(
 /// # Errors
 /// When a sequence's slots are fewer than its rows or name rows past the
 /// cache's end.
+#[cfg(test)]
 pub(crate) fn attend_step<T: KvElement>(
     h: &Heads,
     q: &[f32],
     seqs: &[SeqQueries<'_>],
     kv: &LayerKv<'_, T>,
 ) -> Result<Vec<f32>, KernelError> {
+    let mut out = Vec::new();
+    attend_step_into(h, q, seqs, kv, &mut out)?;
+    Ok(out)
+}
+
+/// [`attend_step`] into `out` (see [`attend_host_into`]).
+fn attend_step_into<T: KvElement>(
+    h: &Heads,
+    q: &[f32],
+    seqs: &[SeqQueries<'_>],
+    kv: &LayerKv<'_, T>,
+    out: &mut Vec<f32>,
+) -> Result<(), KernelError> {
     let hd = h.head_dim;
     let rows: usize = seqs.iter().map(|s| s.len).sum();
-    let mut out = vec![0f32; rows * h.heads * hd];
+    out.resize(rows * h.heads * hd, 0.0);
     if q.len() != out.len() {
         return Err(KernelError::BadAttention {
             reason: format!("{} query values for {rows} rows", q.len()),
@@ -140,7 +168,7 @@ pub(crate) fn attend_step<T: KvElement>(
         for (u, o) in units.iter().zip(out.chunks_mut(width * hd)) {
             run(u, &mut scores, o)?;
         }
-        return Ok(out);
+        return Ok(());
     }
     let work = Mutex::new(units.iter().zip(out.chunks_mut(width * hd)));
     let failure = Mutex::new(None);
@@ -159,7 +187,7 @@ pub(crate) fn attend_step<T: KvElement>(
     let _ = work.into_inner();
     match failure.into_inner() {
         Some(e) => Err(e),
-        None => Ok(out),
+        None => Ok(()),
     }
 }
 

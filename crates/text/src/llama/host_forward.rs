@@ -10,7 +10,7 @@ use switchyard_kernels::PackedMatrix;
 use super::attention_cpu::{self, Heads, SeqQueries};
 use super::config::LlamaConfig;
 use super::kv_cache::PagedKvCache;
-use super::linear::{Mlp, Qkv, fused_mlp, run_packed};
+use super::linear::{Mlp, MlpBuffers, Qkv, fused_mlp_into, run_packed, run_packed_into};
 use super::weights::{ModelWeights, RopeStyle};
 
 /// One sequence's rows in a step.
@@ -195,6 +195,10 @@ impl HostModel<'_> {
             }
         }
         let mut h = vec![0f32; n * hid];
+        // Every layer's buffers have the same shapes: made once a step, they
+        // are neither reallocated nor cleared after the first layer.
+        let (mut all, mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut attn, mut o, mut mlp) = (Vec::new(), Vec::new(), MlpBuffers::default());
         let seqs: Vec<SeqQueries<'_>> = step
             .seqs
             .iter()
@@ -223,14 +227,12 @@ impl HostModel<'_> {
                 candle_core::bail!("layer {l} is not fused for the host path");
             };
             rms_norm(&x, &norms.attn_norm, eps, &mut h);
-            let all = run_packed(m.qkv, &h, n).map_err(wrap)?;
+            run_packed_into(m.qkv, &h, n, &mut all).map_err(wrap)?;
             let width = m.qkv.rows();
             let kv_w = m.k_out;
-            let (mut q, mut k, mut v) = (
-                Vec::with_capacity(n * m.q_out),
-                Vec::with_capacity(n * kv_w),
-                Vec::with_capacity(n * kv_w),
-            );
+            q.clear();
+            k.clear();
+            v.clear();
             for (r, row) in all.chunks_exact(width).enumerate() {
                 let (rq, rest) = row.split_at(m.q_out);
                 let (rk, rv) = rest.split_at(kv_w);
@@ -247,12 +249,12 @@ impl HostModel<'_> {
             let Some(kv) = cache.host_layer(l) else {
                 candle_core::bail!("the host path needs host kv storage");
             };
-            let attn = attention_cpu::attend_host(&heads, &q, &seqs, kv).map_err(wrap)?;
-            let o = run_packed(m.o, &attn, n).map_err(wrap)?;
+            attention_cpu::attend_host_into(&heads, &q, &seqs, kv, &mut attn).map_err(wrap)?;
+            run_packed_into(m.o, &attn, n, &mut o).map_err(wrap)?;
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rms_norm(&x, &norms.ffn_norm, eps, &mut h);
-            let f = fused_mlp(m.gate_up, m.down, &h, n).map_err(wrap)?;
-            x.iter_mut().zip(&f).for_each(|(x, f)| *x += f);
+            fused_mlp_into(m.gate_up, m.down, &h, n, &mut mlp).map_err(wrap)?;
+            x.iter_mut().zip(&mlp.out).for_each(|(x, f)| *x += f);
         }
         if step.wanted.is_empty() {
             return Ok(Some(Vec::new()));

@@ -91,12 +91,25 @@ pub(crate) fn run_packed(
     x: &[f32],
     rows: usize,
 ) -> switchyard_kernels::Result<Vec<f32>> {
-    let mut out = vec![0f32; rows * w.rows()];
+    let mut out = Vec::new();
+    run_packed_into(w, x, rows, &mut out)?;
+    Ok(out)
+}
+
+/// [`run_packed`] into `out`, resized to `rows x n`. A buffer that already
+/// has that length (the same matrix's output at the previous layer) is
+/// neither reallocated nor cleared: the kernels write every value.
+pub(crate) fn run_packed_into(
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    out: &mut Vec<f32>,
+) -> switchyard_kernels::Result<()> {
+    out.resize(rows * w.rows(), 0.0);
     ACTIVATIONS.with_borrow_mut(|act| {
         act.quantize(x, rows, w.cols())?;
-        switchyard_kernels::matmul(w, act, &mut out, &CandleComputePool)
-    })?;
-    Ok(out)
+        switchyard_kernels::matmul(w, act, out, &CandleComputePool)
+    })
 }
 
 /// `x` (`[.., k]`) as f32 values and its row count.
@@ -265,14 +278,39 @@ pub(crate) fn fused_mlp(
     x: &[f32],
     rows: usize,
 ) -> switchyard_kernels::Result<Vec<f32>> {
+    let mut buffers = MlpBuffers::default();
+    fused_mlp_into(gate_up, down, x, rows, &mut buffers)?;
+    Ok(buffers.out)
+}
+
+/// The buffers of [`fused_mlp_into`], kept from one layer to the next.
+#[derive(Debug, Default)]
+pub(crate) struct MlpBuffers {
+    /// Gate and up projections, `[rows, 2 * inter]`.
+    gate_up: Vec<f32>,
+    /// `silu(gate) * up`, `[rows, inter]`.
+    hidden: Vec<f32>,
+    /// The result, `[rows, n]`.
+    pub(crate) out: Vec<f32>,
+}
+
+/// [`fused_mlp`] into `buffers.out`, reusing every buffer.
+pub(crate) fn fused_mlp_into(
+    gate_up: &PackedMatrix,
+    down: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    buffers: &mut MlpBuffers,
+) -> switchyard_kernels::Result<()> {
     let inter = gate_up.rows() / 2;
-    let gu = run_packed(gate_up, x, rows)?;
-    let mut h = vec![0f32; rows * inter];
-    for (row, h) in gu.chunks_exact(2 * inter).zip(h.chunks_exact_mut(inter)) {
+    run_packed_into(gate_up, x, rows, &mut buffers.gate_up)?;
+    buffers.hidden.resize(rows * inter, 0.0);
+    let pairs = buffers.gate_up.chunks_exact(2 * inter);
+    for (row, h) in pairs.zip(buffers.hidden.chunks_exact_mut(inter)) {
         let (g, u) = row.split_at(inter);
         switchyard_kernels::silu_mul(g, u, h)?;
     }
-    run_packed(down, &h, rows)
+    run_packed_into(down, &buffers.hidden, rows, &mut buffers.out)
 }
 
 /// A projection: `y = x W^T (+ b)`.
