@@ -193,7 +193,8 @@ fn layer_sweep(report: &mut Report) -> SuiteResult<()> {
         let mut outs: Vec<Vec<f32>> = LAYER.iter().map(|&(_, n)| vec![0f32; m * n]).collect();
         let sweep = seconds_per_call(|| {
             for (i, w) in mats.iter().enumerate() {
-                matmul(w, &inputs[i % 4], &mut outs[i % 4], &pool)?;
+                let at = i % LAYER.len();
+                matmul(w, &inputs[at], &mut outs[at], &pool)?;
             }
             Ok(())
         })?;

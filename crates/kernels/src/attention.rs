@@ -9,7 +9,7 @@
 use crate::{KernelError, Result};
 
 /// Accumulator lanes: fixed, so every instruction set adds in one order.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// An element type a cache may keep keys and values in: `f32`, or `f16`
 /// (half the memory and the bandwidth; widened to f32 exactly on load, so
@@ -235,7 +235,7 @@ fn attend_checked<T: KvElement>(
 
 /// The lanes' sum, halving (a few shuffles rather than a chain of adds).
 #[inline(always)]
-fn horizontal_sum(mut acc: [f32; LANES]) -> f32 {
+pub(crate) fn horizontal_sum(mut acc: [f32; LANES]) -> f32 {
     let mut width = LANES / 2;
     while width > 0 {
         for l in 0..width {

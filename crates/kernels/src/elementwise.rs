@@ -1,7 +1,7 @@
 //! Element-wise activation functions between kernel calls, vectorised per
 //! instruction set at run time like the rest of the crate.
 
-use crate::attention::exp_nonpositive;
+use crate::attention::{LANES, exp_nonpositive, horizontal_sum};
 use crate::multiversion::multiversion;
 use crate::{KernelError, Result};
 
@@ -45,6 +45,53 @@ fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out = x / sqrt(mean(x^2) + eps) * w` for every row of `x` (rows of
+/// `w.len()` values): the RMS norm of Llama-family models. The squares add
+/// up in 16 fixed lanes, then halving, then the tail, so the sum vectorises
+/// and every build gives the same bits.
+///
+/// # Errors
+/// [`KernelError::ShapeMismatch`] when `out` and `x` differ in length or
+/// `x` is not whole rows of `w.len()`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
+    let d = w.len().max(1);
+    if out.len() != x.len() || !x.len().is_multiple_of(d) {
+        return Err(KernelError::ShapeMismatch {
+            expected: x.len().next_multiple_of(d),
+            got: if out.len() != x.len() {
+                out.len()
+            } else {
+                x.len()
+            },
+        });
+    }
+    rms_norm_checked(x, w, eps, out);
+    Ok(())
+}
+
+multiversion! {
+    fn rms_norm_checked(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> () => rms_norm_body
+}
+
+#[inline(always)]
+fn rms_norm_body(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mut lanes = [0f32; LANES];
+        let (chunks, tail) = x.as_chunks::<LANES>();
+        for c in chunks {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l += v * v;
+            }
+        }
+        let sum2 = horizontal_sum(lanes) + tail.iter().map(|v| v * v).sum::<f32>();
+        let inv = 1.0 / (sum2 / d as f32 + eps).sqrt();
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * inv * w;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +114,21 @@ mod tests {
         }
         assert!(silu_mul(&gate, &up[1..], &mut out).is_err());
         assert!(silu_mul(&gate, &up, &mut out[1..]).is_err());
+    }
+
+    #[test]
+    fn rms_norm_matches_the_portable_build_and_checks_shapes() {
+        let (rows, d) = (3, 37);
+        let x: Vec<f32> = (0..rows * d)
+            .map(|i| (i as f32 * 0.37).sin() * 4.0)
+            .collect();
+        let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / 40.0).collect();
+        let mut out = vec![0f32; rows * d];
+        rms_norm(&x, &w, 1e-5, &mut out).unwrap();
+        let mut portable = vec![0f32; rows * d];
+        rms_norm_body(&x, &w, 1e-5, &mut portable);
+        assert_eq!(out, portable);
+        assert!(rms_norm(&x, &w, 1e-5, &mut portable[1..]).is_err());
+        assert!(rms_norm(&x[1..], &w, 1e-5, &mut out[1..]).is_err());
     }
 }

@@ -68,7 +68,7 @@ mod scalar;
 mod x86;
 
 pub use activations::QuantizedRows;
-pub use elementwise::silu_mul;
+pub use elementwise::{rms_norm, silu_mul};
 pub use format::{QuantFormat, dequantize};
 pub use matmul::{ComputePool, Inline, Isa, matmul, matmul_with};
 pub use packed::PackedMatrix;

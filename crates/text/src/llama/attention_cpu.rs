@@ -60,7 +60,7 @@ struct Unit<'a> {
 /// calling thread: waking the pool costs more than it saves.
 const PARALLEL_FROM: usize = 2048;
 
-/// [`attend_step`] over a host cache layer of either element type.
+/// [`attend_step_into`] over a host cache layer of either element type.
 pub(crate) fn attend_host(
     h: &Heads,
     q: &[f32],
@@ -87,16 +87,7 @@ pub(crate) fn attend_host_into(
     }
 }
 
-/// Attention of every sequence's queries in `q` (`[rows, heads,
-/// head_dim]`) over its cached positions in `kv`, causal; returns `[rows,
-/// heads * head_dim]`. Work is cut into (row, key/value head) units, each
-/// reading its cached rows once for the query heads that share them, or
-/// into single heads when there are too few units to keep the pool busy;
-/// large steps spread the units over candle's threads.
-///
-/// # Errors
-/// When a sequence's slots are fewer than its rows or name rows past the
-/// cache's end.
+/// [`attend_step_into`] into a new vector.
 #[cfg(test)]
 pub(crate) fn attend_step<T: KvElement>(
     h: &Heads,
@@ -109,7 +100,17 @@ pub(crate) fn attend_step<T: KvElement>(
     Ok(out)
 }
 
-/// [`attend_step`] into `out` (see [`attend_host_into`]).
+/// Attention of every sequence's queries in `q` (`[rows, heads,
+/// head_dim]`) over its cached positions in `kv`, causal, into `out`
+/// (resized to `[rows, heads * head_dim]`, every value written). Work is
+/// cut into (row, key/value head) units, each reading its cached rows once
+/// for the query heads that share them, or
+/// into single heads when there are too few units to keep the pool busy;
+/// large steps spread the units over candle's threads.
+///
+/// # Errors
+/// When a sequence's slots are fewer than its rows or name rows past the
+/// cache's end.
 fn attend_step_into<T: KvElement>(
     h: &Heads,
     q: &[f32],

@@ -5,7 +5,7 @@
 //! the order of the work it does, and a layer had a dozen of them.
 
 use candle_core::Device;
-use switchyard_kernels::PackedMatrix;
+use switchyard_kernels::{PackedMatrix, rms_norm};
 
 use super::attention_cpu::{self, Heads, SeqQueries};
 use super::config::LlamaConfig;
@@ -94,37 +94,6 @@ impl HostWeights {
             layers,
             norm: vec(&weights.norm)?,
         }))
-    }
-}
-
-/// `x / sqrt(mean(x^2) + eps) * w` per row of `x`, into `out`. The squares
-/// add up in 16 fixed lanes (then halving, then the tail), so the compiler
-/// vectorises the sum and every row sums in the same order; a single
-/// running sum is a chain of dependent additions, and at eight rows the
-/// norms alone took a fifth of a millisecond a step.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    const LANES: usize = 16;
-    let d = w.len();
-    for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let mut lanes = [0f32; LANES];
-        let (chunks, tail) = x.as_chunks::<LANES>();
-        for c in chunks {
-            for (l, v) in lanes.iter_mut().zip(c) {
-                *l += v * v;
-            }
-        }
-        let mut width = LANES / 2;
-        while width > 0 {
-            for l in 0..width {
-                lanes[l] += lanes[l + width];
-            }
-            width /= 2;
-        }
-        let sum2 = lanes[0] + tail.iter().map(|v| v * v).sum::<f32>();
-        let inv = 1.0 / (sum2 / d as f32 + eps).sqrt();
-        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-            *o = x * inv * w;
-        }
     }
 }
 
@@ -226,7 +195,7 @@ impl HostModel<'_> {
             let Some(m) = layer_mats(lw) else {
                 candle_core::bail!("layer {l} is not fused for the host path");
             };
-            rms_norm(&x, &norms.attn_norm, eps, &mut h);
+            rms_norm(&x, &norms.attn_norm, eps, &mut h).map_err(wrap)?;
             run_packed_into(m.qkv, &h, n, &mut all).map_err(wrap)?;
             let width = m.qkv.rows();
             let kv_w = m.k_out;
@@ -252,7 +221,7 @@ impl HostModel<'_> {
             attention_cpu::attend_host_into(&heads, &q, &seqs, kv, &mut attn).map_err(wrap)?;
             run_packed_into(m.o, &attn, n, &mut o).map_err(wrap)?;
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-            rms_norm(&x, &norms.ffn_norm, eps, &mut h);
+            rms_norm(&x, &norms.ffn_norm, eps, &mut h).map_err(wrap)?;
             fused_mlp_into(m.gate_up, m.down, &h, n, &mut mlp).map_err(wrap)?;
             x.iter_mut().zip(&mlp.out).for_each(|(x, f)| *x += f);
         }
@@ -264,7 +233,7 @@ impl HostModel<'_> {
             last.extend_from_slice(&x[r * hid..(r + 1) * hid]);
         }
         let mut normed = vec![0f32; last.len()];
-        rms_norm(&last, &self.host.norm, eps, &mut normed);
+        rms_norm(&last, &self.host.norm, eps, &mut normed).map_err(wrap)?;
         let Some(head) = self.weights.head.packed() else {
             candle_core::bail!("the head is not repacked for the host path");
         };
@@ -290,7 +259,7 @@ mod tests {
             .collect();
         let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / 40.0).collect();
         let mut ours = vec![0f32; rows * d];
-        rms_norm(&x, &w, 1e-5, &mut ours);
+        rms_norm(&x, &w, 1e-5, &mut ours).unwrap();
         let xt = Tensor::from_vec(x, (rows, d), &Device::Cpu).unwrap();
         let wt = Tensor::from_vec(w, d, &Device::Cpu).unwrap();
         let want = candle_nn::ops::rms_norm(&xt, &wt, 1e-5).unwrap();
