@@ -32,6 +32,12 @@ multiversion! {
 
 #[inline(always)]
 fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    silu_mul_lanes(gate, up, out);
+}
+
+/// The arithmetic of [`silu_mul`], inlined into its callers' builds.
+#[inline(always)]
+pub(crate) fn silu_mul_lanes(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         // e^-|g| <= 1 never overflows: g / (1 + e^-g) for g >= 0, and
         // g e^g / (1 + e^g) (the same value) below.

@@ -67,7 +67,7 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use activations::QuantizedRows;
+pub use activations::{PARALLEL_ROWS, QuantizedRows};
 pub use elementwise::{rms_norm, silu_mul};
 pub use format::{QuantFormat, dequantize};
 pub use matmul::{ComputePool, Inline, Isa, matmul, matmul_with};

@@ -99,17 +99,26 @@ impl HostWeights {
 
 /// Rotates every head of one row (`heads * head_dim` values) in place by
 /// the angles whose cosines and sines are `cos`, `sin` (`head_dim / 2`).
+/// The style is matched once per call and every loop runs over zipped
+/// slices, so the rotations vectorise.
 fn rope(row: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32], sin: &[f32]) {
     let half = head_dim / 2;
+    let rotate = |x0: f32, x1: f32, c: f32, s: f32| (x0 * c - x1 * s, x0 * s + x1 * c);
     for head in row.chunks_exact_mut(head_dim) {
-        for i in 0..half {
-            let (a, b) = match style {
-                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                RopeStyle::Halves => (i, i + half),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos[i] - x1 * sin[i];
-            head[b] = x0 * sin[i] + x1 * cos[i];
+        match style {
+            RopeStyle::Interleaved => {
+                let pairs = head.as_chunks_mut::<2>().0;
+                for ((p, &c), &s) in pairs.iter_mut().zip(cos).zip(sin) {
+                    let (a, b) = rotate(p[0], p[1], c, s);
+                    *p = [a, b];
+                }
+            }
+            RopeStyle::Halves => {
+                let (lo, hi) = head[..2 * half].split_at_mut(half);
+                for (((x0, x1), &c), &s) in lo.iter_mut().zip(hi).zip(cos).zip(sin) {
+                    (*x0, *x1) = rotate(*x0, *x1, c, s);
+                }
+            }
         }
     }
 }
@@ -248,6 +257,29 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
+
+    #[test]
+    fn rope_rotates_the_pairs_of_each_style() {
+        let (hd, heads) = (8, 3);
+        let row: Vec<f32> = (0..hd * heads).map(|i| i as f32 * 0.25 - 2.0).collect();
+        let angles = [0.3f32, -1.1, 2.0, 0.05];
+        let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            let mut got = row.clone();
+            rope(&mut got, hd, style, &cos, &sin);
+            for (h, (head, out)) in row.chunks(hd).zip(got.chunks(hd)).enumerate() {
+                for i in 0..hd / 2 {
+                    let (a, b) = match style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::Halves => (i, i + hd / 2),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    let want = (x0 * cos[i] - x1 * sin[i], x0 * sin[i] + x1 * cos[i]);
+                    assert_eq!((out[a], out[b]), want, "{style:?} head {h} pair {i}");
+                }
+            }
+        }
+    }
 
     #[test]
     #[allow(clippy::unwrap_used)]

@@ -107,7 +107,7 @@ pub(crate) fn run_packed_into(
 ) -> switchyard_kernels::Result<()> {
     out.resize(rows * w.rows(), 0.0);
     ACTIVATIONS.with_borrow_mut(|act| {
-        act.quantize(x, rows, w.cols())?;
+        act.quantize_on(x, rows, w.cols(), &CandleComputePool)?;
         switchyard_kernels::matmul(w, act, out, &CandleComputePool)
     })
 }
@@ -288,8 +288,6 @@ pub(crate) fn fused_mlp(
 pub(crate) struct MlpBuffers {
     /// Gate and up projections, `[rows, 2 * inter]`.
     gate_up: Vec<f32>,
-    /// `silu(gate) * up`, `[rows, inter]`.
-    hidden: Vec<f32>,
     /// The result, `[rows, n]`.
     pub(crate) out: Vec<f32>,
 }
@@ -304,13 +302,11 @@ pub(crate) fn fused_mlp_into(
 ) -> switchyard_kernels::Result<()> {
     let inter = gate_up.rows() / 2;
     run_packed_into(gate_up, x, rows, &mut buffers.gate_up)?;
-    buffers.hidden.resize(rows * inter, 0.0);
-    let pairs = buffers.gate_up.chunks_exact(2 * inter);
-    for (row, h) in pairs.zip(buffers.hidden.chunks_exact_mut(inter)) {
-        let (g, u) = row.split_at(inter);
-        switchyard_kernels::silu_mul(g, u, h)?;
-    }
-    run_packed_into(down, &buffers.hidden, rows, &mut buffers.out)
+    buffers.out.resize(rows * down.rows(), 0.0);
+    ACTIVATIONS.with_borrow_mut(|act| {
+        act.quantize_silu_gated(&buffers.gate_up, rows, inter, &CandleComputePool)?;
+        switchyard_kernels::matmul(down, act, &mut buffers.out, &CandleComputePool)
+    })
 }
 
 /// A projection: `y = x W^T (+ b)`.
