@@ -145,6 +145,32 @@ impl Sampler {
         &self.params
     }
 
+    /// [`Sampler::sample`] from logits it may not modify: greedy decoding
+    /// without penalties reads them where they are, anything else works on
+    /// a copy (the same token either way).
+    pub fn sample_from(&mut self, logits: &[f32]) -> Result<u32> {
+        if self.params.temperature == 0.0 && !self.penalises() {
+            if logits.is_empty() {
+                return Err(invalid("logits", "empty"));
+            }
+            let token = argmax(logits);
+            self.record(token);
+            return Ok(token);
+        }
+        self.sample(&mut logits.to_vec())
+    }
+
+    /// Whether [`Sampler::penalise`] changes anything.
+    fn penalises(&self) -> bool {
+        let p = &self.params;
+        p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0
+    }
+
+    fn record(&mut self, token: u32) {
+        *self.counts.entry(token).or_default() += 1;
+        self.seen.insert(token, ());
+    }
+
     /// Pick the next token from `logits` (modified in place), and record it.
     pub fn sample(&mut self, logits: &mut [f32]) -> Result<u32> {
         if logits.is_empty() {
@@ -156,8 +182,7 @@ impl Sampler {
         } else {
             self.draw(logits)
         };
-        *self.counts.entry(token).or_default() += 1;
-        self.seen.insert(token, ());
+        self.record(token);
         Ok(token)
     }
 

@@ -174,3 +174,36 @@ fn argmax_of_nothing_but_nan_is_zero() {
     assert_eq!(argmax(&[f32::NAN; 40]), 0);
     assert_eq!(argmax(&[]), 0);
 }
+
+#[test]
+fn sampling_from_borrowed_logits_gives_the_same_tokens() {
+    let logits: Vec<f32> = (0..97)
+        .map(|i| ((i * 37 % 41) as f32 - 20.0) / 4.0)
+        .collect();
+    let settings = [
+        SamplingParams::greedy(8),
+        SamplingParams {
+            repetition_penalty: 1.3,
+            frequency_penalty: 0.4,
+            presence_penalty: 0.2,
+            ..SamplingParams::greedy(8)
+        },
+        SamplingParams {
+            temperature: 0.8,
+            top_k: Some(20),
+            seed: 3,
+            ..SamplingParams::greedy(8)
+        },
+    ];
+    for params in settings {
+        let prompt = [5u32, 17, 40];
+        let mut a = Sampler::new(params.clone(), &prompt).unwrap();
+        let mut b = Sampler::new(params.clone(), &prompt).unwrap();
+        for _ in 0..20 {
+            let from = a.sample_from(&logits).unwrap();
+            let owned = b.sample(&mut logits.clone()).unwrap();
+            assert_eq!(from, owned, "{params:?}");
+        }
+    }
+    assert!(sampler(SamplingParams::greedy(8)).sample_from(&[]).is_err());
+}

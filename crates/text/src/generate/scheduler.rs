@@ -13,6 +13,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::{CpuStorage, DType, Storage, Tensor};
+
 use switchyard_batch::{
     BackgroundPool, BatchKey, PriorityQueue, QueueConfig, Queued, YieldGate, YieldGuard,
 };
@@ -22,7 +24,7 @@ use switchyard_pool::{KvBlockPool, KvPoolConfig, KvStats};
 use super::run::{DeltaSink, Prepared};
 use super::sequence::{Seq, sample, send_last};
 use super::stats::SchedulerStats;
-use crate::llama::{LlamaModel, PagedKvCache, SeqStep};
+use crate::llama::{LlamaModel, PagedKvCache, SeqStep, StepLogits};
 use crate::{FinishReason, Result, TextError};
 
 /// Knobs of a [`Scheduler`].
@@ -75,9 +77,26 @@ pub(crate) struct Scheduler<'m> {
     background: Option<BackgroundPool>,
     /// The last step computed nothing because the gate held every row.
     holding: bool,
+    /// The host path's logits, kept from step to step.
+    logits: Vec<f32>,
     /// Tests: abandon the next background step after its first layer.
     #[cfg(test)]
     pub(crate) interrupt_next: bool,
+}
+
+/// Runs `f` over `logits` (`[rows, vocab]`) as one host slice: the CPU
+/// tensor's own storage when it is contiguous f32 (no copy of 49k values
+/// a row), else a copy.
+fn with_host_logits<R>(logits: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        let (storage, layout) = logits.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return f(&v[a..b]);
+        }
+    }
+    f(&logits.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn generation(e: impl std::fmt::Display) -> TextError {
@@ -118,6 +137,7 @@ impl<'m> Scheduler<'m> {
             gate: None,
             background: None,
             holding: false,
+            logits: Vec::new(),
             #[cfg(test)]
             interrupt_next: false,
         })
@@ -360,22 +380,69 @@ impl<'m> Scheduler<'m> {
             (forced && !first) || gate.is_some_and(|g| !g.allows(held))
         };
         let (model, cache) = (self.model, &mut self.cache);
+        let mut buffer = std::mem::take(&mut self.logits);
         let logits = match background {
-            Some(pool) => pool.run(|| model.forward_unless(cache, &batch, &stop)),
-            None => model.forward(cache, &batch).map(Some),
-        }?;
+            Some(pool) => pool.run(|| model.forward_into(cache, &batch, &stop, &mut buffer)),
+            None => model.forward_into(cache, &batch, &|| false, &mut buffer),
+        };
         drop(batch);
-        let Some(logits) = logits else {
+        let outcome = self.finish_step(logits, &buffer, &plan, &wants, sink);
+        // Kept for the next step whatever happened to this one.
+        self.logits = buffer;
+        outcome
+    }
+
+    /// The rest of [`Scheduler::step`] once the forward has run: commit,
+    /// sample and stream, retire and append.
+    fn finish_step(
+        &mut self,
+        logits: Result<Option<StepLogits>>,
+        buffer: &[f32],
+        plan: &[(usize, usize)],
+        wants: &[bool],
+        sink: &mut dyn DeltaSink,
+    ) -> Result<bool> {
+        let Some(logits) = logits? else {
             // Nothing advanced: the rows run this step again when the gate
             // lets them.
             self.stats.interrupted_steps += 1;
             return Ok(true);
         };
         self.stats.steps += 1;
-        let mut row = 0;
+        let vocab = self.model.config().vocab;
+        let (sampled, streaming) = match logits {
+            StepLogits::Buffer => self.advance(plan, wants, buffer, vocab, sink),
+            StepLogits::Tensor(t) => {
+                with_host_logits(&t, |all| self.advance(plan, wants, all, vocab, sink))
+            }
+        }?;
+        if streaming {
+            self.stats.decode_steps += 1;
+        }
+        self.retire();
+        for (id, token) in sampled {
+            self.append(id, token)?;
+        }
+        sink.after_step(&self.pool.stats());
+        Ok(!self.is_idle())
+    }
+
+    /// Commits the computed tokens of every planned row and samples the
+    /// next token of those that asked for logits (row after row of `all`,
+    /// `vocab` each); returns (sequence id, token) of the sequences that go
+    /// on, and whether any row was a decode row.
+    fn advance(
+        &mut self,
+        plan: &[(usize, usize)],
+        wants: &[bool],
+        all: &[f32],
+        vocab: usize,
+        sink: &mut dyn DeltaSink,
+    ) -> Result<(Vec<(usize, u32)>, bool)> {
+        let mut rows = all.chunks_exact(vocab.max(1));
         let mut sampled = Vec::new();
         let mut streaming = false;
-        for (&(i, take), wants) in plan.iter().zip(wants) {
+        for (&(i, take), &wants) in plan.iter().zip(wants) {
             let s = &mut self.running[i];
             // Prompt chunks (the last may be a single token) and
             // recomputation after a preemption; not a decode row.
@@ -389,23 +456,18 @@ impl<'m> Scheduler<'m> {
             if !wants {
                 continue;
             }
-            let mut logits_row: Vec<f32> = logits.get(row)?.to_vec1()?;
-            row += 1;
+            let Some(logits_row) = rows.next() else {
+                return Err(generation(
+                    "the model returned fewer logits rows than asked",
+                ));
+            };
             streaming |= s.generated > 0;
             self.stats.generated_tokens += 1;
-            if let Some(token) = sample(s, &mut logits_row, sink)? {
+            if let Some(token) = sample(s, logits_row, sink)? {
                 sampled.push((s.id, token));
             }
         }
-        if streaming {
-            self.stats.decode_steps += 1;
-        }
-        self.retire();
-        for (id, token) in sampled {
-            self.append(id, token)?;
-        }
-        sink.after_step(&self.pool.stats());
-        Ok(!self.is_idle())
+        Ok((sampled, streaming))
     }
 
     /// (running index, tokens) for this step: every decode row, then prompt

@@ -58,12 +58,8 @@ pub(super) fn send_last(
 /// Sample the next token of `s` from its logits and stream it. Returns the
 /// token when the sequence goes on; a finished one is marked `done` for
 /// the scheduler's `retire`.
-pub(super) fn sample(
-    s: &mut Seq,
-    logits: &mut [f32],
-    sink: &mut dyn DeltaSink,
-) -> Result<Option<u32>> {
-    let token = s.job.sampler.sample(logits)?;
+pub(super) fn sample(s: &mut Seq, logits: &[f32], sink: &mut dyn DeltaSink) -> Result<Option<u32>> {
+    let token = s.job.sampler.sample_from(logits)?;
     s.generated += 1;
     let mut done = |s: &mut Seq, reason, text: String| {
         send_last(s, reason, (text, vec![token]), sink);

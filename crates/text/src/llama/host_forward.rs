@@ -10,7 +10,7 @@ use switchyard_kernels::{PackedMatrix, rms_norm};
 use super::attention_cpu::{self, Heads, SeqQueries};
 use super::config::LlamaConfig;
 use super::kv_cache::PagedKvCache;
-use super::linear::{Mlp, MlpBuffers, Qkv, fused_mlp_into, run_packed, run_packed_into};
+use super::linear::{Mlp, MlpBuffers, Qkv, fused_mlp_into, run_packed_into};
 use super::weights::{ModelWeights, RopeStyle};
 
 /// One sequence's rows in a step.
@@ -149,16 +149,18 @@ fn wrap(e: switchyard_kernels::KernelError) -> candle_core::Error {
 
 impl HostModel<'_> {
     /// Runs the layers over `x` (`[rows, hidden]` embeddings), writing keys
-    /// and values into `cache` (host storage), and returns the logits of the
-    /// wanted rows (`[wanted, vocab]`); `None` when `stop` said so before a
-    /// layer (see [`LlamaModel::forward_unless`](super::LlamaModel::forward_unless)).
+    /// and values into `cache` (host storage), and leaves the logits of the
+    /// wanted rows in `logits` (resized to `[wanted, vocab]`); `false` when
+    /// `stop` said so before a layer (see
+    /// [`LlamaModel::forward_unless`](super::LlamaModel::forward_unless)).
     pub(crate) fn forward(
         &self,
         mut x: Vec<f32>,
         cache: &mut PagedKvCache,
         step: &HostStep<'_>,
         stop: &(dyn Fn() -> bool + Sync),
-    ) -> candle_core::Result<Option<Vec<f32>>> {
+        logits: &mut Vec<f32>,
+    ) -> candle_core::Result<bool> {
         let c = self.config;
         let n = step.positions.len();
         let (hid, hd) = (c.hidden, c.head_dim);
@@ -199,7 +201,7 @@ impl HostModel<'_> {
             .enumerate()
         {
             if stop() {
-                return Ok(None);
+                return Ok(false);
             }
             let Some(m) = layer_mats(lw) else {
                 candle_core::bail!("layer {l} is not fused for the host path");
@@ -235,7 +237,8 @@ impl HostModel<'_> {
             x.iter_mut().zip(&mlp.out).for_each(|(x, f)| *x += f);
         }
         if step.wanted.is_empty() {
-            return Ok(Some(Vec::new()));
+            logits.clear();
+            return Ok(true);
         }
         let mut last = Vec::with_capacity(step.wanted.len() * hid);
         for &r in step.wanted {
@@ -246,9 +249,8 @@ impl HostModel<'_> {
         let Some(head) = self.weights.head.packed() else {
             candle_core::bail!("the head is not repacked for the host path");
         };
-        run_packed(head, &normed, step.wanted.len())
-            .map(Some)
-            .map_err(wrap)
+        run_packed_into(head, &normed, step.wanted.len(), logits).map_err(wrap)?;
+        Ok(true)
     }
 }
 

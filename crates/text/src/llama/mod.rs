@@ -12,4 +12,5 @@ mod weights;
 pub use config::{LlamaConfig, LlamaFlavor, RopeScaling};
 pub use kv_cache::PagedKvCache;
 pub use linear::{LoadOptions, QuantMatmul};
+pub(crate) use model::StepLogits;
 pub use model::{LlamaModel, SeqStep};

@@ -66,6 +66,16 @@ fn invalid(field: &'static str, reason: String) -> TextError {
     TextError::InvalidInput { field, reason }
 }
 
+/// Where [`LlamaModel::forward_into`] left a step's logits (`[k, vocab]`,
+/// f32).
+#[derive(Debug)]
+pub(crate) enum StepLogits {
+    /// In the caller's buffer (the host path).
+    Buffer,
+    /// In a tensor (the candle path, any device).
+    Tensor(Tensor),
+}
+
 impl LlamaModel {
     /// Load a model: a `.gguf` file, or a folder with `config.json` and
     /// safetensors.
@@ -260,6 +270,33 @@ impl LlamaModel {
         batch: &[SeqStep<'_>],
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<Option<Tensor>> {
+        let mut buffer = Vec::new();
+        let logits = self.forward_into(cache, batch, stop, &mut buffer)?;
+        Ok(match logits {
+            None => None,
+            Some(StepLogits::Tensor(t)) => Some(t),
+            Some(StepLogits::Buffer) => {
+                let rows = buffer.len() / self.config.vocab.max(1);
+                Some(Tensor::from_vec(
+                    buffer,
+                    (rows, self.config.vocab),
+                    &self.device,
+                )?)
+            }
+        })
+    }
+
+    /// [`forward_unless`](Self::forward_unless) that leaves the logits of
+    /// the host path in `buffer` (resized to `[k, vocab]`): a caller that
+    /// keeps the buffer from step to step neither allocates nor clears
+    /// them (at 8 rows of a 49k vocabulary, 1.5 MB a step).
+    pub(crate) fn forward_into(
+        &self,
+        cache: &mut PagedKvCache,
+        batch: &[SeqStep<'_>],
+        stop: &(dyn Fn() -> bool + Sync),
+        buffer: &mut Vec<f32>,
+    ) -> Result<Option<StepLogits>> {
         let (ids, positions, write_slots, seqs) = self.plan(cache, batch)?;
         let n = ids.len();
         let c = &self.config;
@@ -286,15 +323,8 @@ impl LlamaModel {
                 seqs: &seqs,
                 wanted: &wanted,
             };
-            let Some(logits) = model.forward(x.flatten_all()?.to_vec1()?, cache, &step, stop)?
-            else {
-                return Ok(None);
-            };
-            return Ok(Some(Tensor::from_vec(
-                logits,
-                (wanted.len(), c.vocab),
-                &self.device,
-            )?));
+            let done = model.forward(x.flatten_all()?.to_vec1()?, cache, &step, stop, buffer)?;
+            return Ok(done.then_some(StepLogits::Buffer));
         }
         let (cos, sin) = self.rope_tables(&positions)?;
         let write_index = if cache.is_host() {
@@ -320,15 +350,15 @@ impl LlamaModel {
             x = self.block(l, layer, &x, cache, slots, &plans, (&cos, &sin))?;
         }
         if wanted.is_empty() {
-            return Ok(Some(Tensor::zeros((0, c.vocab), DType::F32, &self.device)?));
+            let none = Tensor::zeros((0, c.vocab), DType::F32, &self.device)?;
+            return Ok(Some(StepLogits::Tensor(none)));
         }
         let k = wanted.len();
         let wanted: Vec<u32> = wanted.iter().map(|&r| r as u32).collect();
         let last = x.index_select(&Tensor::from_vec(wanted, k, &self.device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, c.rms_eps as f32)?;
-        Ok(Some(
-            self.weights.head.forward(&last)?.to_dtype(DType::F32)?,
-        ))
+        let logits = self.weights.head.forward(&last)?.to_dtype(DType::F32)?;
+        Ok(Some(StepLogits::Tensor(logits)))
     }
 
     /// The slot tensor and causal mask of one sequence (candle path).
