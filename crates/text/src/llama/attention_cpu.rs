@@ -104,9 +104,9 @@ pub(crate) fn attend_step<T: KvElement>(
 /// head_dim]`) over its cached positions in `kv`, causal, into `out`
 /// (resized to `[rows, heads * head_dim]`, every value written). Work is
 /// cut into (row, key/value head) units, each reading its cached rows once
-/// for the query heads that share them, or
-/// into single heads when there are too few units to keep the pool busy;
-/// large steps spread the units over candle's threads.
+/// for the query heads that share them; large steps spread the units over
+/// candle's threads, cut into single heads when there are too few units to
+/// keep the pool busy. (Either cut gives a head the same bits.)
 ///
 /// # Errors
 /// When a sequence's slots are fewer than its rows or name rows past the
@@ -126,9 +126,6 @@ fn attend_step_into<T: KvElement>(
             reason: format!("{} query values for {rows} rows", q.len()),
         });
     }
-    let group = h.heads / h.kv_heads.max(1);
-    let width = if rows * h.kv_heads >= 8 { group } else { 1 };
-    let mut units = Vec::with_capacity(rows * h.heads / width);
     let mut pairs = 0;
     for s in seqs {
         if s.len > s.slots.len() {
@@ -136,10 +133,21 @@ fn attend_step_into<T: KvElement>(
                 reason: format!("{} rows with {} slots", s.len, s.slots.len()),
             });
         }
+        // Row i sits at position end - len + i and sees up to it.
+        let seen = s.slots.len() - s.len;
+        pairs += h.heads * (s.len * seen + s.len * (s.len + 1) / 2);
+    }
+    let group = h.heads / h.kv_heads.max(1);
+    // Heads one at a time only where that is what keeps a pool busy.
+    let width = if rows * h.kv_heads >= 8 || pairs < PARALLEL_FROM {
+        group
+    } else {
+        1
+    };
+    let mut units = Vec::with_capacity(rows * h.heads / width);
+    for s in seqs {
         for i in 0..s.len {
-            // Row i sits at position end - len + i and sees up to it.
             let visible = s.slots.len() - s.len + i + 1;
-            pairs += visible * h.heads;
             units.extend((0..h.heads).step_by(width).map(|first| Unit {
                 row: s.row + i,
                 first,
@@ -243,8 +251,9 @@ mod tests {
     }
 
     /// Several sequences in one step, each stored in its own slots in
-    /// reverse order (as blocks can be), against the formula per sequence.
-    fn check(step: &[(usize, usize)]) {
+    /// reverse order (as blocks can be), sequence `n`'s values drawn from
+    /// seeds `10 n + 1..=3`: the step's outputs and the formula's.
+    fn run(step: &[(usize, usize)]) -> (Vec<f32>, Vec<f64>) {
         let row = H.kv_heads * H.head_dim;
         let stored: usize = step.iter().map(|&(_, end)| end).sum();
         let (mut ks, mut vs) = (vec![0f32; stored * row], vec![0f32; stored * row]);
@@ -280,7 +289,12 @@ mod tests {
             })
             .collect();
         let kv = LayerKv { k: &ks, v: &vs };
-        let got = attend_step(&H, &q, &seqs, &kv).unwrap();
+        (attend_step(&H, &q, &seqs, &kv).unwrap(), wants)
+    }
+
+    /// [`run`] against the formula.
+    fn check(step: &[(usize, usize)]) {
+        let (got, wants) = run(step);
         let worst = got
             .iter()
             .zip(&wants)
@@ -290,8 +304,20 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_gets_the_same_bits_alone_and_in_a_batch() {
+        // Alone, 400 positions cut into single heads on the pool, 37 into
+        // key/value heads on the caller; batched, key/value-head units.
+        for first in [(1, 400), (1, 37), (2, 300)] {
+            let (alone, _) = run(&[first]);
+            let (batched, _) = run(&[first, (1, 5), (1, 9), (2, 20)]);
+            assert_eq!(alone, batched[..alone.len()], "{first:?}");
+        }
+    }
+
+    #[test]
     fn matches_the_formula_with_grouped_heads_and_causal_rows() {
-        // One sequence: single heads per unit, on the caller or the pool.
+        // One sequence: key/value-head units on the caller, single heads on
+        // the pool.
         for one in [(1, 1), (1, 37), (3, 3), (1, 400), (2, 300)] {
             check(&[one]);
         }
