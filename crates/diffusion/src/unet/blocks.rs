@@ -1,17 +1,17 @@
 //! The UNet's down, mid and up blocks (diffusers' `DownBlock2D`,
 //! `CrossAttnDownBlock2D`, `UNetMidBlock2DCrossAttn`, `UpBlock2D` and
-//! `CrossAttnUpBlock2D`), built on candle-transformers' public ResNet
-//! block and resamplers around this crate's spatial transformer.
+//! `CrossAttnUpBlock2D`), built on this crate's ResNet block and spatial
+//! transformer and candle-transformers' public resamplers.
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
     DownBlock2D, DownBlock2DConfig, UpBlock2D, UpBlock2DConfig,
 };
 
 use super::attention::{SpatialTransformer, TransformerShape};
+use super::resnet::{Resnet, ResnetShape};
 use crate::memory::AttentionSlicing;
 
 /// What every block shares: the ResNets' norm and the time embedding's
@@ -37,22 +37,16 @@ impl BlockCommon {
         }
     }
 
-    fn resnet(
-        &self,
-        vb: VarBuilder<'_>,
-        from: usize,
-        to: usize,
-        scale: f64,
-    ) -> Result<ResnetBlock2D> {
-        let config = ResnetBlock2DConfig {
-            out_channels: Some(to),
-            temb_channels: Some(self.time_dim),
+    fn resnet(&self, vb: VarBuilder<'_>, from: usize, to: usize, scale: f64) -> Result<Resnet> {
+        let shape = ResnetShape {
+            from,
+            to,
+            time_dim: self.time_dim,
             groups: self.groups,
             eps: self.eps,
-            output_scale_factor: scale,
-            ..Default::default()
+            scale,
         };
-        ResnetBlock2D::new(vb, from, config)
+        Resnet::new(vb, shape)
     }
 }
 
@@ -77,7 +71,7 @@ fn transformers(
 /// is kept for the up path's skip connections.
 #[derive(Debug)]
 pub(crate) struct DownBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<Resnet>,
     attentions: Vec<SpatialTransformer>,
     /// candle's `DownBlock2D` with no ResNets: only its downsampler.
     down: Option<DownBlock2D>,
@@ -146,8 +140,8 @@ impl DownBlock {
 /// ResNet, then (transformer, ResNet) pairs, at the lowest resolution.
 #[derive(Debug)]
 pub(crate) struct MidBlock {
-    first: ResnetBlock2D,
-    pairs: Vec<(SpatialTransformer, ResnetBlock2D)>,
+    first: Resnet,
+    pairs: Vec<(SpatialTransformer, Resnet)>,
 }
 
 impl MidBlock {
@@ -191,7 +185,7 @@ impl MidBlock {
 /// optional upsampler (nearest neighbour and a 3x3 convolution).
 #[derive(Debug)]
 pub(crate) struct UpBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<Resnet>,
     attentions: Vec<SpatialTransformer>,
     /// candle's `UpBlock2D` with no ResNets: only its upsampler.
     up: Option<UpBlock2D>,

@@ -3,19 +3,24 @@
 //! can run in slices ([`crate::AttentionSlicing`]): candle-transformers'
 //! own slicing fails at run time and its transformer blocks keep their
 //! attention private. It reads the same `unet/` weights under the same
-//! names; the ResNet blocks, resamplers and time embedding are
-//! candle-transformers' public ones.
+//! names. Its ResNet blocks and outer convolutions are this crate's too
+//! (their 3x3 convolutions run as one product per image on the CPU, see
+//! [`conv`]); the resamplers and time embedding are candle-transformers'
+//! public ones.
 
 mod attention;
 mod blocks;
+mod conv;
+mod resnet;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
 
 use attention::TransformerShape;
 use blocks::{BlockCommon, DownBlock, MidBlock, UpBlock, UpWidths};
+use conv::Conv;
 
 use crate::config::TextTimeShape;
 use crate::memory::AttentionSlicing;
@@ -44,7 +49,7 @@ fn transformer_shape(
 /// embedding, the down blocks and the mid block (a ControlNet copies them).
 #[derive(Debug)]
 pub(crate) struct Encoder {
-    conv_in: Conv2d,
+    conv_in: Conv,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     down_blocks: Vec<DownBlock>,
@@ -97,7 +102,7 @@ impl Encoder {
             last.use_cross_attn.unwrap_or(1),
         );
         Ok(Self {
-            conv_in: candle_nn::conv2d(in_channels, first, 3, same, vb.pp("conv_in"))?,
+            conv_in: Conv::new(in_channels, first, 3, same, vb.pp("conv_in"))?,
             time_proj: Timesteps::new(first, config.flip_sin_to_cos, config.freq_shift),
             time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), first, 4 * first)?,
             down_blocks,
@@ -199,7 +204,7 @@ pub(crate) struct Unet {
     text_time: Option<TextTimeEmbedding>,
     up_blocks: Vec<UpBlock>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
     center_input: bool,
 }
 
@@ -274,7 +279,7 @@ impl Unet {
                 config.norm_eps,
                 vb.pp("conv_norm_out"),
             )?,
-            conv_out: candle_nn::conv2d(first, out_channels, 3, same, vb.pp("conv_out"))?,
+            conv_out: Conv::new(first, out_channels, 3, same, vb.pp("conv_out"))?,
             center_input: config.center_input_sample,
         })
     }
