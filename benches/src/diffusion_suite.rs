@@ -11,7 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use switchyard_diffusion::{
-    AttentionSlicing, LoadOptions, MemoryOptions, RunOptions, StableDiffusion, TextToImage,
+    AttentionSlicing, DiffusionRequest, LoadOptions, MemoryOptions, RunOptions, StableDiffusion,
+    TextToImage,
 };
 use switchyard_testkit::tiny::{self, TinyStableDiffusion};
 
@@ -152,8 +153,69 @@ pub fn diffusion() -> SuiteResult {
         overhead * 100.0,
         overhead <= 0.05,
     );
+    unet_cost_by_batch(&sd, &mut report)?;
     attention_slicing(&dir.0, &mut report)?;
     Ok(report)
+}
+
+/// The pipeline's cost per image and UNet forward at UNet batches 1 (one
+/// request, no guidance), 2 (one guided request: what each request of the
+/// one-by-one runs above is), 8 and 16, at both sizes. Batching n guided
+/// requests can save at most the difference between the batch-2 and the
+/// batch-2n figure in the UNet, which is nearly all of the work: where the
+/// cost per image is flat, the batched-vs-one-by-one goal has no room.
+fn unet_cost_by_batch(sd: &StableDiffusion, report: &mut Report) -> SuiteResult<()> {
+    let steps = 6;
+    println!("denoising cost per image per UNet forward ({steps} steps, median step of 3 runs):");
+    for side in [SIDE / 2, SIDE] {
+        let mut line = format!("  {side}x{side}:");
+        let mut per_image = Vec::new();
+        for (requests, guidance) in [(1usize, 1.0), (1, 7.5), (4, 7.5), (8, 7.5)] {
+            let batch: Vec<DiffusionRequest> = (0..requests as u64)
+                .map(|seed| {
+                    TextToImage {
+                        guidance_scale: guidance,
+                        ..request("a red train in a switchyard", seed, steps, side)
+                    }
+                    .into()
+                })
+                .collect();
+            let mut step_ms = Vec::new();
+            for _ in 0..3 {
+                let mut marks = Vec::new();
+                let mut on_step = |_| marks.push(Instant::now());
+                sd.denoise(
+                    &batch,
+                    RunOptions {
+                        on_step: Some(&mut on_step),
+                        ..RunOptions::default()
+                    },
+                )?;
+                step_ms.extend(marks.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3));
+            }
+            let unet_batch = if guidance > 1.0 {
+                2 * requests
+            } else {
+                requests
+            };
+            let ms = median(&mut step_ms) / unet_batch as f64;
+            line.push_str(&format!("  batch {unet_batch} {ms:.2} ms"));
+            report.figure(
+                &format!("per_image_step_{side}px_batch_{unet_batch}_ms"),
+                ms,
+                "ms per image per step (median)",
+            );
+            per_image.push(ms);
+        }
+        let ceiling = per_image[1] / per_image[2];
+        println!("{line}  (batch 2 / batch 8: {ceiling:.2}x)");
+        report.figure(
+            &format!("unet_batching_ceiling_{side}px"),
+            ceiling,
+            "x (per-image step cost at batch 2 over batch 8)",
+        );
+    }
+    Ok(())
 }
 
 /// A `/proc/self/status` field in MiB (Linux only).
