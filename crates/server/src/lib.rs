@@ -1,35 +1,48 @@
-//! The Switchyard HTTP service.
+//! The Switchyard HTTP service: OpenAI-compatible endpoints over the
+//! `switchyard` engine, on axum and tokio.
 //!
-//! `switchyard-server` will own the HTTP layer over the engine: the
-//! OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/embeddings`, ...),
-//! the native `/api/inference` and `/api/system` endpoints, streaming, request
-//! limits and authentication. It is the only crate that uses an async runtime;
-//! everything it serves is computed by the `switchyard` engine.
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | 200 `{"status": "ok"}` while serving, 503 when not |
+//! | `GET /v1/models`, `GET /v1/models/{id}` | the registered models |
+//! | `POST /v1/chat/completions` | chat, whole or streamed (`stream: true`, server-sent events), with `n`, `stop`, `seed`, `temperature`, `top_p`, `max_tokens`, `stream_options.include_usage` |
+//! | `POST /v1/completions` | text completion of one prompt or several, the same options |
+//! | `POST /v1/embeddings` | one string or several, `encoding_format` `float` or `base64` |
 //!
-//! For now the crate holds its error type; the service arrives with its issue.
+//! Errors have OpenAI's shape, `{"error": {"message", "type", "param",
+//! "code"}}`, and status: 400 for a bad request, 404 for an unknown model or
+//! path, 413 for a body over the limit, 429 with `Retry-After` when the
+//! engine's queue is full, 503 while shutting down. A client that goes away
+//! mid-stream cancels its generations.
 //!
-//! # Example
+//! The `switchyard-server` binary serves a model registry file:
+//! `cargo run --release -p switchyard-server -- --config models.toml --bind
+//! 127.0.0.1:8080`. In a program, build the [`router`] over an
+//! [`AppState`] and serve it:
 //!
-//! ```
-//! use switchyard_server::ServerError;
+//! ```no_run
+//! use std::sync::Arc;
+//! use switchyard::Engine;
+//! use switchyard::config::Registry;
+//! use switchyard_server::{AppState, Limits, serve};
 //!
-//! let err = ServerError::Bind { addr: "127.0.0.1:80".into(), reason: "permission denied".into() };
-//! assert_eq!(err.to_string(), "cannot listen on 127.0.0.1:80: permission denied");
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::from_file("models.toml".as_ref())?;
+//! let engine = Arc::new(Engine::builder().registry(registry).build()?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let state = AppState::new(engine, Limits::default());
+//! serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
-/// Errors from running the service.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// The listening address could not be bound.
-    #[error("cannot listen on {addr}: {reason}")]
-    Bind {
-        /// The address asked for.
-        addr: String,
-        /// Why it failed.
-        reason: String,
-    },
-}
+mod app;
+mod error;
+pub mod openai;
+mod state;
+
+pub use app::{router, serve};
+pub use error::{ApiError, RETRY_AFTER_SECS, ServerError};
+pub use state::{AppState, Limits};

@@ -1,0 +1,85 @@
+//! The OpenAI-compatible endpoints: `/v1/models`, `/v1/chat/completions`,
+//! `/v1/completions`, `/v1/embeddings`, and `/health`.
+
+mod completions;
+mod embeddings;
+mod stream;
+pub mod types;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use switchyard::Health;
+use switchyard::config::ModelSpec;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+pub(crate) use completions::{chat_completions, completions};
+pub(crate) use embeddings::embeddings;
+use types::{ModelList, ModelObject};
+
+/// Reads a JSON request body: an unreadable or oversized body and JSON
+/// that does not fit `T` are [`ApiError`]s, never panics.
+///
+/// # Errors
+/// 413 for a body over the limit, 400 for anything else wrong.
+pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| ApiError {
+        status: rejection.status(),
+        ..ApiError::bad_body(rejection.body_text())
+    })?;
+    serde_json::from_slice(&bytes).map_err(ApiError::bad_body)
+}
+
+fn model_object(spec: &ModelSpec, created: u64) -> ModelObject {
+    ModelObject {
+        id: spec.id.clone(),
+        object: "model",
+        created,
+        owned_by: "switchyard",
+    }
+}
+
+/// `GET /v1/models`: every registered model.
+pub(crate) async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    let data = state
+        .engine
+        .registry()
+        .models()
+        .iter()
+        .map(|spec| model_object(spec, state.started))
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}
+
+/// `GET /v1/models/{id}`: one model, or 404.
+pub(crate) async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.engine.registry().get(&id) {
+        Some(spec) => Json(model_object(spec, state.started)).into_response(),
+        None => ApiError::from(switchyard::EngineError::UnknownModel { model: id }).into_response(),
+    }
+}
+
+/// `GET /health`: 200 while serving (`ok` or `degraded` with a reason),
+/// 503 when not.
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    let (status, body) = match state.engine.health() {
+        Health::Healthy => (StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        Health::Degraded { reason } => (
+            StatusCode::OK,
+            serde_json::json!({ "status": "degraded", "reason": reason }),
+        ),
+        Health::Unhealthy { reason } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "unhealthy", "reason": reason }),
+        ),
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The official `openai` Python package against the real switchyard-server
+# binary on 127.0.0.1, serving the real models of models.toml (fetch them
+# first: cargo run -p switchyard-testkit --bin fetch-models). Installs the
+# client into a virtual environment under target/. Run from anywhere:
+#   bash crates/server/tests/clients/openai.sh
+# Set PROFILE=release to test the release binary (default: the test build).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../../../.." && pwd)"
+cd "$root"
+profile=${PROFILE:-debug}
+venv=target/openai-client-venv
+
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check openai
+
+if [ "$profile" = release ]; then
+    cargo build --quiet --release -p switchyard-server
+else
+    cargo build --quiet -p switchyard-server
+fi
+port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+base="http://127.0.0.1:$port"
+log=$(mktemp)
+"target/$profile/switchyard-server" --config models.toml --bind "127.0.0.1:$port" >"$log" 2>&1 &
+pid=$!
+cleanup() {
+    kill "$pid" 2>/dev/null || true
+    rm -f "$log"
+}
+trap cleanup EXIT
+
+# Wait (up to a minute) for /health.
+"$venv/bin/python" - "$base" <<'PY'
+import sys, time, urllib.request
+for _ in range(600):
+    try:
+        with urllib.request.urlopen(sys.argv[1] + "/health", timeout=1) as r:
+            if r.status == 200:
+                sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("the server did not come up")
+PY
+
+"$venv/bin/python" crates/server/tests/clients/openai_client.py "$base" smollm2 minilm
+
+# SIGTERM: the server drains and exits cleanly.
+kill -TERM "$pid"
+if wait "$pid"; then
+    echo "ok: the server stopped cleanly on SIGTERM"
+else
+    echo "FAILED: the server exited with status $? on SIGTERM"
+    cat "$log"
+    exit 1
+fi
