@@ -242,8 +242,13 @@ fn embeddings_equal_the_engines_as_floats_and_base64() {
         .unwrap()
         .wait()
         .unwrap()
-        .into_embeddings()
+        .into_embeddings_with_usage()
         .unwrap();
+    assert!(
+        direct.prompt_tokens > 2 * 2,
+        "two texts and their special tokens"
+    );
+    let (direct, tokens) = (direct.vectors, direct.prompt_tokens);
     let floats = post(
         s.addr,
         "/v1/embeddings",
@@ -252,6 +257,8 @@ fn embeddings_equal_the_engines_as_floats_and_base64() {
     assert_eq!(floats.status, 200);
     let floats = floats.json();
     assert_eq!(floats["object"], "list");
+    assert_eq!(floats["usage"]["prompt_tokens"], tokens);
+    assert_eq!(floats["usage"]["total_tokens"], tokens);
     for (i, v) in direct.iter().enumerate() {
         let got: Vec<f32> = floats["data"][i]["embedding"]
             .as_array()

@@ -68,7 +68,7 @@ pub mod journal;
 pub use config::{Balance, ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
 #[cfg(feature = "text")]
 pub use engine::{
-    Capabilities, DEFAULT_MAX_TOKENS, DeviceMemory, Engine, EngineBuilder, EngineError,
+    Capabilities, DEFAULT_MAX_TOKENS, DeviceMemory, Embeddings, Engine, EngineBuilder, EngineError,
     EngineMetrics, GenerationOptions, Handle, Health, ImageOp, Latency, MAX_EMBEDDING_INPUTS,
     MAX_IMAGE_OPS, ModelInfo, ModelMetrics, Recovered, RecoveredOutcome, RecoveryPolicy,
     ReplicaMetrics, Request, Response, Result, ResultCacheStats, SessionInfo, SessionState,

@@ -134,16 +134,22 @@ fn embeddings_through_the_engine_equal_the_embedder_alone() {
     let m = models();
     let engine = engine(&m);
     let texts = ["a short one", "a somewhat longer sentence to embed", "x"];
-    let alone = BertEmbedder::load(&m.bert, DeviceId::Cpu)
-        .unwrap()
-        .embed(&texts)
-        .unwrap();
+    let embedder = BertEmbedder::load(&m.bert, DeviceId::Cpu).unwrap();
+    let alone = embedder.embed(&texts).unwrap();
+    let tokens: usize = texts
+        .iter()
+        .map(|t| embedder.token_ids(t).unwrap().len())
+        .sum();
     let inputs: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
-    let got = engine
+    let answer = engine
         .process_sync(Request::embed("bert", inputs.clone()))
         .unwrap()
-        .into_embeddings()
+        .into_embeddings_with_usage()
         .unwrap();
+    // The usage is the tokens the model read, special tokens included.
+    assert_eq!(answer.prompt_tokens, tokens);
+    assert!(tokens > texts.len() * 2);
+    let got = answer.vectors;
     assert_eq!(got.len(), alone.len());
     for (g, a) in got.iter().zip(&alone) {
         let worst = g
@@ -154,7 +160,8 @@ fn embeddings_through_the_engine_equal_the_embedder_alone() {
         assert!(worst < 1e-5, "{worst}");
     }
     let polled = block_on(engine.submit(Request::embed("bert", inputs)).unwrap()).unwrap();
-    assert_eq!(polled.into_embeddings().unwrap().len(), 3);
+    let polled = polled.into_embeddings_with_usage().unwrap();
+    assert_eq!((polled.vectors.len(), polled.prompt_tokens), (3, tokens));
     // Embeddings do not stream.
     let mut s = engine
         .submit(Request::embed("bert", vec!["a".into()]))

@@ -61,18 +61,19 @@ async fn embed(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<R
             format!("give between 1 and {} inputs", state.limits.max_inputs),
         ));
     }
-    let vectors = state
+    let answer = state
         .engine
         .submit(Request::embed(request.model.clone(), inputs))?
         .await?
-        .into_embeddings()
+        .into_embeddings_with_usage()
         .ok_or_else(|| {
             ApiError::from(switchyard::EngineError::Failed {
                 model: request.model.clone(),
                 reason: "the engine answered with something other than embeddings".into(),
             })
         })?;
-    let data = vectors
+    let data = answer
+        .vectors
         .into_iter()
         .enumerate()
         .map(|(index, v)| EmbeddingData {
@@ -88,8 +89,10 @@ async fn embed(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<R
         object: "list",
         data,
         model: request.model,
-        // The engine does not report embedding token counts yet.
-        usage: EmbeddingUsage::default(),
+        usage: EmbeddingUsage {
+            prompt_tokens: answer.prompt_tokens,
+            total_tokens: answer.prompt_tokens,
+        },
     })
     .into_response())
 }

@@ -95,6 +95,10 @@ def main():
     floats = client.embeddings.create(model=embed_model, input=inputs, encoding_format="float")
     check(len(default.data) == 2 and len(default.data[0].embedding) == 384, "embeddings: 2 x 384")
     check(
+        default.usage.prompt_tokens > 4 and default.usage.total_tokens == default.usage.prompt_tokens,
+        f"embedding usage {default.usage}",
+    )
+    check(
         all(
             math.isclose(a, b, abs_tol=1e-5)
             for d, f in zip(default.data, floats.data)

@@ -143,26 +143,8 @@ impl Inner {
                     .map(Started::Stream)
                     .map_err(|e| EngineError::from_text(&job.spec.id, &e))
             }
-            (Runner::Embedding(batcher), Work::Embed(inputs)) => {
-                let mut handles = Vec::with_capacity(inputs.len());
-                let mut refused = None;
-                for text in inputs {
-                    let r = switchyard_batch::Request::new(text).with_priority(job.priority);
-                    match batcher.submit(r) {
-                        Ok(h) => handles.push(h),
-                        Err(e) => {
-                            refused = Some(submit_error(e.error));
-                            break;
-                        }
-                    }
-                }
-                match refused {
-                    Some(e) => {
-                        handles.iter().for_each(|h| h.cancel());
-                        Err(e)
-                    }
-                    None => Ok(Started::Embeddings(handles)),
-                }
+            (Runner::Embedding(batcher, embedder), Work::Embed(inputs)) => {
+                start_embeddings(batcher, embedder, inputs, &job.spec.id, job.priority)
             }
             (Runner::ImageOps(batcher), Work::Process(image)) => {
                 let r = switchyard_batch::Request::new(image)
@@ -331,4 +313,35 @@ impl Inner {
         }
         Ok((spec.clone(), work, priority, units))
     }
+}
+
+/// Counts `inputs`' tokens (as OpenAI's usage counts them: what the model
+/// reads) and queues each input on the model's batcher; on a refusal the
+/// ones queued are cancelled.
+fn start_embeddings(
+    batcher: &switchyard_batch::Batcher<switchyard_text::EmbeddingHandler>,
+    embedder: &switchyard_text::BertEmbedder,
+    inputs: Vec<String>,
+    model: &str,
+    priority: Priority,
+) -> Result<Started> {
+    let mut tokens = 0;
+    for text in &inputs {
+        tokens += embedder
+            .token_ids(text)
+            .map_err(|e| EngineError::from_text(model, &e))?
+            .len();
+    }
+    let mut handles = Vec::with_capacity(inputs.len());
+    for text in inputs {
+        let r = switchyard_batch::Request::new(text).with_priority(priority);
+        match batcher.submit(r) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                handles.iter().for_each(|h| h.cancel());
+                return Err(submit_error(e.error));
+            }
+        }
+    }
+    Ok(Started::Embeddings(handles, tokens))
 }

@@ -17,7 +17,7 @@ use switchyard_text::{
 use crate::engine::error::{EngineError, Result};
 use crate::engine::image_ops::ImageOpsHandler;
 use crate::engine::models::LoadedModel;
-use crate::engine::request::Response;
+use crate::engine::request::{Embeddings, Response};
 use crate::engine::results::ResultKey;
 use crate::engine::slot::{Reporter, Slot, Started};
 
@@ -41,7 +41,11 @@ pub struct Handle {
 
 enum Polling {
     Stream(Collect, GenerationStream),
-    Embeddings(Vec<Option<Vec<f32>>>, Vec<HandleOf<EmbeddingHandler>>),
+    Embeddings(
+        Vec<Option<Vec<f32>>>,
+        Vec<HandleOf<EmbeddingHandler>>,
+        usize,
+    ),
     Image(HandleOf<ImageOpsHandler>),
     #[cfg(feature = "diffusion")]
     Images(HandleOf<switchyard_diffusion::DiffusionHandler>),
@@ -206,7 +210,7 @@ impl Handle {
                 }
                 Err(self.ended_early())
             }
-            Started::Embeddings(handles) => {
+            Started::Embeddings(handles, prompt_tokens) => {
                 let mut out = Vec::with_capacity(handles.len());
                 let mut handles = handles.into_iter();
                 while let Some(mut h) = handles.next() {
@@ -222,7 +226,10 @@ impl Handle {
                     out.push(outcome.map_err(|e| embed_error(&self.model, e))?);
                     self.slot.done_units.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Response::Embeddings(out))
+                Ok(Response::Embeddings(Embeddings {
+                    vectors: out,
+                    prompt_tokens,
+                }))
             }
             Started::Cached(response) => Ok(response),
             Started::Image(h) => {
@@ -284,7 +291,9 @@ impl Handle {
                     self.poll = Some(match started {
                         Started::Cached(response) => return Poll::Ready(Ok(response)),
                         Started::Stream(s) => Polling::Stream(Collect::default(), s),
-                        Started::Embeddings(h) => Polling::Embeddings(vec![None; h.len()], h),
+                        Started::Embeddings(h, tokens) => {
+                            Polling::Embeddings(vec![None; h.len()], h, tokens)
+                        }
                         Started::Image(h) => Polling::Image(h),
                         #[cfg(feature = "diffusion")]
                         Started::Images(h) => Polling::Images(h),
@@ -306,7 +315,7 @@ impl Handle {
                         return Poll::Ready(done.map(Response::Completion));
                     }
                 }
-                Some(Polling::Embeddings(out, handles)) => {
+                Some(Polling::Embeddings(out, handles, prompt_tokens)) => {
                     if self.slot.cancel.is_cancelled() {
                         handles.iter().for_each(|h| h.cancel());
                     }
@@ -323,7 +332,10 @@ impl Handle {
                         }
                     }
                     let vectors = out.iter_mut().filter_map(Option::take).collect();
-                    return Poll::Ready(Ok(Response::Embeddings(vectors)));
+                    return Poll::Ready(Ok(Response::Embeddings(Embeddings {
+                        vectors,
+                        prompt_tokens: *prompt_tokens,
+                    })));
                 }
                 Some(Polling::Image(h)) => {
                     return match Pin::new(h).poll(cx) {

@@ -50,7 +50,7 @@ pub use images::{
 };
 pub use recovery::{Recovered, RecoveredOutcome, RecoveryPolicy, journaled_request};
 pub use replicas::ReplicaMetrics;
-pub use request::{DEFAULT_MAX_TOKENS, GenerationOptions, Request, Response, Task};
+pub use request::{DEFAULT_MAX_TOKENS, Embeddings, GenerationOptions, Request, Response, Task};
 pub use results::ResultCacheStats;
 pub use status::{
     Capabilities, DeviceMemory, EngineMetrics, Health, Latency, ModelInfo, ModelMetrics,

@@ -259,14 +259,24 @@ impl Request {
     }
 }
 
+/// An embedding request's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens the model read over all inputs (special tokens included,
+    /// after truncation to the model's limit).
+    pub prompt_tokens: usize,
+}
+
 /// What a finished request gives.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Response {
     /// A whole generation.
     Completion(Completion),
-    /// One vector per input, in input order.
-    Embeddings(Vec<Vec<f32>>),
+    /// One vector per input, in input order, and the tokens read.
+    Embeddings(Embeddings),
     /// A processed image.
     Image(DynamicImage),
     /// Generated images with their seeds, in order.
@@ -285,8 +295,13 @@ impl Response {
 
     /// The vectors, if these are embeddings.
     pub fn into_embeddings(self) -> Option<Vec<Vec<f32>>> {
+        self.into_embeddings_with_usage().map(|e| e.vectors)
+    }
+
+    /// The vectors and the tokens read, if these are embeddings.
+    pub fn into_embeddings_with_usage(self) -> Option<Embeddings> {
         match self {
-            Response::Embeddings(v) => Some(v),
+            Response::Embeddings(e) => Some(e),
             _ => None,
         }
     }

@@ -178,7 +178,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn vectors(n: usize) -> Response {
-        Response::Embeddings(vec![vec![n as f32]])
+        Response::Embeddings(crate::engine::request::Embeddings {
+            vectors: vec![vec![n as f32]],
+            prompt_tokens: n,
+        })
     }
 
     #[test]
