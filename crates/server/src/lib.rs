@@ -12,8 +12,13 @@
 //! Errors have OpenAI's shape, `{"error": {"message", "type", "param",
 //! "code"}}`, and status: 400 for a bad request, 404 for an unknown model or
 //! path, 413 for a body over the limit, 429 with `Retry-After` when the
-//! engine's queue is full, 503 while shutting down. A client that goes away
-//! mid-stream cancels its generations.
+//! engine's queue is full, 504 past a request's timeout, 503 while shutting
+//! down. A client that goes away mid-stream cancels its generations.
+//!
+//! Every POST takes a `priority` (`urgent`, `high`, `normal`, `low`) and a
+//! `timeout` in seconds in its body, or the `X-Priority` and
+//! `X-Request-Timeout` headers ([`scheduling`]); the priority orders the
+//! engine's queue, the timeout bounds the whole request.
 //!
 //! The `switchyard-server` binary serves a model registry file:
 //! `cargo run --release -p switchyard-server -- --config models.toml --bind
@@ -41,6 +46,7 @@
 mod app;
 mod error;
 pub mod openai;
+pub mod scheduling;
 mod state;
 
 pub use app::{router, serve};

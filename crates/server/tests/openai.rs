@@ -372,6 +372,24 @@ fn bad_requests_get_openai_error_objects() {
             None,
         ),
         ("/v1/embeddings", vec![b' '; 4096], 413, None),
+        (
+            "/v1/chat/completions",
+            chat(json!({"priority": "soon"})).to_string().into_bytes(),
+            400,
+            Some("priority"),
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"timeout": 0})).to_string().into_bytes(),
+            400,
+            Some("timeout"),
+        ),
+        (
+            "/v1/embeddings",
+            br#"{"model": "bert", "input": "x", "timeout": -3}"#.to_vec(),
+            400,
+            Some("timeout"),
+        ),
     ];
     for (path, body, status, param) in cases {
         let reply = request(s.addr, "POST", path, &body);
@@ -529,4 +547,57 @@ fn a_full_queue_is_429_with_retry_after() {
     )
     .open(dir.path().join("bert/model.safetensors"));
     feeder.join().unwrap();
+}
+
+#[test]
+fn priorities_and_timeouts_come_from_the_body_or_headers() {
+    let (_dir, s) = served(Limits::default());
+    let short = json!({"model": "llama", "prompt": "hi", "max_tokens": 2});
+    let headers = [("X-Priority", "low"), ("X-Request-Timeout", "30")];
+    let ok = common::request_with(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        &headers,
+        short.to_string().as_bytes(),
+    );
+    assert_eq!(ok.status, 200);
+    let bad = common::request_with(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        &[("X-Request-Timeout", "soon")],
+        short.to_string().as_bytes(),
+    );
+    assert_eq!(
+        (bad.status, bad.json()["error"]["param"].clone()),
+        (400, json!("timeout"))
+    );
+
+    // A long generation past its timeout: 504, and it stops running.
+    let long = json!({
+        "model": "llama",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 4000,
+        "temperature": 0,
+        "timeout": 0.02,
+    });
+    let late = post(s.addr, "/v1/chat/completions", &long);
+    assert_eq!(late.status, 504, "{}", String::from_utf8_lossy(&late.body));
+    assert_eq!(late.json()["error"]["type"], "timeout_error");
+    // Streamed, the stream ends with the error object, then [DONE].
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let events = post(s.addr, "/v1/chat/completions", &streamed).events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let error: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(error["error"]["type"], "timeout_error", "{events:?}");
+    let start = std::time::Instant::now();
+    while !s.engine.sessions().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use switchyard::text::{ChatMessage, Completion, FinishReason};
 use switchyard::{GenerationOptions, Handle, Request};
@@ -18,6 +19,7 @@ use super::types::{
     CompletionRequest, MessageContent, Sampling, TextChoice, TextCompletion, UsageOut,
 };
 use crate::error::ApiError;
+use crate::scheduling::{Scheduling, within};
 use crate::state::{AppState, Limits, unix_now};
 
 /// OpenAI's name for why a choice ended.
@@ -118,22 +120,30 @@ fn submit_all(state: &AppState, requests: Vec<Request>) -> Result<Vec<Handle>, A
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match chat(state, body).await {
+    match chat(state, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn chat(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn chat(
+    state: AppState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_body(body)?;
+    let scheduling = Scheduling::resolve(&headers, &request.scheduling)?;
     let (options, n) = options(&request.sampling, &state.limits)?;
     let messages = chat_messages(request.messages)?;
     let requests = (0..n)
         .map(|i| {
-            Request::chat(request.model.clone(), messages.clone())
-                .with_options(for_choice(&options, i))
+            scheduling.apply(
+                Request::chat(request.model.clone(), messages.clone())
+                    .with_options(for_choice(&options, i)),
+            )
         })
         .collect();
     let created = unix_now();
@@ -144,6 +154,7 @@ async fn chat(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Re
         &request.model,
         &request.sampling,
         n,
+        &scheduling,
     )
     .await?
     {
@@ -190,6 +201,7 @@ async fn answer(
     model: &str,
     sampling: &Sampling,
     per_prompt: u64,
+    scheduling: &Scheduling,
 ) -> Result<Answered, ApiError> {
     let handles = submit_all(state, requests)?;
     let prefix = match flavor {
@@ -217,24 +229,28 @@ async fn answer(
             model.to_owned(),
             streams,
             include_usage,
+            scheduling.deadline(),
         )));
     }
-    let mut usage = UsageOut::default();
-    let mut completions = Vec::with_capacity(handles.len());
-    for (i, handle) in handles.into_iter().enumerate() {
-        let completion = handle
-            .await?
-            .into_completion()
-            .ok_or_else(|| ApiError::from(wrong_response(model)))?;
-        let prompt = if first_of_prompt(i) {
-            completion.usage.prompt_tokens
-        } else {
-            0
-        };
-        usage.add(prompt, completion.usage.completion_tokens);
-        completions.push(completion);
-    }
-    Ok(Answered::Whole(id, completions, usage))
+    within(scheduling.deadline(), async move {
+        let mut usage = UsageOut::default();
+        let mut completions = Vec::with_capacity(handles.len());
+        for (i, handle) in handles.into_iter().enumerate() {
+            let completion = handle
+                .await?
+                .into_completion()
+                .ok_or_else(|| ApiError::from(wrong_response(model)))?;
+            let prompt = if first_of_prompt(i) {
+                completion.usage.prompt_tokens
+            } else {
+                0
+            };
+            usage.add(prompt, completion.usage.completion_tokens);
+            completions.push(completion);
+        }
+        Ok(Answered::Whole(id, completions, usage))
+    })
+    .await
 }
 
 fn wrong_response(model: &str) -> switchyard::EngineError {
@@ -247,9 +263,10 @@ fn wrong_response(model: &str) -> switchyard::EngineError {
 /// `POST /v1/completions`.
 pub(crate) async fn completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match complete(state, body).await {
+    match complete(state, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -257,9 +274,11 @@ pub(crate) async fn completions(
 
 async fn complete(
     state: AppState,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_body(body)?;
+    let scheduling = Scheduling::resolve(&headers, &request.scheduling)?;
     let (options, n) = options(&request.sampling, &state.limits)?;
     let prompts = request.prompt.into_vec();
     if prompts.is_empty() || prompts.len() > state.limits.max_inputs {
@@ -273,8 +292,10 @@ async fn complete(
     for prompt in &prompts {
         for c in 0..n {
             requests.push(
-                Request::complete(request.model.clone(), prompt.clone())
-                    .with_options(for_choice(&options, c)),
+                scheduling.apply(
+                    Request::complete(request.model.clone(), prompt.clone())
+                        .with_options(for_choice(&options, c)),
+                ),
             );
         }
     }
@@ -286,6 +307,7 @@ async fn complete(
         &request.model,
         &request.sampling,
         n,
+        &scheduling,
     )
     .await?
     {

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use switchyard::Request;
@@ -14,6 +15,7 @@ use super::types::{
     EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector,
 };
 use crate::error::ApiError;
+use crate::scheduling::{Scheduling, within};
 use crate::state::AppState;
 
 /// How the vectors are written.
@@ -43,16 +45,22 @@ fn to_base64(vector: &[f32]) -> String {
 /// `POST /v1/embeddings`.
 pub(crate) async fn embeddings(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match embed(state, body).await {
+    match embed(state, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn embed(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn embed(
+    state: AppState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let request: EmbeddingRequest = parse_body(body)?;
+    let scheduling = Scheduling::resolve(&headers, &request.scheduling)?;
     let encoding = encoding(request.encoding_format.as_deref())?;
     let inputs = request.input.into_vec();
     if inputs.is_empty() || inputs.len() > state.limits.max_inputs {
@@ -61,9 +69,10 @@ async fn embed(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<R
             format!("give between 1 and {} inputs", state.limits.max_inputs),
         ));
     }
-    let answer = state
+    let handle = state
         .engine
-        .submit(Request::embed(request.model.clone(), inputs))?
+        .submit(scheduling.apply(Request::embed(request.model.clone(), inputs)))?;
+    let answer = within(scheduling.deadline(), async { Ok(handle.await?) })
         .await?
         .into_embeddings_with_usage()
         .ok_or_else(|| {

@@ -18,6 +18,7 @@ use switchyard::text::TextDelta;
 use super::completions::finish_name;
 use super::types::{ChatChunk, ChatChunkChoice, ChatDelta, TextChoice, TextCompletion, UsageOut};
 use crate::error::ApiError;
+use crate::scheduling::timed_out;
 use crate::state::unix_now;
 
 /// Which OpenAI chunk shape a stream writes.
@@ -54,6 +55,8 @@ struct Events {
     choices: Vec<(bool, bool)>,
     usage: UsageOut,
     include_usage: bool,
+    /// When the request must be over.
+    deadline: Option<tokio::time::Instant>,
     phase: Phase,
 }
 
@@ -104,12 +107,25 @@ impl Events {
         }
     }
 
+    /// The next piece of any choice: `None` when all ended, an error when
+    /// one failed or the deadline passed.
+    async fn next_item(&mut self) -> Option<Result<(usize, TextDelta), ApiError>> {
+        let next = match self.deadline {
+            None => self.merged.next().await,
+            Some(at) => match tokio::time::timeout_at(at, self.merged.next()).await {
+                Ok(next) => next,
+                Err(_) => return Some(Err(timed_out())),
+            },
+        };
+        next.map(|(index, item)| item.map(|delta| (index, delta)).map_err(ApiError::from))
+    }
+
     /// The next event, or `None` at the end.
     async fn next(&mut self) -> Option<Event> {
         loop {
             match self.phase {
-                Phase::Running => match self.merged.next().await {
-                    Some((index, Ok(delta))) => {
+                Phase::Running => match self.next_item().await {
+                    Some(Ok((index, delta))) => {
                         let (counts_prompt, started) = self.choices[index];
                         self.choices[index].1 = true;
                         let finish = delta.finish.map(|f| {
@@ -126,10 +142,11 @@ impl Events {
                         }
                         return Some(self.chunk(Some((index, delta.text, finish, !started))));
                     }
-                    Some((_, Err(e))) => {
+                    Some(Err(e)) => {
                         // The other choices are dropped with the stream.
                         self.phase = Phase::Done;
-                        return Some(Event::default().data(ApiError::from(e).to_json()));
+                        self.merged = SelectAll::new();
+                        return Some(Event::default().data(e.to_json()));
                     }
                     None => self.phase = Phase::Finishing,
                 },
@@ -157,6 +174,7 @@ pub(crate) fn sse(
     model: String,
     streams: Vec<(bool, TokenStream)>,
     include_usage: bool,
+    deadline: Option<tokio::time::Instant>,
 ) -> Response {
     let choices = streams.iter().map(|(counts, _)| (*counts, false)).collect();
     let merged = stream::select_all(
@@ -174,6 +192,7 @@ pub(crate) fn sse(
         choices,
         usage: UsageOut::default(),
         include_usage,
+        deadline,
         phase: Phase::Running,
     };
     let body = stream::unfold(events, |mut events| async move {

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::scheduling::SchedulingFields;
+
 /// One string or several (`stop`, `input`, `prompt`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
@@ -106,6 +108,9 @@ pub struct ChatCompletionRequest {
     /// How to sample.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Priority and timeout.
+    #[serde(flatten)]
+    pub scheduling: SchedulingFields,
 }
 
 /// `POST /v1/completions`.
@@ -118,6 +123,9 @@ pub struct CompletionRequest {
     /// How to sample.
     #[serde(flatten)]
     pub sampling: Sampling,
+    /// Priority and timeout.
+    #[serde(flatten)]
+    pub scheduling: SchedulingFields,
 }
 
 /// `POST /v1/embeddings`.
@@ -130,6 +138,9 @@ pub struct EmbeddingRequest {
     /// `float` (the default) or `base64` (little-endian f32 bytes).
     #[serde(default)]
     pub encoding_format: Option<String>,
+    /// Priority and timeout.
+    #[serde(flatten)]
+    pub scheduling: SchedulingFields,
 }
 
 /// Token counts of a response.
