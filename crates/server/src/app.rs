@@ -5,18 +5,34 @@ use std::future::Future;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
+use axum::http::{HeaderName, Method, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth;
 use crate::error::{ApiError, ServerError};
 use crate::openai;
+use crate::scheduling::{PRIORITY_HEADER, TIMEOUT_HEADER};
 use crate::state::AppState;
 
 /// Every route of the service over `state`.
 pub fn router(state: AppState) -> Router {
     let limit = state.limits.max_body_bytes;
-    Router::new()
+    let cors = (!state.cors_origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(PRIORITY_HEADER),
+                HeaderName::from_static(TIMEOUT_HEADER),
+            ])
+    });
+    let routes = Router::new()
         .route("/health", get(openai::health))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{id}", get(openai::get_model))
@@ -25,7 +41,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .with_state(state);
+    // Outermost, so that preflight requests need no key.
+    match cors {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    }
 }
 
 async fn no_route(uri: Uri) -> Response {

@@ -21,6 +21,12 @@ pub enum ServerError {
     /// The engine could not be built from the configuration.
     #[error("cannot start the engine: {0}")]
     Engine(#[from] EngineError),
+    /// A setting of the service is not valid.
+    #[error("invalid setting: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
     /// Serving stopped on an I/O error.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),

@@ -20,6 +20,10 @@
 //! `X-Request-Timeout` headers ([`scheduling`]); the priority orders the
 //! engine's queue, the timeout bounds the whole request.
 //!
+//! Optional API keys ([`ApiKeys`], [`AppState::with_api_keys`]) make every
+//! route but `/health` need `Authorization: Bearer <key>` (401 otherwise);
+//! CORS is off unless origins are given ([`AppState::with_cors_origins`]).
+//!
 //! The `switchyard-server` binary serves a model registry file:
 //! `cargo run --release -p switchyard-server -- --config models.toml --bind
 //! 127.0.0.1:8080`. In a program, build the [`router`] over an
@@ -44,11 +48,13 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 mod app;
+mod auth;
 mod error;
 pub mod openai;
 pub mod scheduling;
 mod state;
 
 pub use app::{router, serve};
+pub use auth::ApiKeys;
 pub use error::{ApiError, RETRY_AFTER_SECS, ServerError};
 pub use state::{AppState, Limits};

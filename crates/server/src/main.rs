@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clap::Parser;
 use switchyard::config::Registry;
 use switchyard::{Engine, ShutdownMode};
-use switchyard_server::{AppState, Limits, ServerError, serve};
+use switchyard_server::{ApiKeys, AppState, Limits, ServerError, serve};
 
 /// Serve a Switchyard model registry over HTTP (OpenAI-compatible).
 #[derive(Debug, Parser)]
@@ -38,6 +38,15 @@ struct Args {
     /// Most prompts or embedding inputs in one request.
     #[arg(long, default_value_t = Limits::default().max_inputs)]
     max_inputs: usize,
+    /// An API key requests must send as `Authorization: Bearer <key>`
+    /// (repeatable; also read, comma-separated, from SWITCHYARD_API_KEYS).
+    /// Without any key the service is open.
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_keys: Vec<String>,
+    /// A browser origin allowed to call the service (repeatable); without
+    /// any, CORS is off.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -87,12 +96,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         engine.registry().models().len(),
         listener.local_addr()?
     );
-    serve(
-        listener,
-        AppState::new(engine.clone(), limits),
-        stop_signal(),
-    )
-    .await?;
+    let from_env = std::env::var("SWITCHYARD_API_KEYS").unwrap_or_default();
+    let keys = ApiKeys::new(
+        args.api_keys
+            .iter()
+            .map(String::as_str)
+            .chain(from_env.split(',')),
+    );
+    let state = AppState::new(engine.clone(), limits)
+        .with_api_keys(keys)
+        .with_cors_origins(&args.cors_origins)?;
+    serve(listener, state, stop_signal()).await?;
     eprintln!("switchyard-server: streams drained; stopping the engine");
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.shutdown(ShutdownMode::FailQueued)).await?;

@@ -3,7 +3,11 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::http::HeaderValue;
 use switchyard::Engine;
+
+use crate::auth::ApiKeys;
+use crate::error::ServerError;
 
 /// Bounds on what one request may ask, from the command line or config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +42,10 @@ pub struct AppState {
     pub limits: Limits,
     /// Unix seconds the service started (`created` of `/v1/models`).
     pub started: u64,
+    /// Keys a request must name (none: open).
+    pub api_keys: ApiKeys,
+    /// Browser origins allowed to call (none: CORS off).
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 impl AppState {
@@ -47,7 +55,35 @@ impl AppState {
             engine,
             limits,
             started: unix_now(),
+            api_keys: ApiKeys::default(),
+            cors_origins: Vec::new(),
         }
+    }
+
+    /// Requires one of `keys` on every route but `/health`.
+    pub fn with_api_keys(mut self, keys: ApiKeys) -> Self {
+        self.api_keys = keys;
+        self
+    }
+
+    /// Lets browsers on `origins` (`https://app.example`) call the service;
+    /// without any, CORS stays off and browsers refuse cross-origin calls.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] for an origin that is not a valid header
+    /// value.
+    pub fn with_cors_origins<S: AsRef<str>>(
+        mut self,
+        origins: impl IntoIterator<Item = S>,
+    ) -> Result<Self, ServerError> {
+        for origin in origins {
+            let origin = origin.as_ref();
+            let value = HeaderValue::from_str(origin.trim()).map_err(|_| ServerError::Config {
+                reason: format!("`{origin}` is not an origin"),
+            })?;
+            self.cors_origins.push(value);
+        }
+        Ok(self)
     }
 }
 

@@ -50,11 +50,16 @@ pub fn serve_tiny(dir: &Path, limits: Limits) -> Served {
 
 /// `engine` served with `limits`.
 pub fn serve_engine(engine: Arc<Engine>, limits: Limits) -> Served {
+    serve_state(AppState::new(engine, limits))
+}
+
+/// The service over `state`.
+pub fn serve_state(state: AppState) -> Served {
+    let engine = state.engine.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState::new(engine.clone(), limits);
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
