@@ -8,6 +8,7 @@
 //! | `POST /v1/chat/completions` | chat, whole or streamed (`stream: true`, server-sent events), with `n`, `stop`, `seed`, `temperature`, `top_p`, `max_tokens`, `stream_options.include_usage` |
 //! | `POST /v1/completions` | text completion of one prompt or several, the same options |
 //! | `POST /v1/embeddings` | one string or several, `encoding_format` `float` or `base64` |
+//! | `POST /v1/images/generations` | text-to-image on a diffusion model as base64 PNGs (`b64_json`), `n`, `size`; also `negative_prompt`, `steps`, `guidance_scale`, `seed` |
 //!
 //! Errors have OpenAI's shape, `{"error": {"message", "type", "param",
 //! "code"}}`, and status: 400 for a bad request, 404 for an unknown model or

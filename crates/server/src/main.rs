@@ -38,6 +38,15 @@ struct Args {
     /// Most prompts or embedding inputs in one request.
     #[arg(long, default_value_t = Limits::default().max_inputs)]
     max_inputs: usize,
+    /// Longest side of a generated image, in pixels.
+    #[arg(long, default_value_t = Limits::default().max_image_side)]
+    max_image_side: usize,
+    /// Most images per request.
+    #[arg(long, default_value_t = Limits::default().max_images)]
+    max_images: u64,
+    /// Most denoising steps per image.
+    #[arg(long, default_value_t = Limits::default().max_steps)]
+    max_steps: u64,
     /// An API key requests must send as `Authorization: Bearer <key>`
     /// (repeatable; also read, comma-separated, from SWITCHYARD_API_KEYS).
     /// Without any key the service is open.
@@ -90,6 +99,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_tokens: args.max_tokens,
         max_choices: args.max_choices,
         max_inputs: args.max_inputs,
+        max_image_side: args.max_image_side,
+        max_images: args.max_images,
+        max_steps: args.max_steps,
     };
     eprintln!(
         "switchyard-server: {} model(s) on http://{}",

@@ -20,6 +20,12 @@ pub struct Limits {
     pub max_choices: u64,
     /// Most prompts or embedding inputs in one request.
     pub max_inputs: usize,
+    /// Longest image side, in pixels.
+    pub max_image_side: usize,
+    /// Most images per request.
+    pub max_images: u64,
+    /// Most denoising steps per image.
+    pub max_steps: u64,
 }
 
 impl Default for Limits {
@@ -29,6 +35,9 @@ impl Default for Limits {
             max_tokens: 4096,
             max_choices: 8,
             max_inputs: 256,
+            max_image_side: 1024,
+            max_images: 4,
+            max_steps: 150,
         }
     }
 }

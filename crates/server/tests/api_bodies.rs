@@ -14,7 +14,12 @@ use switchyard::Engine;
 use switchyard_server::{AppState, Limits, router};
 use tower::ServiceExt;
 
-const POSTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+const POSTS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/images/generations",
+];
 
 static SERVICE: LazyLock<(tokio::runtime::Runtime, Router)> = LazyLock::new(|| {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -88,6 +93,13 @@ fn near_valid() -> impl Strategy<Value = String> {
         Just("stream"),
         Just("stream_options"),
         Just("encoding_format"),
+        Just("size"),
+        Just("response_format"),
+        Just("steps"),
+        Just("guidance_scale"),
+        Just("negative_prompt"),
+        Just("priority"),
+        Just("timeout"),
     ];
     prop::collection::vec((key, value), 0..8).prop_map(|fields| {
         let body: Vec<String> = fields

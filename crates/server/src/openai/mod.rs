@@ -1,8 +1,10 @@
 //! The OpenAI-compatible endpoints: `/v1/models`, `/v1/chat/completions`,
-//! `/v1/completions`, `/v1/embeddings`, and `/health`.
+//! `/v1/completions`, `/v1/embeddings`, `/v1/images/generations`, and
+//! `/health`.
 
 mod completions;
 mod embeddings;
+mod images;
 mod stream;
 pub mod types;
 
@@ -20,6 +22,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 pub(crate) use completions::{chat_completions, completions};
 pub(crate) use embeddings::embeddings;
+pub(crate) use images::generations;
+pub use images::{ImageData, ImageGenerationRequest, ImageGenerationResponse};
 use types::{ModelList, ModelObject};
 
 /// Reads a JSON request body: an unreadable or oversized body and JSON

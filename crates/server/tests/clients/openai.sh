@@ -21,14 +21,27 @@ if [ "$profile" = release ]; then
 else
     cargo build --quiet -p switchyard-server
 fi
+# The real models of models.toml, plus a tiny random-weight Stable
+# Diffusion for the images endpoint (no real SD weights can be fetched).
+work=$(mktemp -d)
+cargo run --quiet -p switchyard-testkit --bin write-tiny-sd -- "$work/tiny-sd" >/dev/null
+config="$work/models.toml"
+sed "s|^path = \"models/|path = \"$root/models/|" models.toml >"$config"
+cat >>"$config" <<TOML
+
+[[models]]
+id = "tiny-sd"
+kind = "text-to-image"
+path = "$work/tiny-sd"
+TOML
 port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
 log=$(mktemp)
-"target/$profile/switchyard-server" --config models.toml --bind "127.0.0.1:$port" >"$log" 2>&1 &
+"target/$profile/switchyard-server" --config "$config" --bind "127.0.0.1:$port" >"$log" 2>&1 &
 pid=$!
 cleanup() {
     kill "$pid" 2>/dev/null || true
-    rm -f "$log"
+    rm -rf "$log" "$work"
 }
 trap cleanup EXIT
 
@@ -45,7 +58,7 @@ for _ in range(600):
 sys.exit("the server did not come up")
 PY
 
-"$venv/bin/python" crates/server/tests/clients/openai_client.py "$base" smollm2 minilm
+"$venv/bin/python" crates/server/tests/clients/openai_client.py "$base" smollm2 minilm tiny-sd
 
 # SIGTERM: the server drains and exits cleanly.
 kill -TERM "$pid"

@@ -1,12 +1,13 @@
 """The official `openai` Python package against a running switchyard-server.
 
-Usage: python openai_client.py BASE_URL CHAT_MODEL EMBED_MODEL
+Usage: python openai_client.py BASE_URL CHAT_MODEL EMBED_MODEL IMAGE_MODEL
 
 Calls every OpenAI-compatible endpoint the server has through the client
 as an application would, checks the answers are well formed (and agree
 with each other where they must), and exits non-zero on the first failure.
 """
 
+import base64
 import math
 import sys
 
@@ -21,7 +22,7 @@ def check(cond, what):
 
 
 def main():
-    base, chat_model, embed_model = sys.argv[1:4]
+    base, chat_model, embed_model, image_model = sys.argv[1:5]
     client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
 
     ids = [m.id for m in client.models.list()]
@@ -108,6 +109,21 @@ def main():
     )
     norm = math.sqrt(sum(x * x for x in floats.data[0].embedding))
     check(abs(norm - 1.0) < 1e-3, f"MiniLM embeddings are normalised ({norm:.4f})")
+
+    pictures = client.images.generate(
+        model=image_model, prompt="a red train in a switchyard", n=2, size="64x64",
+        response_format="b64_json", extra_body={"steps": 2, "seed": 3},
+    )
+    pngs = [base64.b64decode(d.b64_json) for d in pictures.data]
+    check(
+        len(pngs) == 2 and all(p.startswith(b"\x89PNG") for p in pngs) and pngs[0] != pngs[1],
+        "images.generate gives two different PNGs",
+    )
+    # PNG IHDR: width and height, big-endian, at bytes 16..24.
+    check(
+        all(int.from_bytes(p[16:20], "big") == 64 == int.from_bytes(p[20:24], "big") for p in pngs),
+        "the PNGs are 64x64",
+    )
 
     try:
         client.chat.completions.create(model="no-such-model", messages=messages)
