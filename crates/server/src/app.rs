@@ -14,9 +14,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth;
 use crate::error::{ApiError, ServerError};
-use crate::openai;
 use crate::scheduling::{PRIORITY_HEADER, TIMEOUT_HEADER};
 use crate::state::AppState;
+use crate::{native, openai};
 
 /// Every route of the service over `state`.
 pub fn router(state: AppState) -> Router {
@@ -40,6 +40,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/images/generations", post(openai::generations))
+        .route("/api/inference/capabilities", get(native::capabilities))
+        .route("/api/inference/sessions", get(native::sessions))
+        .route(
+            "/api/inference/sessions/{id}",
+            get(native::session).delete(native::cancel_session),
+        )
+        .route("/api/system/stats", get(native::stats))
+        .route("/api/system/cleanup", post(native::cleanup))
+        .route("/metrics", get(native::metrics))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(

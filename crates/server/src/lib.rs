@@ -9,6 +9,8 @@
 //! | `POST /v1/completions` | text completion of one prompt or several, the same options |
 //! | `POST /v1/embeddings` | one string or several, `encoding_format` `float` or `base64` |
 //! | `POST /v1/images/generations` | text-to-image on a diffusion model as base64 PNGs (`b64_json`), `n`, `size`; also `negative_prompt`, `steps`, `guidance_scale`, `seed` |
+//! | `GET /api/inference/capabilities`, `GET /api/inference/sessions[/{id}]`, `DELETE /api/inference/sessions/{id}` | the native API ([`native`]): what is served, what runs, cancel by id |
+//! | `GET /api/system/stats`, `POST /api/system/cleanup`, `GET /metrics` | memory and pressure per device, loaded models, counts; unload idle models; Prometheus |
 //!
 //! Errors have OpenAI's shape, `{"error": {"message", "type", "param",
 //! "code"}}`, and status: 400 for a bad request, 404 for an unknown model or
@@ -51,6 +53,7 @@
 mod app;
 mod auth;
 mod error;
+pub mod native;
 pub mod openai;
 pub mod scheduling;
 mod state;

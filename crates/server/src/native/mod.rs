@@ -1,0 +1,116 @@
+//! The native API: what the engine can do and is doing.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/inference/capabilities` | request kinds served, models (loaded or not), devices, limits |
+//! | `GET /api/inference/sessions` | every queued or running request: state, progress, age, estimate |
+//! | `GET /api/inference/sessions/{id}` | one of them, or 404 |
+//! | `DELETE /api/inference/sessions/{id}` | cancels it (404 when it is not queued or running) |
+//! | `GET /api/system/stats` | memory per device with its pressure level, loaded models, queue, caches, per-model counts and latency |
+//! | `POST /api/system/cleanup` | drops every idle model from memory |
+//! | `GET /metrics` | the engine's metrics in Prometheus' text format |
+
+mod types;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use switchyard::EngineError;
+use switchyard::core::RequestId;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+pub use types::{
+    CapabilitiesOut, CleanupOut, DeviceStatsOut, ModelInfoOut, ModelStatsOut, SessionOut, StatsOut,
+};
+
+fn unknown_session(id: &str) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::NOT_FOUND,
+        message: format!("no request `{id}` is queued or running"),
+        kind: "invalid_request_error",
+        param: Some("id".into()),
+        code: Some("session_not_found"),
+    }
+}
+
+fn parse_id(id: &str) -> Result<RequestId, ApiError> {
+    id.parse::<RequestId>().map_err(|_| unknown_session(id))
+}
+
+/// `GET /api/inference/capabilities`.
+pub(crate) async fn capabilities(State(state): State<AppState>) -> Json<CapabilitiesOut> {
+    Json(CapabilitiesOut::from(&state.engine.capabilities()))
+}
+
+/// `GET /api/inference/sessions`.
+pub(crate) async fn sessions(State(state): State<AppState>) -> Json<Vec<SessionOut>> {
+    Json(
+        state
+            .engine
+            .sessions()
+            .iter()
+            .map(SessionOut::from)
+            .collect(),
+    )
+}
+
+/// `GET /api/inference/sessions/{id}`.
+pub(crate) async fn session(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let found = parse_id(&id).and_then(|rid| {
+        state
+            .engine
+            .sessions()
+            .iter()
+            .find(|s| s.id == rid)
+            .map(SessionOut::from)
+            .ok_or_else(|| unknown_session(&id))
+    });
+    match found {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /api/inference/sessions/{id}`: cancels the request.
+pub(crate) async fn cancel_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Response {
+    match parse_id(&id) {
+        Ok(rid) if state.engine.cancel(rid) => {
+            Json(serde_json::json!({ "id": id, "cancelled": true })).into_response()
+        }
+        Ok(_) | Err(_) => unknown_session(&id).into_response(),
+    }
+}
+
+/// `GET /api/system/stats`.
+pub(crate) async fn stats(State(state): State<AppState>) -> Json<StatsOut> {
+    Json(StatsOut::new(&state.engine.metrics()))
+}
+
+/// `POST /api/system/cleanup`.
+pub(crate) async fn cleanup(State(state): State<AppState>) -> Response {
+    let engine = state.engine.clone();
+    // Unloading frees memory synchronously: off the async workers.
+    match tokio::task::spawn_blocking(move || engine.clear_cache()).await {
+        Ok(unloaded) => Json(CleanupOut { unloaded }).into_response(),
+        Err(e) => ApiError::from(EngineError::Failed {
+            model: String::new(),
+            reason: format!("cleanup did not finish: {e}"),
+        })
+        .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus' text exposition format.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.engine.metrics().to_prometheus().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

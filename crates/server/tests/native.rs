@@ -1,0 +1,176 @@
+//! The native API over loopback HTTP on tiny real-format models:
+//! capabilities, sessions (listed, looked up, cancelled), stats, cleanup
+//! and Prometheus metrics agree with what the engine did.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Served, get, post, request, serve_tiny};
+use serde_json::json;
+use switchyard_server::Limits;
+
+fn served() -> (tempfile::TempDir, Served) {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve_tiny(dir.path(), Limits::default());
+    (dir, served)
+}
+
+fn loaded(s: &Served, model: &str) -> bool {
+    let caps = get(s.addr, "/api/inference/capabilities").json();
+    caps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == model)
+        .map(|m| m["loaded"] == true)
+        .unwrap()
+}
+
+#[test]
+fn capabilities_stats_cleanup_and_metrics_follow_the_engine() {
+    let (_dir, s) = served();
+    let caps = get(s.addr, "/api/inference/capabilities");
+    assert_eq!(caps.status, 200);
+    let caps = caps.json();
+    let kinds: Vec<&str> = caps["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"text-generation") && kinds.contains(&"embedding"),
+        "{kinds:?}"
+    );
+    assert_eq!(caps["devices"], json!(["cpu"]));
+    assert!(!loaded(&s, "bert"));
+
+    let embedded = post(
+        s.addr,
+        "/v1/embeddings",
+        &json!({"model": "bert", "input": ["a", "b"]}),
+    );
+    assert_eq!(embedded.status, 200);
+    assert!(loaded(&s, "bert"));
+
+    let stats = get(s.addr, "/api/system/stats").json();
+    let bert = stats["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "bert")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (bert["submitted"].clone(), bert["succeeded"].clone()),
+        (json!(1), json!(1))
+    );
+    let cpu = &stats["devices"][0];
+    assert_eq!(cpu["device"], "cpu");
+    assert_eq!(cpu["loaded_models"], json!(["bert"]));
+    assert!(cpu["models_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(stats["queued"], 0);
+
+    let metrics = get(s.addr, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("switchyard_requests_submitted_total") && l.contains("bert")),
+        "{text}"
+    );
+
+    let cleanup = request(s.addr, "POST", "/api/system/cleanup", b"");
+    assert_eq!(
+        (cleanup.status, cleanup.json()["unloaded"].clone()),
+        (200, json!(1))
+    );
+    assert!(!loaded(&s, "bert"));
+}
+
+#[test]
+fn a_running_request_is_listed_and_cancelled_by_id() {
+    let (_dir, s) = served();
+    let body = json!({
+        "model": "llama",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 4000,
+        "temperature": 0,
+        "stream": true,
+    })
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !String::from_utf8_lossy(&seen).contains("data:") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let listed = get(s.addr, "/api/inference/sessions").json();
+    let sessions = listed.as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{listed}");
+    let session = &sessions[0];
+    assert_eq!(
+        (
+            session["model"].clone(),
+            session["task"].clone(),
+            session["state"].clone()
+        ),
+        (json!("llama"), json!("generation"), json!("running"))
+    );
+    assert_eq!(session["total"], 4000);
+    let id = session["id"].as_str().unwrap().to_owned();
+    let one = get(s.addr, &format!("/api/inference/sessions/{id}"));
+    assert_eq!((one.status, one.json()["id"].clone()), (200, json!(id)));
+
+    let cancelled = request(
+        s.addr,
+        "DELETE",
+        &format!("/api/inference/sessions/{id}"),
+        b"",
+    );
+    assert_eq!(
+        (cancelled.status, cancelled.json()["cancelled"].clone()),
+        (200, json!(true))
+    );
+    // The stream ends: the rest of it arrives and the connection closes.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    let start = Instant::now();
+    while !get(s.addr, "/api/inference/sessions")
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(start.elapsed() < Duration::from_secs(1), "still listed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for missing in [
+        format!("/api/inference/sessions/{id}"),
+        "/api/inference/sessions/req-x".into(),
+    ] {
+        let reply = get(s.addr, &missing);
+        assert_eq!(reply.status, 404, "{missing}");
+        assert_eq!(reply.json()["error"]["code"], "session_not_found");
+        assert_eq!(request(s.addr, "DELETE", &missing, b"").status, 404);
+    }
+}
