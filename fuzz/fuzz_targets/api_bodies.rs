@@ -14,11 +14,14 @@ use switchyard::Engine;
 use switchyard_server::{AppState, Limits, router};
 use tower::ServiceExt;
 
-const POSTS: [&str; 4] = [
+const POSTS: [&str; 7] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/images/generations",
+    "/api/inference/execute",
+    "/api/inference/execute?async=true",
+    "/api/inference/validate",
 ];
 
 static SERVICE: LazyLock<(tokio::runtime::Runtime, Router)> = LazyLock::new(|| {

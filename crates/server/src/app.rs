@@ -41,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/images/generations", post(openai::generations))
         .route("/api/inference/capabilities", get(native::capabilities))
+        .route("/api/inference/execute", post(native::execute))
+        .route("/api/inference/validate", post(native::validate))
         .route("/api/inference/sessions", get(native::sessions))
         .route(
             "/api/inference/sessions/{id}",

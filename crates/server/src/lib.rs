@@ -9,7 +9,8 @@
 //! | `POST /v1/completions` | text completion of one prompt or several, the same options |
 //! | `POST /v1/embeddings` | one string or several, `encoding_format` `float` or `base64` |
 //! | `POST /v1/images/generations` | text-to-image on a diffusion model as base64 PNGs (`b64_json`), `n`, `size`; also `negative_prompt`, `steps`, `guidance_scale`, `seed` |
-//! | `GET /api/inference/capabilities`, `GET /api/inference/sessions[/{id}]`, `DELETE /api/inference/sessions/{id}` | the native API ([`native`]): what is served, what runs, cancel by id |
+//! | `POST /api/inference/execute[?async=true]`, `POST /api/inference/validate` | the native API ([`native`]): any task in one body, now or later; checked without running |
+//! | `GET /api/inference/capabilities`, `GET /api/inference/sessions[/{id}]`, `DELETE /api/inference/sessions/{id}` | what is served, what runs (and async outcomes), cancel by id |
 //! | `GET /api/system/stats`, `POST /api/system/cleanup`, `GET /metrics` | memory and pressure per device, loaded models, counts; unload idle models; Prometheus |
 //!
 //! Errors have OpenAI's shape, `{"error": {"message", "type", "param",

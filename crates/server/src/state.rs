@@ -8,6 +8,7 @@ use switchyard::Engine;
 
 use crate::auth::ApiKeys;
 use crate::error::ServerError;
+use crate::native::AsyncResults;
 
 /// Bounds on what one request may ask, from the command line or config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,8 @@ pub struct AppState {
     pub api_keys: ApiKeys,
     /// Browser origins allowed to call (none: CORS off).
     pub cors_origins: Vec<HeaderValue>,
+    /// Results of `?async=true` executions.
+    pub results: Arc<AsyncResults>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ impl AppState {
             started: unix_now(),
             api_keys: ApiKeys::default(),
             cors_origins: Vec::new(),
+            results: Arc::default(),
         }
     }
 

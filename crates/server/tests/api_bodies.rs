@@ -14,11 +14,14 @@ use switchyard::Engine;
 use switchyard_server::{AppState, Limits, router};
 use tower::ServiceExt;
 
-const POSTS: [&str; 4] = [
+const POSTS: [&str; 7] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/images/generations",
+    "/api/inference/execute",
+    "/api/inference/execute?async=true",
+    "/api/inference/validate",
 ];
 
 static SERVICE: LazyLock<(tokio::runtime::Runtime, Router)> = LazyLock::new(|| {
@@ -77,6 +80,10 @@ fn near_valid() -> impl Strategy<Value = String> {
         Just(r#"[{"role":"user","content":[{"type":"image_url"}]}]"#.to_owned()),
         Just(r#"["a", 1]"#.to_owned()),
         Just("{}".to_owned()),
+        Just(r#""generate""#.to_owned()),
+        Just(r#""embed""#.to_owned()),
+        Just(r#"{"max_tokens": 0}"#.to_owned()),
+        Just(r#"{"steps": 99999, "width": 7}"#.to_owned()),
     ];
     let key = prop_oneof![
         Just("model"),
@@ -100,6 +107,9 @@ fn near_valid() -> impl Strategy<Value = String> {
         Just("negative_prompt"),
         Just("priority"),
         Just("timeout"),
+        Just("task"),
+        Just("inputs"),
+        Just("options"),
     ];
     prop::collection::vec((key, value), 0..8).prop_map(|fields| {
         let body: Vec<String> = fields

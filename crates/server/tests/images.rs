@@ -122,3 +122,33 @@ fn bad_image_requests_are_400s() {
     );
     assert_eq!(unknown.status, 404);
 }
+
+#[test]
+fn the_native_execute_draws_too() {
+    let (_dir, s) = served();
+    let reply = post(
+        s.addr,
+        "/api/inference/execute",
+        &json!({
+            "model": "sd",
+            "task": "image",
+            "prompt": "a signal box at night",
+            "options": {"width": 32, "height": 48, "steps": 2, "seed": 9, "images": 1},
+        }),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let json = reply.json();
+    assert_eq!(json["result"]["kind"], "images");
+    let image = &json["result"]["images"][0];
+    assert_eq!(image["seed"], 9);
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(image["png_base64"].as_str().unwrap())
+        .unwrap();
+    let got = switchyard::image::decode(&png, &switchyard::image::ImageLimits::default()).unwrap();
+    assert_eq!((got.width(), got.height()), (32, 48));
+}

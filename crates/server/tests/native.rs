@@ -174,3 +174,125 @@ fn a_running_request_is_listed_and_cancelled_by_id() {
         assert_eq!(request(s.addr, "DELETE", &missing, b"").status, 404);
     }
 }
+
+#[test]
+fn execute_runs_any_task_now_or_later_and_validate_checks_without_running() {
+    let (_dir, s) = served();
+    let generate = json!({
+        "model": "llama",
+        "task": "generate",
+        "prompt": "Once upon a time",
+        "options": {"max_tokens": 6, "temperature": 0},
+        "priority": "high",
+    });
+    let now = post(s.addr, "/api/inference/execute", &generate);
+    assert_eq!(now.status, 200, "{}", String::from_utf8_lossy(&now.body));
+    let now = now.json();
+    assert_eq!(
+        (now["state"].clone(), now["result"]["kind"].clone()),
+        (json!("finished"), json!("text"))
+    );
+    let direct = s
+        .engine
+        .submit(
+            switchyard::Request::complete("llama", "Once upon a time").with_options(
+                switchyard::GenerationOptions {
+                    max_tokens: Some(6),
+                    temperature: Some(0.0),
+                    ..Default::default()
+                },
+            ),
+        )
+        .unwrap()
+        .wait()
+        .unwrap()
+        .into_completion()
+        .unwrap();
+    assert_eq!(now["result"]["text"], direct.text.as_str());
+    assert_eq!(
+        now["result"]["completion_tokens"],
+        direct.usage.completion_tokens
+    );
+
+    // Later: 202 and an id whose session turns into the same result.
+    let accepted = post(s.addr, "/api/inference/execute?async=true", &generate);
+    assert_eq!(accepted.status, 202);
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    let done = loop {
+        let reply = get(s.addr, &format!("/api/inference/sessions/{id}"));
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let json = reply.json();
+        if json["state"] == "finished" {
+            break json;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never finished: {json}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(done["result"], now["result"]);
+
+    let chat = json!({"model": "llama", "task": "chat", "messages": [{"role": "user", "content": "hi"}], "options": {"max_tokens": 3}});
+    assert_eq!(
+        post(s.addr, "/api/inference/execute", &chat).json()["result"]["kind"],
+        "text"
+    );
+    let embed = post(
+        s.addr,
+        "/api/inference/execute",
+        &json!({"model": "bert", "task": "embed", "inputs": ["a", "b c"]}),
+    )
+    .json();
+    assert_eq!(embed["result"]["kind"], "embeddings");
+    assert_eq!(embed["result"]["vectors"].as_array().unwrap().len(), 2);
+    assert!(embed["result"]["prompt_tokens"].as_u64().unwrap() >= 4);
+
+    // Validate runs nothing and answers what execute would refuse with.
+    let before = get(s.addr, "/api/system/stats").json()["models"].clone();
+    let valid = post(s.addr, "/api/inference/validate", &generate);
+    assert_eq!(
+        (valid.status, valid.json()["valid"].clone()),
+        (200, json!(true))
+    );
+    assert_eq!(get(s.addr, "/api/system/stats").json()["models"], before);
+    for (body, status) in [
+        (
+            json!({"model": "nope", "task": "generate", "prompt": "x"}),
+            404,
+        ),
+        (
+            json!({"model": "bert", "task": "generate", "prompt": "x"}),
+            400,
+        ),
+        (
+            json!({"model": "llama", "task": "generate", "prompt": "x", "options": {"max_tokenz": 3}}),
+            400,
+        ),
+        (
+            json!({"model": "llama", "task": "dance", "prompt": "x"}),
+            400,
+        ),
+        (json!({"model": "llama", "prompt": "x"}), 400),
+        (
+            json!({"model": "llama", "task": "generate", "prompt": "x", "options": {"temperature": -2}}),
+            400,
+        ),
+        (json!({"model": "bert", "task": "embed", "inputs": []}), 400),
+    ] {
+        let reply = post(s.addr, "/api/inference/validate", &body);
+        assert_eq!(reply.status, status, "{body}");
+        assert!(reply.json()["error"]["message"].is_string(), "{body}");
+        assert_eq!(
+            post(s.addr, "/api/inference/execute", &body).status,
+            status,
+            "{body}"
+        );
+    }
+}

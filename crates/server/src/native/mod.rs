@@ -2,14 +2,17 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `POST /api/inference/execute[?async=true]` | any task (`generate`, `chat`, `embed`, `image`) with its `options`, `priority`, `timeout`; the result, or 202 and the id to follow |
+//! | `POST /api/inference/validate` | 200 `{"valid": true}` or the error `execute` would give, without running |
 //! | `GET /api/inference/capabilities` | request kinds served, models (loaded or not), devices, limits |
 //! | `GET /api/inference/sessions` | every queued or running request: state, progress, age, estimate |
-//! | `GET /api/inference/sessions/{id}` | one of them, or 404 |
+//! | `GET /api/inference/sessions/{id}` | one of them, or an asynchronous request's outcome (`finished` with its result, `failed` with its error), or 404 |
 //! | `DELETE /api/inference/sessions/{id}` | cancels it (404 when it is not queued or running) |
 //! | `GET /api/system/stats` | memory per device with its pressure level, loaded models, queue, caches, per-model counts and latency |
 //! | `POST /api/system/cleanup` | drops every idle model from memory |
 //! | `GET /metrics` | the engine's metrics in Prometheus' text format |
 
+mod execute;
 mod types;
 
 use axum::Json;
@@ -21,6 +24,11 @@ use switchyard::core::RequestId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+pub use execute::{
+    AsyncResults, Executed, KEPT_RESULTS, NativeImage, NativeMessage, NativeOptions, NativeRequest,
+    NativeResult, NativeTask, Outcome,
+};
+pub(crate) use execute::{execute, validate};
 pub use types::{
     CapabilitiesOut, CleanupOut, DeviceStatsOut, ModelInfoOut, ModelStatsOut, SessionOut, StatsOut,
 };
@@ -56,20 +64,27 @@ pub(crate) async fn sessions(State(state): State<AppState>) -> Json<Vec<SessionO
     )
 }
 
-/// `GET /api/inference/sessions/{id}`.
+/// `GET /api/inference/sessions/{id}`: a queued or running request, or
+/// the outcome of an asynchronous one that has ended.
 pub(crate) async fn session(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let found = parse_id(&id).and_then(|rid| {
-        state
-            .engine
-            .sessions()
-            .iter()
-            .find(|s| s.id == rid)
-            .map(SessionOut::from)
-            .ok_or_else(|| unknown_session(&id))
-    });
-    match found {
-        Ok(s) => Json(s).into_response(),
-        Err(e) => e.into_response(),
+    let rid = match parse_id(&id) {
+        Ok(rid) => rid,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(s) = state.engine.sessions().iter().find(|s| s.id == rid) {
+        return Json(SessionOut::from(s)).into_response();
+    }
+    match state.results.get(rid) {
+        Some(None) => Json(serde_json::json!({ "id": id, "state": "running" })).into_response(),
+        Some(Some(Ok(done))) => Json(done).into_response(),
+        Some(Some(Err(e))) => Json(serde_json::json!({
+            "id": id,
+            "state": "failed",
+            "status": e.status.as_u16(),
+            "error": e.body(),
+        }))
+        .into_response(),
+        None => unknown_session(&id).into_response(),
     }
 }
 

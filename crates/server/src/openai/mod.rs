@@ -20,7 +20,7 @@ use switchyard::config::ModelSpec;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-pub(crate) use completions::{chat_completions, completions};
+pub(crate) use completions::{chat_completions, completions, finish_name};
 pub(crate) use embeddings::embeddings;
 pub(crate) use images::generations;
 pub use images::{ImageData, ImageGenerationRequest, ImageGenerationResponse};
