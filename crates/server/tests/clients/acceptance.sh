@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# The official `openai` Python package against the real switchyard-server
-# binary on 127.0.0.1, serving the real models of models.toml (fetch them
-# first: cargo run -p switchyard-testkit --bin fetch-models). Installs the
-# client into a virtual environment under target/. Run from anywhere:
-#   bash crates/server/tests/clients/openai.sh
-# Set PROFILE=release to test the release binary (default: the test build).
+# The HTTP server's acceptance, against the real switchyard-server binary on
+# 127.0.0.1 serving the real models of models.toml (fetch them first: cargo
+# run -p switchyard-testkit --bin fetch-models) plus a tiny random-weight
+# Stable Diffusion for the images endpoint:
+#   1. the official `openai` Python package calls every OpenAI-compatible
+#      endpoint (openai_client.py);
+#   2. a bounded load test: 32 streaming chat clients and 8 embedding
+#      clients for LOAD_SECONDS (default 20, at most 60): no errors, no
+#      dropped streams (load.py; prints requests/s and p50/p99 latency);
+#   3. SIGTERM: the server drains and exits cleanly.
+# Installs the clients into a virtual environment under target/. Run from
+# anywhere: bash crates/server/tests/clients/acceptance.sh
+# PROFILE=release tests the release binary (default: the test build, whose
+# own crates are unoptimised: slower, so its load figures are not the
+# service's speed).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../../../.." && pwd)"
 cd "$root"
@@ -14,7 +23,7 @@ venv=target/openai-client-venv
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check openai
+"$venv/bin/pip" install --quiet --disable-pip-version-check openai httpx
 
 if [ "$profile" = release ]; then
     cargo build --quiet --release -p switchyard-server
@@ -59,6 +68,7 @@ sys.exit("the server did not come up")
 PY
 
 "$venv/bin/python" crates/server/tests/clients/openai_client.py "$base" smollm2 minilm tiny-sd
+"$venv/bin/python" crates/server/tests/clients/load.py "$base" smollm2 minilm "${LOAD_SECONDS:-20}"
 
 # SIGTERM: the server drains and exits cleanly.
 kill -TERM "$pid"
