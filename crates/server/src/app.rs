@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/system/stats", get(native::stats))
         .route("/api/system/cleanup", post(native::cleanup))
         .route("/metrics", get(native::metrics))
+        .route("/api/ws", get(native::websocket))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(

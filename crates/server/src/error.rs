@@ -105,6 +105,14 @@ impl ApiError {
         serde_json::to_string(&self.body()).unwrap_or_else(|_| "{}".into())
     }
 
+    /// The inner error object (`{"message", "type", "param", "code"}`),
+    /// for bodies that nest it under their own `error` field.
+    pub(crate) fn object(&self) -> serde_json::Value {
+        serde_json::to_value(self.body())
+            .map(|mut v| v["error"].take())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn body(&self) -> ErrorBody<'_> {
         ErrorBody {
             error: ErrorObject {

@@ -12,6 +12,7 @@
 //! | `POST /api/inference/execute[?async=true]`, `POST /api/inference/validate` | the native API ([`native`]): any task in one body, now or later; checked without running |
 //! | `GET /api/inference/capabilities`, `GET /api/inference/sessions[/{id}]`, `DELETE /api/inference/sessions/{id}` | what is served, what runs (and async outcomes), cancel by id |
 //! | `GET /api/system/stats`, `POST /api/system/cleanup`, `GET /metrics` | memory and pressure per device, loaded models, counts; unload idle models; Prometheus |
+//! | `GET /api/ws` | a WebSocket: execute with streamed text or progress, follow any request's progress, cancel |
 //!
 //! Errors have OpenAI's shape, `{"error": {"message", "type", "param",
 //! "code"}}`, and status: 400 for a bad request, 404 for an unknown model or

@@ -296,3 +296,31 @@ fn execute_runs_any_task_now_or_later_and_validate_checks_without_running() {
         );
     }
 }
+
+#[test]
+fn an_async_execution_that_fails_reports_its_error() {
+    let (_dir, s) = served();
+    let late = json!({
+        "model": "llama",
+        "task": "chat",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "options": {"max_tokens": 4000, "temperature": 0},
+        "timeout": 0.02,
+    });
+    let accepted = post(s.addr, "/api/inference/execute?async=true", &late);
+    assert_eq!(accepted.status, 202);
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    let failed = loop {
+        let json = get(s.addr, &format!("/api/inference/sessions/{id}")).json();
+        if json["state"] == "failed" {
+            break json;
+        }
+        assert_ne!(json["state"], "finished");
+        assert!(start.elapsed() < Duration::from_secs(10), "{json}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(failed["status"], 504);
+    assert_eq!(failed["error"]["type"], "timeout_error");
+    assert!(failed["error"]["message"].is_string());
+}

@@ -224,7 +224,8 @@ pub enum NativeResult {
     },
 }
 
-fn to_result(response: switchyard::Response) -> Result<NativeResult, ApiError> {
+/// The wire form of a finished request's response.
+pub(crate) fn to_result(response: switchyard::Response) -> Result<NativeResult, ApiError> {
     let failed = |reason: String| {
         ApiError::from(switchyard::EngineError::Failed {
             model: String::new(),

@@ -11,9 +11,11 @@
 //! | `GET /api/system/stats` | memory per device with its pressure level, loaded models, queue, caches, per-model counts and latency |
 //! | `POST /api/system/cleanup` | drops every idle model from memory |
 //! | `GET /metrics` | the engine's metrics in Prometheus' text format |
+//! | `GET /api/ws` | a WebSocket: execute with streamed text or progress, subscribe to any request's progress, cancel (see the `ws` module's protocol) |
 
 mod execute;
 mod types;
+mod ws;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -32,6 +34,7 @@ pub(crate) use execute::{execute, validate};
 pub use types::{
     CapabilitiesOut, CleanupOut, DeviceStatsOut, ModelInfoOut, ModelStatsOut, SessionOut, StatsOut,
 };
+pub(crate) use ws::upgrade as websocket;
 
 fn unknown_session(id: &str) -> ApiError {
     ApiError {
@@ -81,7 +84,7 @@ pub(crate) async fn session(State(state): State<AppState>, Path(id): Path<String
             "id": id,
             "state": "failed",
             "status": e.status.as_u16(),
-            "error": e.body(),
+            "error": e.object(),
         }))
         .into_response(),
         None => unknown_session(&id).into_response(),
