@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/system/cleanup", post(native::cleanup))
         .route("/metrics", get(native::metrics))
         .route("/api/ws", get(native::websocket))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(

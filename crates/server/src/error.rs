@@ -52,12 +52,12 @@ pub struct ApiError {
 }
 
 /// The JSON body of an [`ApiError`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorBody<'a> {
     error: ErrorObject<'a>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ErrorObject<'a> {
     message: &'a str,
     #[serde(rename = "type")]

@@ -13,6 +13,7 @@
 //! | `GET /api/inference/capabilities`, `GET /api/inference/sessions[/{id}]`, `DELETE /api/inference/sessions/{id}` | what is served, what runs (and async outcomes), cancel by id |
 //! | `GET /api/system/stats`, `POST /api/system/cleanup`, `GET /metrics` | memory and pressure per device, loaded models, counts; unload idle models; Prometheus |
 //! | `GET /api/ws` | a WebSocket: execute with streamed text or progress, follow any request's progress, cancel |
+//! | `GET /openapi.json` | the OpenAPI 3.1 description of every HTTP route, generated from the handlers and wire types ([`openapi`]) |
 //!
 //! Errors have OpenAI's shape, `{"error": {"message", "type", "param",
 //! "code"}}`, and status: 400 for a bad request, 404 for an unknown model or
@@ -57,6 +58,7 @@ mod auth;
 mod error;
 pub mod native;
 pub mod openai;
+pub mod openapi;
 pub mod scheduling;
 mod state;
 

@@ -23,7 +23,7 @@ pub const TIMEOUT_HEADER: &str = "x-request-timeout";
 pub const MAX_TIMEOUT_SECS: f64 = 24.0 * 3600.0;
 
 /// The scheduling fields every request body may carry.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct SchedulingFields {
     /// `urgent`, `high`, `normal` or `low`.
     #[serde(default)]

@@ -76,6 +76,9 @@ fn models_are_listed_and_unknown_paths_get_error_objects() {
     let nowhere = get(s.addr, "/v2/everything");
     assert_eq!(nowhere.status, 404);
     assert_eq!(nowhere.json()["error"]["code"], "unknown_url");
+    let doc = get(s.addr, "/openapi.json");
+    assert_eq!(doc.status, 200);
+    assert!(doc.json()["paths"]["/v1/chat/completions"]["post"].is_object());
     let health = get(s.addr, "/health");
     assert_eq!(
         (health.status, health.json()["status"].clone()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +29,7 @@ use crate::state::{AppState, Limits};
 pub const KEPT_RESULTS: usize = 1024;
 
 /// A chat message of a native request.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NativeMessage {
     /// `system`, `user` or `assistant`.
@@ -39,7 +39,7 @@ pub struct NativeMessage {
 }
 
 /// What a native request asks for.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "task", rename_all = "snake_case")]
 pub enum NativeTask {
     /// Continue `prompt` on a text-generation model.
@@ -65,7 +65,7 @@ pub enum NativeTask {
 }
 
 /// Settings of any task; each task reads its own.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NativeOptions {
     /// Generation: most new tokens.
@@ -97,7 +97,7 @@ pub struct NativeOptions {
 }
 
 /// `POST /api/inference/execute` and `/validate`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct NativeRequest {
     /// The model id.
     pub model: String,
@@ -187,7 +187,7 @@ impl NativeRequest {
 }
 
 /// One generated image of a native answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NativeImage {
     /// The PNG, base64.
     pub png_base64: String,
@@ -196,7 +196,7 @@ pub struct NativeImage {
 }
 
 /// What a request produced.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NativeResult {
     /// A generation.
@@ -262,7 +262,7 @@ pub(crate) fn to_result(response: switchyard::Response) -> Result<NativeResult, 
 }
 
 /// A finished request: its id and result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Executed {
     /// The request id (`req-N`).
     pub id: String,
@@ -315,20 +315,25 @@ impl AsyncResults {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub(crate) struct ExecuteQuery {
     #[serde(default, rename = "async")]
     run_async: bool,
 }
 
+#[utoipa::path(post, path = "/api/inference/execute", tag = "native", request_body = NativeRequest, params(("async" = Option<bool>, Query, description = "answer 202 at once"), ("X-Priority" = Option<String>, Header, description = "urgent, high, normal or low"), ("X-Request-Timeout" = Option<f64>, Header, description = "seconds")), responses((status = 200, description = "The finished request", body = Executed), (status = 202, description = "Accepted; follow the id", body = crate::openapi::AcceptedDoc), (status = 400, description = "Bad request", body = inline(crate::openapi::ErrorDoc)), (status = 404, description = "Unknown model", body = inline(crate::openapi::ErrorDoc)), (status = 413, description = "Body over the limit", body = inline(crate::openapi::ErrorDoc)), (status = 429, description = "Queue full; see Retry-After", body = inline(crate::openapi::ErrorDoc)), (status = 504, description = "Past its timeout", body = inline(crate::openapi::ErrorDoc)), (status = 503, description = "Shutting down or out of memory", body = inline(crate::openapi::ErrorDoc)), (status = 500, description = "The pipeline failed", body = inline(crate::openapi::ErrorDoc))))]
 /// `POST /api/inference/execute[?async=true]`.
 pub(crate) async fn execute(
     State(state): State<AppState>,
-    Query(query): Query<ExecuteQuery>,
+    query: Result<Query<ExecuteQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match run(state, query.run_async, headers, body).await {
+    let run_async = match query {
+        Ok(Query(q)) => q.run_async,
+        Err(e) => return ApiError::invalid("async", e.body_text()).into_response(),
+    };
+    match run(state, run_async, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -381,6 +386,7 @@ async fn run(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+#[utoipa::path(post, path = "/api/inference/validate", tag = "native", request_body = NativeRequest, params(("X-Priority" = Option<String>, Header, description = "urgent, high, normal or low"), ("X-Request-Timeout" = Option<f64>, Header, description = "seconds")), responses((status = 200, description = "The engine would accept it", body = crate::openapi::ValidDoc), (status = 400, description = "Bad request", body = inline(crate::openapi::ErrorDoc)), (status = 404, description = "Unknown model", body = inline(crate::openapi::ErrorDoc)), (status = 413, description = "Body over the limit", body = inline(crate::openapi::ErrorDoc)), (status = 429, description = "Queue full; see Retry-After", body = inline(crate::openapi::ErrorDoc)), (status = 504, description = "Past its timeout", body = inline(crate::openapi::ErrorDoc)), (status = 503, description = "Shutting down or out of memory", body = inline(crate::openapi::ErrorDoc)), (status = 500, description = "The pipeline failed", body = inline(crate::openapi::ErrorDoc))))]
 /// `POST /api/inference/validate`: 200 `{"valid": true}` when the engine
 /// would accept the request, else the error it would get.
 pub(crate) async fn validate(

@@ -13,7 +13,7 @@
 //! | `GET /metrics` | the engine's metrics in Prometheus' text format |
 //! | `GET /api/ws` | a WebSocket: execute with streamed text or progress, subscribe to any request's progress, cancel (see the `ws` module's protocol) |
 
-mod execute;
+pub(crate) mod execute;
 mod types;
 mod ws;
 
@@ -50,11 +50,13 @@ fn parse_id(id: &str) -> Result<RequestId, ApiError> {
     id.parse::<RequestId>().map_err(|_| unknown_session(id))
 }
 
+#[utoipa::path(get, path = "/api/inference/capabilities", tag = "native", responses((status = 200, description = "What is served", body = CapabilitiesOut)))]
 /// `GET /api/inference/capabilities`.
 pub(crate) async fn capabilities(State(state): State<AppState>) -> Json<CapabilitiesOut> {
     Json(CapabilitiesOut::from(&state.engine.capabilities()))
 }
 
+#[utoipa::path(get, path = "/api/inference/sessions", tag = "native", responses((status = 200, description = "Queued and running requests", body = Vec<SessionOut>)))]
 /// `GET /api/inference/sessions`.
 pub(crate) async fn sessions(State(state): State<AppState>) -> Json<Vec<SessionOut>> {
     Json(
@@ -67,6 +69,7 @@ pub(crate) async fn sessions(State(state): State<AppState>) -> Json<Vec<SessionO
     )
 }
 
+#[utoipa::path(get, path = "/api/inference/sessions/{id}", tag = "native", params(("id" = String, Path, description = "request id, req-N")), responses((status = 200, description = "The request while it is queued or running (a session), or an asynchronous execution's outcome (finished with its result, failed with its error, running)", body = crate::openapi::SessionDoc), (status = 404, description = "Not queued, running or kept", body = inline(crate::openapi::ErrorDoc))))]
 /// `GET /api/inference/sessions/{id}`: a queued or running request, or
 /// the outcome of an asynchronous one that has ended.
 pub(crate) async fn session(State(state): State<AppState>, Path(id): Path<String>) -> Response {
@@ -91,6 +94,7 @@ pub(crate) async fn session(State(state): State<AppState>, Path(id): Path<String
     }
 }
 
+#[utoipa::path(delete, path = "/api/inference/sessions/{id}", tag = "native", params(("id" = String, Path, description = "request id, req-N")), responses((status = 200, description = "Cancelled", body = crate::openapi::CancelledDoc), (status = 404, description = "Not queued or running", body = inline(crate::openapi::ErrorDoc))))]
 /// `DELETE /api/inference/sessions/{id}`: cancels the request.
 pub(crate) async fn cancel_session(
     State(state): State<AppState>,
@@ -104,11 +108,13 @@ pub(crate) async fn cancel_session(
     }
 }
 
+#[utoipa::path(get, path = "/api/system/stats", tag = "system", responses((status = 200, description = "Memory, models and counts", body = StatsOut)))]
 /// `GET /api/system/stats`.
 pub(crate) async fn stats(State(state): State<AppState>) -> Json<StatsOut> {
     Json(StatsOut::new(&state.engine.metrics()))
 }
 
+#[utoipa::path(post, path = "/api/system/cleanup", tag = "system", responses((status = 200, description = "Idle models unloaded", body = CleanupOut)))]
 /// `POST /api/system/cleanup`.
 pub(crate) async fn cleanup(State(state): State<AppState>) -> Response {
     let engine = state.engine.clone();
@@ -123,6 +129,7 @@ pub(crate) async fn cleanup(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 /// `GET /metrics`: Prometheus' text exposition format.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let mut response = state.engine.metrics().to_prometheus().into_response();

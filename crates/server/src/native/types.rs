@@ -5,7 +5,7 @@ use serde::Serialize;
 use switchyard::{Capabilities, EngineMetrics, SessionInfo, SessionState};
 
 /// One registered model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelInfoOut {
     /// Its id.
     pub id: String,
@@ -20,7 +20,7 @@ pub struct ModelInfoOut {
 }
 
 /// `GET /api/inference/capabilities`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CapabilitiesOut {
     /// Request kinds this build serves.
     pub kinds: Vec<String>,
@@ -60,7 +60,7 @@ impl From<&Capabilities> for CapabilitiesOut {
 }
 
 /// One queued or running request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SessionOut {
     /// Its id (`req-N`).
     pub id: String,
@@ -106,7 +106,7 @@ impl From<&SessionInfo> for SessionOut {
 }
 
 /// Memory of one device.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeviceStatsOut {
     /// The device (`cpu`, `cuda:0`).
     pub device: String,
@@ -131,7 +131,7 @@ pub struct DeviceStatsOut {
 }
 
 /// Counts and latency of one model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelStatsOut {
     /// The model.
     pub id: String,
@@ -154,7 +154,7 @@ pub struct ModelStatsOut {
 }
 
 /// `GET /api/system/stats`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StatsOut {
     /// Requests waiting in the engine's queue.
     pub queued: usize,
@@ -220,7 +220,7 @@ impl StatsOut {
 }
 
 /// `POST /api/system/cleanup`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CleanupOut {
     /// Models taken out of memory.
     pub unloaded: usize,

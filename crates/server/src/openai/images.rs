@@ -20,7 +20,7 @@ use crate::scheduling::{Scheduling, SchedulingFields, within};
 use crate::state::{AppState, Limits, unix_now};
 
 /// `POST /v1/images/generations`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct ImageGenerationRequest {
     /// The diffusion model's id.
     pub model: String,
@@ -53,7 +53,7 @@ pub struct ImageGenerationRequest {
 }
 
 /// One generated image.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ImageData {
     /// The PNG, base64.
     pub b64_json: String,
@@ -62,7 +62,7 @@ pub struct ImageData {
 }
 
 /// `POST /v1/images/generations`' answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ImageGenerationResponse {
     /// Unix seconds.
     pub created: u64,
@@ -134,6 +134,7 @@ fn options(request: &ImageGenerationRequest, limits: &Limits) -> Result<ImageOpt
     })
 }
 
+#[utoipa::path(post, path = "/v1/images/generations", tag = "openai", request_body = ImageGenerationRequest, params(("X-Priority" = Option<String>, Header, description = "urgent, high, normal or low"), ("X-Request-Timeout" = Option<f64>, Header, description = "seconds")), responses((status = 200, description = "The images as base64 PNGs", body = ImageGenerationResponse), (status = 400, description = "Bad request", body = inline(crate::openapi::ErrorDoc)), (status = 404, description = "Unknown model", body = inline(crate::openapi::ErrorDoc)), (status = 413, description = "Body over the limit", body = inline(crate::openapi::ErrorDoc)), (status = 429, description = "Queue full; see Retry-After", body = inline(crate::openapi::ErrorDoc)), (status = 504, description = "Past its timeout", body = inline(crate::openapi::ErrorDoc)), (status = 503, description = "Shutting down or out of memory", body = inline(crate::openapi::ErrorDoc)), (status = 500, description = "The pipeline failed", body = inline(crate::openapi::ErrorDoc))))]
 /// `POST /v1/images/generations`.
 pub(crate) async fn generations(
     State(state): State<AppState>,

@@ -2,9 +2,9 @@
 //! `/v1/completions`, `/v1/embeddings`, `/v1/images/generations`, and
 //! `/health`.
 
-mod completions;
-mod embeddings;
-mod images;
+pub(crate) mod completions;
+pub(crate) mod embeddings;
+pub(crate) mod images;
 mod stream;
 pub mod types;
 
@@ -48,6 +48,7 @@ fn model_object(spec: &ModelSpec, created: u64) -> ModelObject {
     }
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "The registered models", body = ModelList)))]
 /// `GET /v1/models`: every registered model.
 pub(crate) async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     let data = state
@@ -64,6 +65,7 @@ pub(crate) async fn list_models(State(state): State<AppState>) -> Json<ModelList
 }
 
 /// `GET /v1/models/{id}`: one model, or 404.
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "openai", params(("id" = String, Path, description = "model id")), responses((status = 200, description = "The model", body = ModelObject), (status = 404, description = "Unknown model", body = inline(crate::openapi::ErrorDoc))))]
 pub(crate) async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.engine.registry().get(&id) {
         Some(spec) => Json(model_object(spec, state.started)).into_response(),
@@ -73,6 +75,7 @@ pub(crate) async fn get_model(State(state): State<AppState>, Path(id): Path<Stri
 
 /// `GET /health`: 200 while serving (`ok` or `degraded` with a reason),
 /// 503 when not.
+#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, description = "Serving", body = crate::openapi::HealthDoc), (status = 503, description = "Not serving", body = crate::openapi::HealthDoc)))]
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let (status, body) = match state.engine.health() {
         Health::Healthy => (StatusCode::OK, serde_json::json!({ "status": "ok" })),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::scheduling::SchedulingFields;
 
 /// One string or several (`stop`, `input`, `prompt`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// A single string.
@@ -28,7 +28,7 @@ impl OneOrMany {
 
 /// A chat message's content: a string, or an array of parts of which the
 /// text parts are read.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     /// Plain text.
@@ -38,7 +38,7 @@ pub enum MessageContent {
 }
 
 /// One part of a message's content.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct ContentPart {
     /// The part's type; only `text` is served.
     #[serde(rename = "type")]
@@ -49,7 +49,7 @@ pub struct ContentPart {
 }
 
 /// One message of a chat request.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessageIn {
     /// `system`, `user`, `assistant` (`developer` is read as `system`).
     pub role: String,
@@ -59,7 +59,7 @@ pub struct ChatMessageIn {
 }
 
 /// `stream_options`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     /// Send a last chunk with the token usage and no choices.
     #[serde(default)]
@@ -67,7 +67,7 @@ pub struct StreamOptions {
 }
 
 /// The sampling fields chat and text completions share.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct Sampling {
     /// Most new tokens per choice.
     #[serde(default)]
@@ -99,7 +99,7 @@ pub struct Sampling {
 }
 
 /// `POST /v1/chat/completions`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     /// The model id.
     pub model: String,
@@ -114,7 +114,7 @@ pub struct ChatCompletionRequest {
 }
 
 /// `POST /v1/completions`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     /// The model id.
     pub model: String,
@@ -129,7 +129,7 @@ pub struct CompletionRequest {
 }
 
 /// `POST /v1/embeddings`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
     /// The model id.
     pub model: String,
@@ -144,7 +144,7 @@ pub struct EmbeddingRequest {
 }
 
 /// Token counts of a response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageOut {
     /// Tokens read.
     pub prompt_tokens: usize,
@@ -164,7 +164,7 @@ impl UsageOut {
 }
 
 /// The assistant's message in a chat choice.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatMessageOut {
     /// Always `assistant`.
     pub role: &'static str,
@@ -173,7 +173,7 @@ pub struct ChatMessageOut {
 }
 
 /// One choice of a chat completion.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatChoice {
     /// Which choice.
     pub index: usize,
@@ -184,7 +184,7 @@ pub struct ChatChoice {
 }
 
 /// A chat completion (`object: "chat.completion"`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatCompletion {
     /// `chatcmpl-...`.
     pub id: String,
@@ -201,7 +201,7 @@ pub struct ChatCompletion {
 }
 
 /// One choice of a text completion.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TextChoice {
     /// Which choice (prompt-major: prompt `p`, choice `c` is `p * n + c`).
     pub index: usize,
@@ -215,7 +215,7 @@ pub struct TextChoice {
 
 /// A text completion (`object: "text_completion"`), whole or one chunk of
 /// a stream.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TextCompletion {
     /// `cmpl-...`.
     pub id: String,
@@ -233,7 +233,7 @@ pub struct TextCompletion {
 }
 
 /// What a chat stream chunk adds to a choice.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatDelta {
     /// `assistant`, in each choice's first chunk.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,7 +244,7 @@ pub struct ChatDelta {
 }
 
 /// One choice's part of a chat stream chunk.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatChunkChoice {
     /// Which choice.
     pub index: usize,
@@ -255,7 +255,7 @@ pub struct ChatChunkChoice {
 }
 
 /// A chat stream chunk (`object: "chat.completion.chunk"`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatChunk {
     /// The completion's id, the same in every chunk.
     pub id: String,
@@ -273,7 +273,7 @@ pub struct ChatChunk {
 }
 
 /// One embedding: floats, or base64 of their little-endian bytes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     /// `encoding_format: "float"`.
@@ -283,7 +283,7 @@ pub enum EmbeddingVector {
 }
 
 /// One input's embedding.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EmbeddingData {
     /// `embedding`.
     pub object: &'static str,
@@ -294,7 +294,7 @@ pub struct EmbeddingData {
 }
 
 /// Token counts of an embedding response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EmbeddingUsage {
     /// Tokens read.
     pub prompt_tokens: usize,
@@ -303,7 +303,7 @@ pub struct EmbeddingUsage {
 }
 
 /// `POST /v1/embeddings`' answer (`object: "list"`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EmbeddingResponse {
     /// `list`.
     pub object: &'static str,
@@ -316,7 +316,7 @@ pub struct EmbeddingResponse {
 }
 
 /// One served model in `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelObject {
     /// The model id.
     pub id: String,
@@ -329,7 +329,7 @@ pub struct ModelObject {
 }
 
 /// `GET /v1/models`' answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelList {
     /// `list`.
     pub object: &'static str,

@@ -8,7 +8,8 @@
 #   2. a bounded load test: 32 streaming chat clients and 8 embedding
 #      clients for LOAD_SECONDS (default 20, at most 60): no errors, no
 #      dropped streams (load.py; prints requests/s and p50/p99 latency);
-#   3. SIGTERM: the server drains and exits cleanly.
+#   3. schemathesis against /openapi.json: no 5xx, responses as described;
+#   4. SIGTERM: the server drains and exits cleanly.
 # Installs the clients into a virtual environment under target/. Run from
 # anywhere: bash crates/server/tests/clients/acceptance.sh
 # PROFILE=release tests the release binary (default: the test build, whose
@@ -69,6 +70,13 @@ PY
 
 "$venv/bin/python" crates/server/tests/clients/openai_client.py "$base" smollm2 minilm tiny-sd
 "$venv/bin/python" crates/server/tests/clients/load.py "$base" smollm2 minilm "${LOAD_SECONDS:-20}"
+
+# schemathesis against /openapi.json: no 5xx, and every response matches
+# the description (status, content type, schema). Fixed seed: repeatable.
+"$venv/bin/pip" install --quiet --disable-pip-version-check schemathesis
+# (From the scratch folder: it keeps a .schemathesis cache where it runs.)
+(cd "$work" && "$root/$venv/bin/schemathesis" run "$base/openapi.json" --seed 1 --max-examples 25 \
+    --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance)
 
 # SIGTERM: the server drains and exits cleanly.
 kill -TERM "$pid"
