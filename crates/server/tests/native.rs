@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::{Served, get, post, request, serve_tiny};
@@ -100,27 +100,7 @@ fn capabilities_stats_cleanup_and_metrics_follow_the_engine() {
 #[test]
 fn a_running_request_is_listed_and_cancelled_by_id() {
     let (_dir, s) = served();
-    let body = json!({
-        "model": "llama",
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 4000,
-        "temperature": 0,
-        "stream": true,
-    })
-    .to_string();
-    let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
-    while !String::from_utf8_lossy(&seen).contains("data:") {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0);
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let mut stream = common::open_long_stream(s.addr);
     let listed = get(s.addr, "/api/inference/sessions").json();
     let sessions = listed.as_array().unwrap();
     assert_eq!(sessions.len(), 1, "{listed}");

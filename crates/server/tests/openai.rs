@@ -412,30 +412,9 @@ fn bad_requests_get_openai_error_objects() {
 
 #[test]
 fn a_client_that_leaves_mid_stream_cancels_its_generation() {
-    use std::io::{Read, Write};
     let (_dir, s) = served(Limits::default());
-    let body = json!({
-        "model": "llama",
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 4000,
-        "temperature": 0,
-        "stream": true,
-    })
-    .to_string();
-    let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    // Read until the first event has arrived, then hang up.
-    let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
-    while !String::from_utf8_lossy(&seen).contains("data:") {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "the stream ended before its first event");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    // Wait for the first event, then hang up.
+    let stream = common::open_long_stream(s.addr);
     assert_eq!(s.engine.sessions().len(), 1, "the generation is under way");
     drop(stream);
     let start = std::time::Instant::now();

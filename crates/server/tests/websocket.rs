@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::{Served, serve_tiny};
@@ -141,23 +140,7 @@ fn an_execution_streams_its_text_and_ends_with_its_result() {
 fn a_subscription_follows_progress_and_cancel_ends_it() {
     let (_dir, s) = served();
     // A long generation, streamed over plain HTTP by another client.
-    let body = json!({
-        "model": "llama",
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 4000,
-        "temperature": 0,
-        "stream": true,
-    })
-    .to_string();
-    let mut http = std::net::TcpStream::connect(s.addr).unwrap();
-    write!(
-        http,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut first = [0u8; 64];
-    assert!(http.read(&mut first).unwrap() > 0);
+    let _http = common::open_long_stream(s.addr);
     let id = s.engine.sessions()[0].id.to_string();
     runtime().block_on(async {
         let mut socket = connect(&s).await;

@@ -202,3 +202,31 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[end + 2 + size + 2..];
     }
 }
+
+/// Starts a long greedy chat stream (4000 tokens) on the tiny `llama` over
+/// a raw connection and returns once its first event has arrived, the
+/// generation under way.
+pub fn open_long_stream(addr: SocketAddr) -> TcpStream {
+    let body = serde_json::json!({
+        "model": "llama",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": 4000,
+        "temperature": 0,
+        "stream": true,
+    })
+    .to_string();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !String::from_utf8_lossy(&seen).contains("data:") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before its first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
