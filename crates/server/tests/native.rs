@@ -1,6 +1,7 @@
 //! The native API over loopback HTTP on tiny real-format models:
 //! capabilities, sessions (listed, looked up, cancelled), stats, cleanup
-//! and Prometheus metrics agree with what the engine did.
+//! (with the optimisations in effect) and Prometheus metrics agree with
+//! what the engine did.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -303,4 +304,57 @@ fn an_async_execution_that_fails_reports_its_error() {
     assert_eq!(failed["status"], 504);
     assert_eq!(failed["error"]["type"], "timeout_error");
     assert!(failed["error"]["message"].is_string());
+}
+
+#[test]
+fn stats_report_the_optimisations_in_effect() {
+    let (_dir, s) = served();
+    let of = |stats: &serde_json::Value, id: &str| {
+        stats["optimisations"]["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let stats = get(s.addr, "/api/system/stats").json();
+    let o = &stats["optimisations"];
+    assert!(
+        ["avx512-vnni", "avx2", "neon-dotprod", "neon", "scalar"]
+            .contains(&o["cpu_kernels"].as_str().unwrap()),
+        "{o}"
+    );
+    assert!(o["compute_threads"].as_u64().unwrap() >= 1);
+    // The engine builder's defaults: urgent work pauses the rest, no
+    // result cache, no memory budget, 2 ms batch wait.
+    assert_eq!(o["cross_model_priority"], "urgent");
+    assert_eq!(o["result_cache_capacity"], json!(null));
+    assert_eq!(o["batch_max_wait_ms"], json!(2.0));
+    let llama = of(&stats, "llama");
+    assert_eq!(
+        (llama["batching"].clone(), llama["workers"].clone()),
+        (json!("continuous"), json!(null))
+    );
+    // Not loaded yet: the KV cache is not known.
+    assert_eq!(llama["kv_cache_tokens"], json!(null));
+    assert_eq!(of(&stats, "bert")["batching"], "dynamic");
+    assert_eq!(of(&stats, "bert")["workers"], 1);
+
+    for _ in 0..2 {
+        let chat = post(
+            s.addr,
+            "/v1/chat/completions",
+            &json!({"model": "llama", "max_tokens": 2,
+                    "messages": [{"role": "user", "content": "the same long prompt"}]}),
+        );
+        assert_eq!(chat.status, 200);
+    }
+    let llama = of(&get(s.addr, "/api/system/stats").json(), "llama");
+    assert_eq!(llama["kv_cache_tokens"], 4096, "{llama}");
+    assert_eq!(llama["prefix_caching"], true);
+    assert!(llama["kv_block_tokens"].as_u64().unwrap() >= 1);
+    assert!(llama["prefill_chunk_tokens"].as_u64().unwrap() >= 1);
+    let hit_rate = llama["prefix_hit_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&hit_rate), "{hit_rate}");
 }

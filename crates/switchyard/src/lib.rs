@@ -68,11 +68,12 @@ pub mod journal;
 pub use config::{Balance, ConfigError, ModelKind, ModelSource, ModelSpec, Registry};
 #[cfg(feature = "text")]
 pub use engine::{
-    Capabilities, DEFAULT_MAX_TOKENS, DeviceMemory, Embeddings, Engine, EngineBuilder, EngineError,
-    EngineMetrics, GenerationOptions, Handle, Health, ImageOp, Latency, MAX_EMBEDDING_INPUTS,
-    MAX_IMAGE_OPS, ModelInfo, ModelMetrics, Recovered, RecoveredOutcome, RecoveryPolicy,
-    ReplicaMetrics, Request, Response, Result, ResultCacheStats, SessionInfo, SessionState,
-    ShutdownMode, Task, TokenStream, journaled_request,
+    Batching, Capabilities, DEFAULT_MAX_TOKENS, DeviceMemory, Embeddings, Engine, EngineBuilder,
+    EngineError, EngineMetrics, GenerationOptions, GenerationSettings, Handle, Health, ImageOp,
+    Latency, MAX_EMBEDDING_INPUTS, MAX_IMAGE_OPS, MemorySaving, ModelInfo, ModelMetrics,
+    ModelOptimisations, Optimisations, Recovered, RecoveredOutcome, RecoveryPolicy, ReplicaMetrics,
+    Request, Response, Result, ResultCacheStats, SessionInfo, SessionState, ShutdownMode, Task,
+    TokenStream, journaled_request,
 };
 #[cfg(feature = "diffusion")]
 pub use engine::{

@@ -119,5 +119,8 @@ pub use llama::{
 };
 pub use sampling::{Sampler, SamplingParams, argmax};
 pub use stop::{FinishReason, StopMatcher, Usage};
+/// The kernels' thread-pool trait and instruction sets, for callers that
+/// report or pick them.
+pub use switchyard_kernels::{ComputePool, Isa};
 pub use template::{ChatMessage, ChatTemplate};
 pub use tokenizer::{StreamDecoder, TextTokenizer};

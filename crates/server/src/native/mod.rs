@@ -8,7 +8,7 @@
 //! | `GET /api/inference/sessions` | every queued or running request: state, progress, age, estimate |
 //! | `GET /api/inference/sessions/{id}` | one of them, or an asynchronous request's outcome (`finished` with its result, `failed` with its error), or 404 |
 //! | `DELETE /api/inference/sessions/{id}` | cancels it (404 when it is not queued or running) |
-//! | `GET /api/system/stats` | memory per device with its pressure level, loaded models, queue, caches, per-model counts and latency |
+//! | `GET /api/system/stats` | memory per device with its pressure level, loaded models, queue, caches, per-model counts and latency, optimisations in effect |
 //! | `POST /api/system/cleanup` | drops every idle model from memory |
 //! | `GET /metrics` | the engine's metrics in Prometheus' text format |
 //! | `GET /api/ws` | a WebSocket: execute with streamed text or progress, subscribe to any request's progress, cancel (see the `ws` module's protocol) |
@@ -111,7 +111,10 @@ pub(crate) async fn cancel_session(
 #[utoipa::path(get, path = "/api/system/stats", tag = "system", responses((status = 200, description = "Memory, models and counts", body = StatsOut)))]
 /// `GET /api/system/stats`.
 pub(crate) async fn stats(State(state): State<AppState>) -> Json<StatsOut> {
-    Json(StatsOut::new(&state.engine.metrics()))
+    Json(StatsOut::new(
+        &state.engine.metrics(),
+        &state.engine.optimisations(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/system/cleanup", tag = "system", responses((status = 200, description = "Idle models unloaded", body = CleanupOut)))]

@@ -2,7 +2,7 @@
 //! Durations are milliseconds, sizes bytes.
 
 use serde::Serialize;
-use switchyard::{Capabilities, EngineMetrics, SessionInfo, SessionState};
+use switchyard::{Capabilities, EngineMetrics, Optimisations, SessionInfo, SessionState};
 
 /// One registered model.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -164,11 +164,116 @@ pub struct StatsOut {
     pub models: Vec<ModelStatsOut>,
     /// Answers served from the result cache, when it is on.
     pub result_cache_hits: Option<u64>,
+    /// What the engine does to serve faster or in less memory.
+    pub optimisations: OptimisationsOut,
+}
+
+/// The engine's speed and memory settings in effect.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct OptimisationsOut {
+    /// Instruction set of the quantized CPU matmuls (`avx512-vnni`,
+    /// `avx2`, `neon-dotprod`, `neon`, `scalar`).
+    pub cpu_kernels: String,
+    /// Threads the CPU kernels share.
+    pub compute_threads: usize,
+    /// Less urgent work pauses while a request at this priority or above
+    /// runs on its device; absent: off.
+    pub cross_model_priority: Option<String>,
+    /// Entries the result cache keeps; absent: off.
+    pub result_cache_capacity: Option<usize>,
+    /// Most bytes loaded models may take per device; absent: no engine
+    /// limit.
+    pub memory_budget: Option<u64>,
+    /// Longest a dynamic batch waits to fill.
+    pub batch_max_wait_ms: f64,
+    /// Per model, by id.
+    pub models: Vec<ModelOptimisationsOut>,
+}
+
+/// One model's speed and memory settings.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ModelOptimisationsOut {
+    /// The model.
+    pub id: String,
+    /// `continuous` (generation) or `dynamic`.
+    pub batching: String,
+    /// Most running sequences, or inputs per batch, as set now.
+    pub batch_size: usize,
+    /// Batch worker threads per replica (absent for generation).
+    pub workers: Option<usize>,
+    /// Copies serving it.
+    pub replicas: usize,
+    /// Compute dtype of its weights.
+    pub dtype: String,
+    /// Paged KV cache tokens of a loaded generation model.
+    pub kv_cache_tokens: Option<usize>,
+    /// Tokens per KV block.
+    pub kv_block_tokens: Option<usize>,
+    /// Most prompt tokens prefilled per step (chunked prefill).
+    pub prefill_chunk_tokens: Option<usize>,
+    /// Whether prompts share the KV blocks of a common prefix.
+    pub prefix_caching: Option<bool>,
+    /// Share of prompt tokens served from the prefix cache.
+    pub prefix_hit_rate: Option<f64>,
+    /// Whether urgent requests may pause low-priority sequences.
+    pub urgent_preempts_low: Option<bool>,
+    /// p95 inter-token latency the running batch adapts to hold.
+    pub latency_target_ms: Option<f64>,
+    /// Attention slicing of a loaded diffusion model (`auto`, `max`, a
+    /// slice size); absent: off or not loaded.
+    pub attention_slicing: Option<String>,
+    /// Whether a loaded diffusion model's VAE works image by image.
+    pub vae_slicing: Option<bool>,
+    /// Whether it decodes in tiles.
+    pub vae_tiling: Option<bool>,
+}
+
+impl OptimisationsOut {
+    /// The wire form of `o`.
+    pub fn new(o: &Optimisations) -> Self {
+        let models = o
+            .models
+            .iter()
+            .map(|m| {
+                let g = m.generation.as_ref();
+                let s = m.memory_saving.as_ref();
+                ModelOptimisationsOut {
+                    id: m.id.clone(),
+                    batching: m.batching.as_str().to_owned(),
+                    batch_size: m.batch_size,
+                    workers: m.workers,
+                    replicas: m.replicas,
+                    dtype: m.dtype.as_str().to_owned(),
+                    kv_cache_tokens: g.map(|g| g.kv_cache_tokens),
+                    kv_block_tokens: g.map(|g| g.kv_block_tokens),
+                    prefill_chunk_tokens: g.map(|g| g.prefill_chunk_tokens),
+                    prefix_caching: g.map(|g| g.prefix_caching),
+                    prefix_hit_rate: g.map(|g| g.prefix_hit_rate),
+                    urgent_preempts_low: g.map(|g| g.urgent_preempts_low),
+                    latency_target_ms: g
+                        .and_then(|g| g.latency_target)
+                        .map(|d| d.as_secs_f64() * 1e3),
+                    attention_slicing: s.and_then(|s| s.attention_slicing.clone()),
+                    vae_slicing: s.map(|s| s.vae_slicing),
+                    vae_tiling: s.map(|s| s.vae_tiling),
+                }
+            })
+            .collect();
+        Self {
+            cpu_kernels: o.cpu_kernels.clone(),
+            compute_threads: o.compute_threads,
+            cross_model_priority: o.cross_model_priority.map(|p| p.to_string()),
+            result_cache_capacity: o.result_cache_capacity,
+            memory_budget: o.memory_budget,
+            batch_max_wait_ms: o.batch_max_wait.as_secs_f64() * 1e3,
+            models,
+        }
+    }
 }
 
 impl StatsOut {
-    /// The stats from the engine's metrics.
-    pub fn new(m: &EngineMetrics) -> Self {
+    /// The stats from the engine's metrics and settings.
+    pub fn new(m: &EngineMetrics, o: &Optimisations) -> Self {
         let devices = m
             .memory
             .iter()
@@ -215,6 +320,7 @@ impl StatsOut {
             devices,
             models,
             result_cache_hits: m.results.as_ref().map(|r| r.hits),
+            optimisations: OptimisationsOut::new(o),
         }
     }
 }

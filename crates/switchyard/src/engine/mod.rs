@@ -19,6 +19,7 @@ mod image_ops;
 #[cfg(feature = "diffusion")]
 mod images;
 mod models;
+mod optimisations;
 mod prometheus;
 mod recovery;
 mod replicas;
@@ -47,6 +48,9 @@ pub use image_ops::{ImageOp, MAX_IMAGE_OPS};
 #[cfg(feature = "diffusion")]
 pub use images::{
     DEFAULT_GUIDANCE_SCALE, DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_STRENGTH, ImageInput, ImageOptions,
+};
+pub use optimisations::{
+    Batching, GenerationSettings, MemorySaving, ModelOptimisations, Optimisations,
 };
 pub use recovery::{Recovered, RecoveredOutcome, RecoveryPolicy, journaled_request};
 pub use replicas::ReplicaMetrics;
