@@ -32,7 +32,8 @@
 //!
 //! The `switchyard-server` binary serves a model registry file:
 //! `cargo run --release -p switchyard-server -- --config models.toml --bind
-//! 127.0.0.1:8080`. In a program, build the [`router`] over an
+//! 127.0.0.1:8080`. The file's `[server]` table ([`config`]) sets the
+//! address, CORS origins and limits; flags override it. In a program, build the [`router`] over an
 //! [`AppState`] and serve it:
 //!
 //! ```no_run
@@ -55,6 +56,7 @@
 
 mod app;
 mod auth;
+pub mod config;
 mod error;
 pub mod native;
 pub mod openai;
@@ -64,5 +66,6 @@ mod state;
 
 pub use app::{router, serve};
 pub use auth::ApiKeys;
+pub use config::{LimitOverrides, ServerConfig};
 pub use error::{ApiError, RETRY_AFTER_SECS, ServerError};
 pub use state::{AppState, Limits};

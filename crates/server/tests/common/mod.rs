@@ -207,10 +207,15 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 /// a raw connection and returns once its first event has arrived, the
 /// generation under way.
 pub fn open_long_stream(addr: SocketAddr) -> TcpStream {
+    open_stream(addr, 4000)
+}
+
+/// [`open_long_stream`] of at most `max_tokens`.
+pub fn open_stream(addr: SocketAddr, max_tokens: u64) -> TcpStream {
     let body = serde_json::json!({
         "model": "llama",
         "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 4000,
+        "max_tokens": max_tokens,
         "temperature": 0,
         "stream": true,
     })

@@ -22,7 +22,10 @@
 //!
 //! The JSON form is the same document: `{"models": [{"id": ...}, ...]}`.
 //! Every mistake is a [`ConfigError`] naming the file, the model and the
-//! field.
+//! field. A `[server]` table may sit beside the models: the registry
+//! ignores it and [`server_section`] hands it to the program that serves
+//! the file (switchyard-server reads its address and request limits
+//! there).
 
 mod parse;
 mod source;
@@ -376,28 +379,7 @@ impl Registry {
     /// A [`ConfigError`] naming the file (and the model and field where the
     /// problem is in one).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let format = match path.extension().and_then(|e| e.to_str()) {
-            Some(e) if e.eq_ignore_ascii_case("json") => ConfigFormat::Json,
-            Some(e) if e.eq_ignore_ascii_case("toml") => ConfigFormat::Toml,
-            _ => {
-                return Err(
-                    ConfigError::new("the file name must end in .json or .toml").in_file(path)
-                );
-            }
-        };
-        let read = || -> Result<String, ConfigError> {
-            let meta = std::fs::metadata(path)
-                .map_err(|e| ConfigError::new(format!("cannot read it: {e}")))?;
-            if meta.len() > MAX_CONFIG_BYTES {
-                return Err(ConfigError::new(format!(
-                    "{} bytes is more than the {MAX_CONFIG_BYTES} a config may have",
-                    meta.len()
-                )));
-            }
-            std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::new(format!("cannot read it: {e}")))
-        };
-        let text = read().map_err(|e| e.in_file(path))?;
+        let (text, format) = read_file(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, format, Some(base)).map_err(|e| e.in_file(path))
     }
@@ -455,5 +437,50 @@ impl Registry {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
+    }
+}
+
+/// Reads config file `path`: its text and format (by extension), refusing
+/// files over [`MAX_CONFIG_BYTES`].
+fn read_file(path: &Path) -> Result<(String, ConfigFormat), ConfigError> {
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("json") => ConfigFormat::Json,
+        Some(e) if e.eq_ignore_ascii_case("toml") => ConfigFormat::Toml,
+        _ => {
+            return Err(ConfigError::new("the file name must end in .json or .toml").in_file(path));
+        }
+    };
+    let read = || -> Result<String, ConfigError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ConfigError::new(format!("cannot read it: {e}")))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::new(format!(
+                "{} bytes is more than the {MAX_CONFIG_BYTES} a config may have",
+                meta.len()
+            )));
+        }
+        std::fs::read_to_string(path).map_err(|e| ConfigError::new(format!("cannot read it: {e}")))
+    };
+    let text = read().map_err(|e| e.in_file(path))?;
+    Ok((text, format))
+}
+
+/// The `[server]` table of config file `path` as JSON, for the program
+/// that serves the file's models (switchyard-server reads its limits
+/// there); `None` when the file has none. The registry itself ignores the
+/// table.
+///
+/// # Errors
+/// A [`ConfigError`] naming the file when it cannot be read or parsed, or
+/// when `server` is not a table.
+pub fn server_section(path: &Path) -> Result<Option<serde_json::Value>, ConfigError> {
+    let (text, format) = read_file(path)?;
+    let doc = parse::document(&text, format).map_err(|e| e.in_file(path))?;
+    match doc.get(parse::SERVER_SECTION) {
+        None => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) => Ok(Some(v.clone())),
+        Some(_) => Err(ConfigError::new("must be a table")
+            .at_field(parse::SERVER_SECTION)
+            .in_file(path)),
     }
 }

@@ -26,7 +26,11 @@ pub(super) fn document(text: &str, format: ConfigFormat) -> Result<Value, Config
     }
 }
 
-const TOP_FIELDS: &[&str] = &["models"];
+/// The top-level table a serving program reads its own settings from;
+/// the registry leaves it alone.
+pub(super) const SERVER_SECTION: &str = "server";
+
+const TOP_FIELDS: &[&str] = &["models", SERVER_SECTION];
 
 const MODEL_FIELDS: &[&str] = &[
     "id",
@@ -351,11 +355,10 @@ pub(super) fn check_spec(spec: &ModelSpec) -> Result<(), ConfigError> {
     }
     match (&spec.source, spec.kind.has_weights()) {
         (ModelSource::None, true) => {
-            return Err(ConfigError::new(format!(
-                "a {} model needs `path` or `hf_repo`",
-                spec.kind
-            ))
-            .at_field("path"));
+            return Err(
+                ConfigError::new(format!("{} models need `path` or `hf_repo`", spec.kind))
+                    .at_field("path"),
+            );
         }
         (ModelSource::Path(_) | ModelSource::HuggingFace { .. }, false) => {
             return Err(ConfigError::new("an image-processing model has no files").at_field("path"));

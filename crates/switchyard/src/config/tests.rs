@@ -310,3 +310,30 @@ fn hugging_face_sources_resolve_offline_from_the_cache_layout() {
         .unwrap_err();
     assert_eq!(e.field.as_deref(), Some("path"));
 }
+
+#[test]
+fn a_server_table_is_left_to_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("models.toml");
+    std::fs::write(
+        &file,
+        "[server]\nmax_tokens = 7\n\n[[models]]\nid = \"a\"\nkind = \"embedding\"\npath = \"x\"\n",
+    )
+    .unwrap();
+    assert_eq!(Registry::from_file(&file).unwrap().len(), 1);
+    let section = server_section(&file).unwrap().unwrap();
+    assert_eq!(section["max_tokens"], 7);
+
+    let json = dir.path().join("models.json");
+    std::fs::write(&json, r#"{"models": []}"#).unwrap();
+    assert_eq!(server_section(&json).unwrap(), None);
+
+    std::fs::write(&json, r#"{"server": 3}"#).unwrap();
+    let e = server_section(&json).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("server"));
+    assert!(e.to_string().contains("models.json"), "{e}");
+    assert!(
+        Registry::from_file(&json).is_ok(),
+        "the registry ignores it"
+    );
+}
