@@ -228,6 +228,7 @@ impl EngineBuilder {
             settings: RunnerSettings {
                 kv_tokens: self.kv_tokens,
                 batch_max_wait: self.batch_max_wait,
+                yield_to: self.yield_to,
                 yield_gates,
             },
             monitor: self.monitor.clone(),

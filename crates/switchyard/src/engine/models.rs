@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use switchyard_batch::{BatchHandler, Batcher, BatcherBuilder, YieldGate};
 use switchyard_cache::{LoadError, Loaded, Loader};
-use switchyard_core::DeviceId;
+use switchyard_core::{DeviceId, Priority};
 use switchyard_text::{
     BertEmbedder, EmbeddingHandler, GenerationEngine, GenerationEngineConfig, Generator,
 };
@@ -82,6 +82,9 @@ pub(crate) struct RunnerSettings {
     pub(crate) kv_tokens: usize,
     /// Longest an embedding or image batch waits to fill.
     pub(crate) batch_max_wait: Duration,
+    /// The priority at or above which a request pauses less urgent work
+    /// on its device (`None`: priorities do not cross models).
+    pub(crate) yield_to: Option<Priority>,
     /// Each device's gate (none when priorities do not cross models).
     pub(crate) yield_gates: HashMap<DeviceId, Arc<YieldGate>>,
 }

@@ -149,7 +149,7 @@ impl Engine {
         Optimisations {
             cpu_kernels: Isa::best().to_string(),
             compute_threads: CandleComputePool.threads(),
-            cross_model_priority: settings.yield_gates.values().next().map(|g| g.level()),
+            cross_model_priority: settings.yield_to,
             result_cache_capacity: inner.results.as_ref().map(|r| r.stats().capacity),
             memory_budget: inner.memory_budget,
             batch_max_wait: settings.batch_max_wait,
