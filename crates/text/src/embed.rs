@@ -34,6 +34,32 @@ pub trait Embedder: Send + Sync {
         let _ = pause;
         self.embed(texts)
     }
+
+    /// As [`embed_pausing`](Embedder::embed_pausing), also telling how
+    /// many tokens the model read for each text (special tokens included,
+    /// after truncation): what OpenAI's `usage` counts, known without
+    /// tokenising twice. The default cannot count: it calls
+    /// `embed_pausing` and leaves [`Embedded::tokens`] `None`.
+    fn embed_counted(&self, texts: &[&str], pause: &dyn Fn()) -> Result<Vec<Embedded>> {
+        Ok(self
+            .embed_pausing(texts, pause)?
+            .into_iter()
+            .map(|vector| Embedded {
+                vector,
+                tokens: None,
+            })
+            .collect())
+    }
+}
+
+/// One text's vector and the tokens it was read as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    /// The embedding.
+    pub vector: Vec<f32>,
+    /// Tokens the model read (special tokens included, after truncation);
+    /// `None` when the embedder cannot tell.
+    pub tokens: Option<usize>,
 }
 
 /// How token vectors become one sentence vector (`1_Pooling/config.json`).
@@ -295,6 +321,11 @@ impl Embedder for BertEmbedder {
     }
 
     fn embed_pausing(&self, texts: &[&str], pause: &dyn Fn()) -> Result<Vec<Vec<f32>>> {
+        let embedded = self.embed_counted(texts, pause)?;
+        Ok(embedded.into_iter().map(|e| e.vector).collect())
+    }
+
+    fn embed_counted(&self, texts: &[&str], pause: &dyn Fn()) -> Result<Vec<Embedded>> {
         // Tokenise one text at a time: tokenizers' batch encoding starts its
         // own thread pool, which would fight candle's for the same cores.
         let ids: Vec<Vec<u32>> = texts
@@ -302,11 +333,17 @@ impl Embedder for BertEmbedder {
             .map(|t| self.token_ids(t))
             .collect::<Result<_>>()?;
         let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
-        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut out: Vec<Embedded> = lens
+            .iter()
+            .map(|&n| Embedded {
+                vector: Vec::new(),
+                tokens: Some(n),
+            })
+            .collect();
         for batch in pack_by_length(&lens, self.packing) {
             let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
             for (i, vector) in batch.into_iter().zip(self.forward_rows(&rows, pause)?) {
-                out[i] = vector;
+                out[i].vector = vector;
             }
         }
         Ok(out)

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use switchyard_batch::{BatchContext, BatchHandler};
 
-use crate::{Embedder, TextError};
+use crate::{Embedded, Embedder, TextError};
 
 /// Runs a batch of texts through an [`Embedder`] in one call (which packs
-/// them by length itself), pausing between its steps while the device's
+/// them by length itself) and answers each with its [`Embedded`] vector and
+/// token count, pausing between its steps while the device's
 /// [`YieldGate`](switchyard_batch::YieldGate) holds the batch. A failure fails every request of the batch with
 /// the same shared error. Cost is an estimate of tokens (bytes / 4 + 2,
 /// capped at the model's limit), so `max_batch_cost` works like TEI's
@@ -18,14 +19,16 @@ use crate::{Embedder, TextError};
 /// use switchyard_batch::Batcher;
 /// use switchyard_core::DeviceId;
 /// use switchyard_testkit::tiny::{self, TinyBert};
-/// use switchyard_text::{BertEmbedder, EmbeddingHandler};
+/// use switchyard_text::{BertEmbedder, Embedder, EmbeddingHandler};
 ///
 /// let dir = tempfile::tempdir()?;
 /// tiny::write_bert(dir.path(), &TinyBert::default(), 7)?;
 /// let embedder = Arc::new(BertEmbedder::load(dir.path(), DeviceId::Cpu)?);
-/// let batcher = Batcher::builder(EmbeddingHandler::new(embedder)).build()?;
-/// let vector = batcher.process("hello world".to_owned())?;
-/// assert!(!vector.is_empty());
+/// let batcher = Batcher::builder(EmbeddingHandler::new(embedder.clone())).build()?;
+/// let embedded = batcher.process("hello world".to_owned())?;
+/// assert_eq!(embedded.vector.len(), embedder.dimension());
+/// // [CLS] hello world [SEP], as the model read it.
+/// assert_eq!(embedded.tokens, Some(embedder.token_ids("hello world")?.len()));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -50,20 +53,20 @@ impl EmbeddingHandler {
 
 impl BatchHandler for EmbeddingHandler {
     type Input = String;
-    type Output = Vec<f32>;
+    type Output = Embedded;
     type Error = Arc<TextError>;
 
     fn run(
         &self,
         batch: &mut [String],
         context: &BatchContext<'_>,
-    ) -> Vec<Result<Vec<f32>, Arc<TextError>>> {
+    ) -> Vec<Result<Embedded, Arc<TextError>>> {
         let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
         // Between layers the batch gives way to more urgent work of the
         // device's other pipelines (see `BatchContext::yield_point`).
         match self
             .embedder
-            .embed_pausing(&texts, &|| context.yield_point())
+            .embed_counted(&texts, &|| context.yield_point())
         {
             Ok(vectors) => vectors.into_iter().map(Ok).collect(),
             Err(e) => {

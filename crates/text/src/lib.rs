@@ -103,7 +103,9 @@ mod template;
 mod tokenizer;
 
 pub use compute_pool::CandleComputePool;
-pub use embed::{BertEmbedder, Embedder, Packing, Pooling, cosine_similarity, pack_by_length};
+pub use embed::{
+    BertEmbedder, Embedded, Embedder, Packing, Pooling, cosine_similarity, pack_by_length,
+};
 pub use embed_handler::EmbeddingHandler;
 pub use error::{Result, TextError};
 pub use generate::{

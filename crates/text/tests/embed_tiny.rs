@@ -152,7 +152,8 @@ fn the_embedding_handler_runs_under_the_batcher() {
     for (text, h) in texts.iter().zip(handles) {
         let got = h.wait().unwrap();
         let want = e.embed(&[text]).unwrap().remove(0);
-        assert!(max_diff(&got, &want) < 1e-5, "{text:?}");
+        assert!(max_diff(&got.vector, &want) < 1e-5, "{text:?}");
+        assert_eq!(got.tokens, Some(e.token_ids(text).unwrap().len()));
     }
     assert!(batcher.metrics().batches >= 1);
 }
@@ -230,7 +231,9 @@ fn an_embedding_batch_pauses_between_layers_for_urgent_work_elsewhere() {
     assert_eq!(embedder.pauses.load(Ordering::SeqCst), 1);
     drop(elsewhere);
     let got = low.wait().unwrap();
-    assert!(max_diff(&got, &want) < 1e-5);
+    assert!(max_diff(&got.vector, &want) < 1e-5);
+    // The wrapper overrides only `embed_pausing`: no count.
+    assert_eq!(got.tokens, None);
     // One pause before each layer of the one forward pass.
     assert_eq!(embedder.pauses.load(Ordering::SeqCst), spec.num_layers);
 }
@@ -262,4 +265,16 @@ fn an_embedder_that_cannot_pause_runs_without_pausing() {
         .unwrap();
     assert_eq!(got, want);
     assert_eq!(pauses.get(), 0);
+}
+
+#[test]
+fn counted_embeddings_tell_the_tokens_read_truncation_included() {
+    let (_dir, e) = tiny_embedder(&TinyBert::default());
+    let long = "word ".repeat(4 * e.max_tokens());
+    let texts = ["hi", long.as_str()];
+    let counted = e.embed_counted(&texts, &|| {}).unwrap();
+    assert_eq!(counted[0].tokens, Some(e.token_ids("hi").unwrap().len()));
+    assert_eq!(counted[1].tokens, Some(e.max_tokens()));
+    let vectors: Vec<Vec<f32>> = counted.into_iter().map(|c| c.vector).collect();
+    assert_eq!(vectors, e.embed(&texts).unwrap());
 }

@@ -143,8 +143,8 @@ impl Inner {
                     .map(Started::Stream)
                     .map_err(|e| EngineError::from_text(&job.spec.id, &e))
             }
-            (Runner::Embedding(batcher, embedder), Work::Embed(inputs)) => {
-                start_embeddings(batcher, embedder, inputs, &job.spec.id, job.priority)
+            (Runner::Embedding(batcher), Work::Embed(inputs)) => {
+                start_embeddings(batcher, inputs, job.priority)
             }
             (Runner::ImageOps(batcher), Work::Process(image)) => {
                 let r = switchyard_batch::Request::new(image)
@@ -315,23 +315,13 @@ impl Inner {
     }
 }
 
-/// Counts `inputs`' tokens (as OpenAI's usage counts them: what the model
-/// reads) and queues each input on the model's batcher; on a refusal the
-/// ones queued are cancelled.
+/// Queues each input on the model's batcher (which tokenises it and tells
+/// the count with its vector); on a refusal the ones queued are cancelled.
 fn start_embeddings(
     batcher: &switchyard_batch::Batcher<switchyard_text::EmbeddingHandler>,
-    embedder: &switchyard_text::BertEmbedder,
     inputs: Vec<String>,
-    model: &str,
     priority: Priority,
 ) -> Result<Started> {
-    let mut tokens = 0;
-    for text in &inputs {
-        tokens += embedder
-            .token_ids(text)
-            .map_err(|e| EngineError::from_text(model, &e))?
-            .len();
-    }
     let mut handles = Vec::with_capacity(inputs.len());
     for text in inputs {
         let r = switchyard_batch::Request::new(text).with_priority(priority);
@@ -343,5 +333,5 @@ fn start_embeddings(
             }
         }
     }
-    Ok(Started::Embeddings(handles, tokens))
+    Ok(Started::Embeddings(handles))
 }

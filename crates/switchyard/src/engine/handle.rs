@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use switchyard_batch::{BatchError, HandleOf};
 use switchyard_core::RequestId;
 use switchyard_text::{
-    Completion, EmbeddingHandler, FinishReason, Finished, GenerationStream, TextDelta, TextError,
+    Completion, Embedded, EmbeddingHandler, FinishReason, Finished, GenerationStream, TextDelta,
+    TextError,
 };
 
 use crate::engine::error::{EngineError, Result};
@@ -39,13 +40,19 @@ pub struct Handle {
     remember: Option<ResultKey>,
 }
 
+/// The vectors of a request's inputs, with the tokens read for them all
+/// (OpenAI's `usage.prompt_tokens`).
+fn gathered(inputs: Vec<Embedded>) -> Embeddings {
+    let prompt_tokens = inputs.iter().filter_map(|e| e.tokens).sum();
+    Embeddings {
+        vectors: inputs.into_iter().map(|e| e.vector).collect(),
+        prompt_tokens,
+    }
+}
+
 enum Polling {
     Stream(Collect, GenerationStream),
-    Embeddings(
-        Vec<Option<Vec<f32>>>,
-        Vec<HandleOf<EmbeddingHandler>>,
-        usize,
-    ),
+    Embeddings(Vec<Option<Embedded>>, Vec<HandleOf<EmbeddingHandler>>),
     Image(HandleOf<ImageOpsHandler>),
     #[cfg(feature = "diffusion")]
     Images(HandleOf<switchyard_diffusion::DiffusionHandler>),
@@ -210,7 +217,7 @@ impl Handle {
                 }
                 Err(self.ended_early())
             }
-            Started::Embeddings(handles, prompt_tokens) => {
+            Started::Embeddings(handles) => {
                 let mut out = Vec::with_capacity(handles.len());
                 let mut handles = handles.into_iter();
                 while let Some(mut h) = handles.next() {
@@ -226,10 +233,7 @@ impl Handle {
                     out.push(outcome.map_err(|e| embed_error(&self.model, e))?);
                     self.slot.done_units.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Response::Embeddings(Embeddings {
-                    vectors: out,
-                    prompt_tokens,
-                }))
+                Ok(Response::Embeddings(gathered(out)))
             }
             Started::Cached(response) => Ok(response),
             Started::Image(h) => {
@@ -291,9 +295,7 @@ impl Handle {
                     self.poll = Some(match started {
                         Started::Cached(response) => return Poll::Ready(Ok(response)),
                         Started::Stream(s) => Polling::Stream(Collect::default(), s),
-                        Started::Embeddings(h, tokens) => {
-                            Polling::Embeddings(vec![None; h.len()], h, tokens)
-                        }
+                        Started::Embeddings(h) => Polling::Embeddings(vec![None; h.len()], h),
                         Started::Image(h) => Polling::Image(h),
                         #[cfg(feature = "diffusion")]
                         Started::Images(h) => Polling::Images(h),
@@ -315,7 +317,7 @@ impl Handle {
                         return Poll::Ready(done.map(Response::Completion));
                     }
                 }
-                Some(Polling::Embeddings(out, handles, prompt_tokens)) => {
+                Some(Polling::Embeddings(out, handles)) => {
                     if self.slot.cancel.is_cancelled() {
                         handles.iter().for_each(|h| h.cancel());
                     }
@@ -331,11 +333,8 @@ impl Handle {
                             }
                         }
                     }
-                    let vectors = out.iter_mut().filter_map(Option::take).collect();
-                    return Poll::Ready(Ok(Response::Embeddings(Embeddings {
-                        vectors,
-                        prompt_tokens: *prompt_tokens,
-                    })));
+                    let done = out.iter_mut().filter_map(Option::take).collect();
+                    return Poll::Ready(Ok(Response::Embeddings(gathered(done))));
                 }
                 Some(Polling::Image(h)) => {
                     return match Pin::new(h).poll(cx) {

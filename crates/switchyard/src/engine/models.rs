@@ -27,9 +27,8 @@ use crate::engine::tuning;
 pub(crate) enum Runner {
     /// Continuous batching over a generation model (boxed: it is large).
     Generation(Box<GenerationEngine>),
-    /// Dynamic batching of embedding inputs, and the embedder itself (to
-    /// count a request's tokens).
-    Embedding(Batcher<EmbeddingHandler>, Arc<BertEmbedder>),
+    /// Dynamic batching of embedding inputs.
+    Embedding(Batcher<EmbeddingHandler>),
     /// Image processing on a worker thread.
     ImageOps(Batcher<ImageOpsHandler>),
     /// Stable Diffusion, compatible requests batched.
@@ -42,7 +41,7 @@ impl Runner {
     pub(crate) fn cancel(&self, id: switchyard_core::RequestId) {
         match self {
             Runner::Generation(_) => {}
-            Runner::Embedding(b, _) => {
+            Runner::Embedding(b) => {
                 b.cancel(id);
             }
             Runner::ImageOps(b) => {
@@ -242,8 +241,7 @@ impl ModelLoader {
             ModelKind::Embedding => {
                 let embedder =
                     BertEmbedder::load(&path, device).map_err(|e| fail(e.to_string()))?;
-                let embedder = Arc::new(embedder);
-                let handler = EmbeddingHandler::new(embedder.clone());
+                let handler = EmbeddingHandler::new(Arc::new(embedder));
                 let batcher = self
                     .gated(Batcher::builder(handler), device)
                     .workers(tuning::workers(&self.tunings, spec))
@@ -252,7 +250,7 @@ impl ModelLoader {
                     .on_out_of_memory(self.memory_hook(device))
                     .build()
                     .map_err(|e| fail(e.to_string()))?;
-                (Runner::Embedding(batcher, embedder), 0)
+                (Runner::Embedding(batcher), 0)
             }
             #[cfg(feature = "diffusion")]
             kind if kind.is_diffusion() => {

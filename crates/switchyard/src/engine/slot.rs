@@ -22,7 +22,7 @@ pub(crate) enum Started {
     /// Text arriving from a generation engine.
     Stream(GenerationStream),
     /// One batcher handle per input.
-    Embeddings(Vec<HandleOf<EmbeddingHandler>>, usize),
+    Embeddings(Vec<HandleOf<EmbeddingHandler>>),
     /// A processed image.
     Image(HandleOf<ImageOpsHandler>),
     /// Generated images.
@@ -37,7 +37,7 @@ impl Started {
     pub(crate) fn batch_ids(&self) -> Vec<RequestId> {
         match self {
             Started::Stream(_) | Started::Cached(_) => Vec::new(),
-            Started::Embeddings(handles, _) => handles.iter().map(|h| h.id()).collect(),
+            Started::Embeddings(handles) => handles.iter().map(|h| h.id()).collect(),
             Started::Image(h) => vec![h.id()],
             #[cfg(feature = "diffusion")]
             Started::Images(h) => vec![h.id()],
@@ -49,7 +49,7 @@ impl Started {
         match self {
             Started::Stream(s) => s.cancel(),
             Started::Cached(_) => {}
-            Started::Embeddings(handles, _) => handles.iter().for_each(|h| h.cancel()),
+            Started::Embeddings(handles) => handles.iter().for_each(|h| h.cancel()),
             Started::Image(h) => h.cancel(),
             #[cfg(feature = "diffusion")]
             Started::Images(h) => h.cancel(),

@@ -49,7 +49,7 @@ impl Runner {
             Runner::Generation(engine) => {
                 engine.set_max_running(size);
             }
-            Runner::Embedding(b, _) => b.set_batch_size(size),
+            Runner::Embedding(b) => b.set_batch_size(size),
             Runner::ImageOps(b) => b.set_batch_size(size),
             #[cfg(feature = "diffusion")]
             Runner::Diffusion(b) => b.set_batch_size(size),
@@ -60,7 +60,7 @@ impl Runner {
     fn scale_workers(&self, n: usize) -> bool {
         match self {
             Runner::Generation(_) => return false,
-            Runner::Embedding(b, _) => b.scale_workers(n),
+            Runner::Embedding(b) => b.scale_workers(n),
             Runner::ImageOps(b) => b.scale_workers(n),
             #[cfg(feature = "diffusion")]
             Runner::Diffusion(b) => b.scale_workers(n),
@@ -73,7 +73,7 @@ impl Runner {
     pub(crate) fn batch_metrics(&self) -> Option<MetricsSnapshot> {
         match self {
             Runner::Generation(_) => None,
-            Runner::Embedding(b, _) => Some(b.metrics()),
+            Runner::Embedding(b) => Some(b.metrics()),
             Runner::ImageOps(b) => Some(b.metrics()),
             #[cfg(feature = "diffusion")]
             Runner::Diffusion(b) => Some(b.metrics()),
