@@ -26,24 +26,31 @@ use serde::Deserialize;
 use crate::error::ServerError;
 use crate::state::Limits;
 
-/// Limits that override others where set (from the file or the command
-/// line).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// Limits that override others where set: the `[server]` table's, and
+/// the binary's flags of the same names (the field docs are their help).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
-    /// [`Limits::max_body_bytes`].
+    /// Largest request body, in bytes [default: 16 MiB].
+    #[arg(long)]
     pub max_body_bytes: Option<usize>,
-    /// [`Limits::max_tokens`].
+    /// Most new tokens one choice may ask for [default: 4096].
+    #[arg(long)]
     pub max_tokens: Option<u64>,
-    /// [`Limits::max_choices`].
+    /// Most choices (`n`) per prompt [default: 8].
+    #[arg(long)]
     pub max_choices: Option<u64>,
-    /// [`Limits::max_inputs`].
+    /// Most prompts or embedding inputs in one request [default: 256].
+    #[arg(long)]
     pub max_inputs: Option<usize>,
-    /// [`Limits::max_image_side`].
+    /// Longest side of a generated image, in pixels [default: 1024].
+    #[arg(long)]
     pub max_image_side: Option<usize>,
-    /// [`Limits::max_images`].
+    /// Most images per request [default: 4].
+    #[arg(long)]
     pub max_images: Option<u64>,
-    /// [`Limits::max_steps`].
+    /// Most denoising steps per image [default: 150].
+    #[arg(long)]
     pub max_steps: Option<u64>,
 }
 
@@ -77,21 +84,6 @@ impl LimitOverrides {
             .find(|(_, v)| *v == Some(0))
             .map(|(name, _)| name)
     }
-}
-
-/// The `[server]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Section {
-    bind: Option<String>,
-    cors_origins: Option<Vec<String>>,
-    max_body_bytes: Option<usize>,
-    max_tokens: Option<u64>,
-    max_choices: Option<u64>,
-    max_inputs: Option<usize>,
-    max_image_side: Option<usize>,
-    max_images: Option<u64>,
-    max_steps: Option<u64>,
 }
 
 /// What the `[server]` table of a models file sets.
@@ -136,19 +128,23 @@ impl ServerConfig {
         let bad = |reason: String| ServerError::Config {
             reason: format!("[server]: {reason}"),
         };
-        let s: Section = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        let serde_json::Value::Object(mut table) = value else {
+            return Err(bad("must be a table".to_owned()));
+        };
+        // The address and origins, then the rest must be limits.
+        let mut take = |field: &str| table.remove(field).unwrap_or_default();
+        let (bind, origins) = (take("bind"), take("cors_origins"));
+        let field = |name: &str, e: serde_json::Error| bad(format!("{name}: {e}"));
         let config = Self {
-            bind: s.bind,
-            cors_origins: s.cors_origins.unwrap_or_default(),
-            limits: LimitOverrides {
-                max_body_bytes: s.max_body_bytes,
-                max_tokens: s.max_tokens,
-                max_choices: s.max_choices,
-                max_inputs: s.max_inputs,
-                max_image_side: s.max_image_side,
-                max_images: s.max_images,
-                max_steps: s.max_steps,
-            },
+            bind: serde_json::from_value(bind).map_err(|e| field("bind", e))?,
+            cors_origins: serde_json::from_value::<Option<Vec<String>>>(origins)
+                .map_err(|e| field("cors_origins", e))?
+                .unwrap_or_default(),
+            limits: serde_json::from_value(serde_json::Value::Object(table)).map_err(|e| {
+                bad(format!(
+                    "{e}; `bind` and `cors_origins` are the other fields"
+                ))
+            })?,
         };
         if let Some(name) = config.limits.zero() {
             return Err(bad(format!("{name} must be at least 1")));

@@ -32,27 +32,8 @@ struct Args {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long)]
     bind: Option<String>,
-    /// Largest request body, in bytes [default: 16 MiB].
-    #[arg(long)]
-    max_body_bytes: Option<usize>,
-    /// Most new tokens one choice may ask for [default: 4096].
-    #[arg(long)]
-    max_tokens: Option<u64>,
-    /// Most choices (`n`) per prompt [default: 8].
-    #[arg(long)]
-    max_choices: Option<u64>,
-    /// Most prompts or embedding inputs in one request [default: 256].
-    #[arg(long)]
-    max_inputs: Option<usize>,
-    /// Longest side of a generated image, in pixels [default: 1024].
-    #[arg(long)]
-    max_image_side: Option<usize>,
-    /// Most images per request [default: 4].
-    #[arg(long)]
-    max_images: Option<u64>,
-    /// Most denoising steps per image [default: 150].
-    #[arg(long)]
-    max_steps: Option<u64>,
+    #[command(flatten)]
+    limits: LimitOverrides,
     /// An API key requests must send as `Authorization: Bearer <key>`
     /// (repeatable; also read, comma-separated, from SWITCHYARD_API_KEYS).
     /// Without any key the service is open.
@@ -62,20 +43,6 @@ struct Args {
     /// the file's `cors_origins`); without any, CORS is off.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
-}
-
-impl Args {
-    fn limit_flags(&self) -> LimitOverrides {
-        LimitOverrides {
-            max_body_bytes: self.max_body_bytes,
-            max_tokens: self.max_tokens,
-            max_choices: self.max_choices,
-            max_inputs: self.max_inputs,
-            max_image_side: self.max_image_side,
-            max_images: self.max_images,
-            max_steps: self.max_steps,
-        }
-    }
 }
 
 /// Where the service listens unless the flag or the file says.
@@ -106,9 +73,8 @@ async fn stop_signal() {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let registry = Registry::from_file(&args.config)?;
     let file = ServerConfig::from_file(&args.config)?;
-    let flags = args.limit_flags();
-    check_overrides(&flags)?;
-    let limits = flags.apply(file.limits.apply(Limits::default()));
+    check_overrides(&args.limits)?;
+    let limits = args.limits.apply(file.limits.apply(Limits::default()));
     let bind = args
         .bind
         .clone()
