@@ -51,12 +51,7 @@ fn generated_pngs_hold_the_engines_pixels() {
             "seed": 40,
         }),
     );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(200);
     let json = reply.json();
     let data = json["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
@@ -136,12 +131,7 @@ fn the_native_execute_draws_too() {
             "options": {"width": 32, "height": 48, "steps": 2, "seed": 9, "images": 1},
         }),
     );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(200);
     let json = reply.json();
     assert_eq!(json["result"]["kind"], "images");
     let image = &json["result"]["images"][0];

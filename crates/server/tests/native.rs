@@ -9,7 +9,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Served, get, post, request, serve_tiny};
+use common::{Served, engine_completion, get, greedy, post, request, serve_tiny};
 use serde_json::json;
 use switchyard_server::Limits;
 
@@ -173,22 +173,10 @@ fn execute_runs_any_task_now_or_later_and_validate_checks_without_running() {
         (now["state"].clone(), now["result"]["kind"].clone()),
         (json!("finished"), json!("text"))
     );
-    let direct = s
-        .engine
-        .submit(
-            switchyard::Request::complete("llama", "Once upon a time").with_options(
-                switchyard::GenerationOptions {
-                    max_tokens: Some(6),
-                    temperature: Some(0.0),
-                    ..Default::default()
-                },
-            ),
-        )
-        .unwrap()
-        .wait()
-        .unwrap()
-        .into_completion()
-        .unwrap();
+    let direct = engine_completion(
+        &s.engine,
+        switchyard::Request::complete("llama", "Once upon a time").with_options(greedy(6)),
+    );
     assert_eq!(now["result"]["text"], direct.text.as_str());
     assert_eq!(
         now["result"]["completion_tokens"],
@@ -202,12 +190,7 @@ fn execute_runs_any_task_now_or_later_and_validate_checks_without_running() {
     let start = Instant::now();
     let done = loop {
         let reply = get(s.addr, &format!("/api/inference/sessions/{id}"));
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_status(200);
         let json = reply.json();
         if json["state"] == "finished" {
             break json;

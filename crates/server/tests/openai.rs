@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{Served, get, post, request, serve_tiny};
+use common::{Served, engine_completion, get, greedy, post, request, serve_tiny};
 use serde_json::{Value, json};
 use switchyard::text::ChatMessage;
 use switchyard::{GenerationOptions, Request};
@@ -96,39 +96,24 @@ fn a_chat_answer_equals_the_engines_and_its_stream_equals_it() {
         "temperature": 0,
     });
     let whole = post(s.addr, "/v1/chat/completions", &body);
-    assert_eq!(
-        whole.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&whole.body)
-    );
+    whole.assert_status(200);
     let whole = whole.json();
     assert_eq!(whole["object"], "chat.completion");
     assert!(whole["id"].as_str().unwrap().starts_with("chatcmpl-"));
     let choice = &whole["choices"][0];
     assert_eq!(choice["message"]["role"], "assistant");
 
-    let direct = s
-        .engine
-        .submit(
-            Request::chat(
-                "llama",
-                vec![
-                    ChatMessage::new("system", "Be brief."),
-                    ChatMessage::new("user", "Name a colour."),
-                ],
-            )
-            .with_options(GenerationOptions {
-                max_tokens: Some(12),
-                temperature: Some(0.0),
-                ..GenerationOptions::default()
-            }),
+    let direct = engine_completion(
+        &s.engine,
+        Request::chat(
+            "llama",
+            vec![
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "Name a colour."),
+            ],
         )
-        .unwrap()
-        .wait()
-        .unwrap()
-        .into_completion()
-        .unwrap();
+        .with_options(greedy(12)),
+    );
     assert_eq!(choice["message"]["content"], direct.text.as_str());
     assert_eq!(
         choice["finish_reason"],
@@ -205,21 +190,15 @@ fn completions_serve_several_prompts_and_seeded_choices() {
     assert!(finishes.iter().all(Option::is_some));
     assert_eq!(usage, None, "usage comes only when asked for");
     // Choice 1 of a prompt is sampled with seed + 1: what the engine gives.
-    let choice_1 = s
-        .engine
-        .submit(
-            Request::complete("llama", "The train").with_options(GenerationOptions {
-                max_tokens: Some(6),
-                temperature: Some(0.9),
-                seed: Some(6),
-                ..GenerationOptions::default()
-            }),
-        )
-        .unwrap()
-        .wait()
-        .unwrap()
-        .into_completion()
-        .unwrap();
+    let choice_1 = engine_completion(
+        &s.engine,
+        Request::complete("llama", "The train").with_options(GenerationOptions {
+            max_tokens: Some(6),
+            temperature: Some(0.9),
+            seed: Some(6),
+            ..GenerationOptions::default()
+        }),
+    );
     assert_eq!(texts[3], choice_1.text);
 }
 

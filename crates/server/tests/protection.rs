@@ -73,12 +73,7 @@ fn a_full_queue_is_429_with_retry_after() {
         "/v1/embeddings",
         &json!({"model": "bert", "input": "y"}),
     );
-    assert_eq!(
-        reply.status,
-        429,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_status(429);
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
     // Feed the pipe until the accepted requests have ended: none is lost.

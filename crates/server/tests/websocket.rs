@@ -8,10 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Served, serve_tiny};
+use common::{Served, engine_completion, greedy, serve_tiny};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchyard::{GenerationOptions, Request};
+use switchyard::Request;
 use switchyard_server::Limits;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -74,20 +74,10 @@ async fn until(socket: &mut Socket, kind: &str) -> Vec<Value> {
 #[test]
 fn an_execution_streams_its_text_and_ends_with_its_result() {
     let (_dir, s) = served();
-    let direct = s
-        .engine
-        .submit(
-            Request::complete("llama", "Once upon a time").with_options(GenerationOptions {
-                max_tokens: Some(8),
-                temperature: Some(0.0),
-                ..GenerationOptions::default()
-            }),
-        )
-        .unwrap()
-        .wait()
-        .unwrap()
-        .into_completion()
-        .unwrap();
+    let direct = engine_completion(
+        &s.engine,
+        Request::complete("llama", "Once upon a time").with_options(greedy(8)),
+    );
     runtime().block_on(async {
         let mut socket = connect(&s).await;
         send(

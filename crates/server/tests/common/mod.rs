@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard::Engine;
 use switchyard::config::{ModelKind, ModelSource, ModelSpec};
+use switchyard::text::Completion;
+use switchyard::{Engine, GenerationOptions, Request};
 use switchyard_server::{AppState, Limits};
 use switchyard_testkit::tiny;
 
@@ -97,6 +98,16 @@ impl Reply {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    pub fn assert_status(&self, status: u16) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -234,4 +245,25 @@ pub fn open_stream(addr: SocketAddr, max_tokens: u64) -> TcpStream {
         seen.extend_from_slice(&buf[..n]);
     }
     stream
+}
+
+/// Greedy decoding of at most `max_tokens`.
+pub fn greedy(max_tokens: usize) -> GenerationOptions {
+    GenerationOptions {
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..GenerationOptions::default()
+    }
+}
+
+/// What the engine itself answers `request`, run straight on it: what the
+/// service's answers are compared with.
+pub fn engine_completion(engine: &Engine, request: Request) -> Completion {
+    engine
+        .submit(request)
+        .unwrap()
+        .wait()
+        .unwrap()
+        .into_completion()
+        .unwrap()
 }
