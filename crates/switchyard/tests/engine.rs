@@ -244,6 +244,10 @@ fn cancelling_by_id_ends_a_running_generation() {
         (id, SessionState::Running)
     );
     assert_eq!(running[0].progress.1, 8000);
+    // The one-lookup form agrees: the same total, at least as far along.
+    let (done, total) = engine.progress(id).unwrap();
+    assert_eq!(total, 8000);
+    assert!(done >= running[0].progress.0);
     assert!(engine.cancel(id));
     let rest: Vec<_> = stream.collect();
     let last = rest.last().unwrap();
@@ -252,6 +256,7 @@ fn cancelling_by_id_ends_a_running_generation() {
         "{last:?}"
     );
     assert!(engine.sessions().is_empty());
+    assert_eq!(engine.progress(id), None);
     assert!(!engine.cancel(id));
     assert_eq!(engine.metrics().models["llama"].cancelled, 1);
     // Cancelling through the handle, waited: Cancelled.

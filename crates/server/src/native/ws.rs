@@ -179,16 +179,16 @@ async fn execute(state: AppState, request: NativeRequest, outbox: Outbox) {
 async fn follow(state: &AppState, rid: RequestId, id: &str, outbox: &Outbox) {
     let mut last = None;
     loop {
-        let Some(s) = state.engine.sessions().into_iter().find(|s| s.id == rid) else {
+        let Some(progress) = state.engine.progress(rid) else {
             return;
         };
-        if last != Some(s.progress) {
-            last = Some(s.progress);
+        if last != Some(progress) {
+            last = Some(progress);
             let message = json!({
                 "type": "progress",
                 "id": id,
-                "done": s.progress.0,
-                "total": s.progress.1,
+                "done": progress.0,
+                "total": progress.1,
             });
             if outbox.send(message).await.is_err() {
                 return;
@@ -204,7 +204,7 @@ async fn subscribe(state: AppState, id: String, outbox: Outbox) {
         let _ = outbox.send(error_message(Some(&id), &e)).await;
         return;
     };
-    let known = state.engine.sessions().iter().any(|s| s.id == rid);
+    let known = state.engine.progress(rid).is_some();
     if !known && state.results.get(rid).is_none() {
         let e = ApiError::invalid("id", format!("no request `{id}` is queued or running"));
         let _ = outbox.send(error_message(Some(&id), &e)).await;

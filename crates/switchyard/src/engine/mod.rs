@@ -449,6 +449,18 @@ impl Engine {
         out
     }
 
+    /// Request `id`'s progress, `(done, total)` units, while it is queued
+    /// or running (as in [`Engine::sessions`]); `None` once the engine has
+    /// let it go. One lookup: no queue walk, for callers that poll.
+    pub fn progress(&self, id: RequestId) -> Option<(u64, u64)> {
+        let sessions = self.inner.sessions.lock();
+        let s = sessions.get(&id)?;
+        Some((
+            s.slot.done_units.load(Ordering::Relaxed),
+            s.slot.total_units,
+        ))
+    }
+
     /// A snapshot of the counters.
     pub fn metrics(&self) -> EngineMetrics {
         let mut models: HashMap<String, ModelMetrics> = self
