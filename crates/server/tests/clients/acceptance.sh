@@ -4,7 +4,8 @@
 # run -p switchyard-testkit --bin fetch-models) plus a tiny random-weight
 # Stable Diffusion for the images endpoint:
 #   1. the official `openai` Python package calls every OpenAI-compatible
-#      endpoint (openai_client.py);
+#      endpoint, and a stream it closes early leaves the session list
+#      within a second (openai_client.py);
 #   2. a bounded load test: 32 streaming chat clients and 8 embedding
 #      clients for LOAD_SECONDS (default 20, at most 60): no errors, no
 #      dropped streams (load.py; prints requests/s and p50/p99 latency);

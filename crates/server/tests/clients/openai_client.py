@@ -4,12 +4,17 @@ Usage: python openai_client.py BASE_URL CHAT_MODEL EMBED_MODEL IMAGE_MODEL
 
 Calls every OpenAI-compatible endpoint the server has through the client
 as an application would, checks the answers are well formed (and agree
-with each other where they must), and exits non-zero on the first failure.
+with each other where they must), then closes a stream early and checks
+that its session is gone from /api/inference/sessions within a second.
+Exits non-zero on the first failure.
 """
 
 import base64
 import math
 import sys
+import time
+
+import httpx
 
 import openai
 from openai import OpenAI
@@ -135,6 +140,27 @@ def main():
         check(False, "n=0 is refused")
     except openai.BadRequestError as e:
         check(e.status_code == 400, f"n=0 is a 400: {e.message}")
+
+    # A client that goes away mid-stream frees its sequence: the session
+    # list shows it gone within a second.
+    stream = client.chat.completions.create(
+        model=chat_model,
+        messages=[{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        max_tokens=1000,
+        temperature=0,
+        stream=True,
+    )
+    for _, _chunk in zip(range(3), stream):
+        pass
+    listed = httpx.get(f"{base}/api/inference/sessions", timeout=10).json()
+    check(len(listed) == 1 and listed[0]["state"] == "running", "the stream is a running session")
+    stream.close()
+    left = time.monotonic()
+    while httpx.get(f"{base}/api/inference/sessions", timeout=10).json():
+        if time.monotonic() - left > 1.0:
+            check(False, "a closed stream's session is gone within a second")
+        time.sleep(0.02)
+    check(True, f"a closed stream's session was gone after {time.monotonic() - left:.3f} s")
     print("all OpenAI client checks passed")
 
 
